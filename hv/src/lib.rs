@@ -1,3 +1,9 @@
-//! Placeholder crate root; filled in by its issue.
-#![no_std]
+//! Hermitage core: the arch-neutral, safe half of the hypervisor.
+//!
+//! Everything here decides something and nothing here touches hardware; the VMX and SVM crates
+//! implement the small traits defined here with the actual instructions. It all runs under
+//! `cargo test` on Linux.
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+pub mod virt;
