@@ -7,3 +7,5 @@
 #![forbid(unsafe_code)]
 
 pub mod virt;
+pub mod features;
+pub mod config;

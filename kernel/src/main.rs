@@ -1,4 +1,8 @@
-//! The Hermitage image.
+//! The Hermitage image: Hermit boots us on every CPU; we detect what the host offers, bring
+//! each CPU into the hypervisor's service, and serve the control endpoint.
+//!
+//! This file only wires things together; decisions live in the `hv`, `net` and backend crates,
+//! and the few instructions that need `unsafe` live in `hw.rs` and `nic/`.
 #![no_std]
 #![no_main]
 
@@ -6,8 +10,50 @@ extern crate alloc;
 #[macro_use]
 extern crate hermit;
 
+mod backend;
+mod cpus;
+mod endpoint;
+mod hw;
+mod nic;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Our arguments are the words after `--` on the kernel command line (Hermit's convention).
+fn args(argc: i32, argv: *const *const u8) -> Vec<String> {
+    hw::args(argc, argv)
+}
+
 #[unsafe(no_mangle)]
-extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *const u8) -> ! {
-    println!("hermitage: hello, cpus={}", hermit::syscalls::sys_get_processor_count());
-    hermit::syscalls::sys_exit(0)
+extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *const u8) -> ! {
+    let args = args(argc, argv);
+    println!("hermitage {} starting: args={:?}", env!("CARGO_PKG_VERSION"), args);
+    let config = match hv::config::BootConfig::parse(args.iter().map(String::as_str)) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("hermitage: bad command line: {e}");
+            hermit::syscalls::sys_exit(2)
+        }
+    };
+
+    let up = cpus::bring_up_all();
+    let features = cpus::detect_here();
+    println!("hermitage: {up}/{} cpus up; host: {features}", cpus::count());
+    backend::init(features);
+
+    if config.exit_after_boot {
+        println!("hermitage: exit_after_boot set, powering off");
+        hermit::syscalls::sys_exit(0)
+    }
+
+    let nic = match nic::Nic::probe() {
+        Ok(nic) => nic,
+        Err(e) => {
+            println!("hermitage: no control endpoint: {e}");
+            loop {
+                hermit::syscalls::sys_usleep(1_000_000);
+            }
+        }
+    };
+    endpoint::run(nic, config)
 }

@@ -1,0 +1,232 @@
+//! The control endpoint's transport: smoltcp over our own NIC driver, polled from one thread.
+//!
+//! A fixed pool of TCP sockets listens on the endpoint port; each carries one `net::Conn`
+//! (the HTTP state machine) and an output buffer. Everything about requests is decided in the
+//! `net` crate; this file only moves bytes and recycles sockets. No call here can block inside
+//! code we do not own, which is what Hermit 0.11.0's own TCP close path did.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use hv::config::{BootConfig, IpConfig};
+use net::{Conn, Flow, Limits};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::{dhcpv4, tcp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+
+use crate::backend::Hypervisor;
+use crate::nic::Nic;
+
+/// Connections served at once; further SYNs wait in the client's retry until a socket frees.
+const SOCKETS: usize = 16;
+const RX_BUF: usize = 16 * 1024;
+const TX_BUF: usize = 32 * 1024;
+/// A connection with no traffic for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After traffic, keep polling without sleeping for this long (latency); then sleep 10 ms per
+/// round (Hermit blocks the thread only for sleeps of 10 ms or more).
+const BUSY_POLL: Duration = Duration::from_millis(20);
+
+struct Slot {
+    handle: SocketHandle,
+    conn: Conn,
+    out: Vec<u8>,
+    sent: usize,
+    close_after: bool,
+    last_active: Instant,
+}
+
+fn now() -> Instant {
+    Instant::from_micros(crate::hw::monotonic_micros() as i64)
+}
+
+/// Serve the endpoint forever.
+pub fn run(mut nic: Nic, config: BootConfig) -> ! {
+    let mac = nic.mac();
+    println!(
+        "hermitage: nic {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        nic.name(),
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5]
+    );
+    let mut iface_config = IfaceConfig::new(EthernetAddress(mac).into());
+    iface_config.random_seed = crate::hw::random_seed();
+    let mut iface = Interface::new(iface_config, &mut nic, now());
+    let mut sockets = SocketSet::new(Vec::new());
+
+    let dhcp = match config.ip {
+        IpConfig::Dhcp => Some(sockets.add(dhcpv4::Socket::new())),
+        IpConfig::Static { addr, prefix, gateway } => {
+            set_address(&mut iface, Ipv4Cidr::new(Ipv4Address::from(addr), prefix), gateway.map(Ipv4Address::from));
+            None
+        }
+    };
+
+    let limits = Limits::default();
+    let mut slots: Vec<Slot> = (0..SOCKETS)
+        .map(|_| {
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; RX_BUF]),
+                tcp::SocketBuffer::new(vec![0; TX_BUF]),
+            );
+            socket.set_nagle_enabled(false);
+            socket.listen(config.port).expect("listen on endpoint port");
+            Slot {
+                handle: sockets.add(socket),
+                conn: Conn::new(limits),
+                out: Vec::with_capacity(TX_BUF),
+                sent: 0,
+                close_after: false,
+                last_active: now(),
+            }
+        })
+        .collect();
+
+    let mut hv = Hypervisor;
+    let mut ready = dhcp.is_none();
+    if ready {
+        announce(&iface, config.port);
+    }
+    let mut last_activity = now();
+    loop {
+        let t = now();
+        let mut active = iface.poll(t, &mut nic, &mut sockets) != smoltcp::iface::PollResult::None;
+
+        if let Some(h) = dhcp {
+            if let Some(event) = sockets.get_mut::<dhcpv4::Socket>(h).poll() {
+                match event {
+                    dhcpv4::Event::Configured(c) => {
+                        set_address(&mut iface, c.address, c.router);
+                        if !ready {
+                            ready = true;
+                            announce(&iface, config.port);
+                        }
+                    }
+                    dhcpv4::Event::Deconfigured => iface.update_ip_addrs(|a| a.clear()),
+                }
+            }
+        }
+
+        for slot in &mut slots {
+            active |= service(slot, &mut sockets, &mut hv, config.port, t);
+        }
+
+        if active {
+            last_activity = t;
+            // Flush what servicing queued without waiting for the next round.
+            iface.poll(now(), &mut nic, &mut sockets);
+        } else if t - last_activity < BUSY_POLL {
+            hermit::syscalls::sys_yield();
+        } else {
+            hermit::syscalls::sys_usleep(10_000);
+        }
+    }
+}
+
+fn announce(iface: &Interface, port: u16) {
+    if let Some(IpCidr::Ipv4(a)) = iface.ip_addrs().first() {
+        println!("hermitage: endpoint ready on {}:{port}", a.address());
+    }
+}
+
+fn set_address(iface: &mut Interface, cidr: Ipv4Cidr, gateway: Option<Ipv4Address>) {
+    iface.update_ip_addrs(|addrs| {
+        addrs.clear();
+        let _ = addrs.push(IpCidr::Ipv4(cidr));
+    });
+    let routes = iface.routes_mut();
+    routes.remove_default_ipv4_route();
+    if let Some(gw) = gateway {
+        let _ = routes.add_default_ipv4_route(gw);
+    }
+    let _ = IpAddress::from(cidr.address());
+}
+
+/// Move bytes between one socket and its connection. Returns whether anything happened.
+fn service(slot: &mut Slot, sockets: &mut SocketSet<'_>, hv: &mut Hypervisor, port: u16, t: Instant) -> bool {
+    let socket = sockets.get_mut::<tcp::Socket>(slot.handle);
+    let mut active = false;
+
+    match socket.state() {
+        tcp::State::Listen | tcp::State::SynReceived => return false,
+        // The peer is gone, or we closed first and wait out TIME-WAIT: recycle the socket at
+        // once (a late retransmitted FIN then gets a reset, which clients ignore).
+        tcp::State::Closed | tcp::State::TimeWait => {
+            recycle(slot, socket, port);
+            return true;
+        }
+        _ => {}
+    }
+
+    // Receive what fits into the connection's buffer.
+    while socket.can_recv() && !slot.conn.is_closed() {
+        let taken = socket.recv(|data| {
+            let n = slot.conn.feed(data);
+            (n, n)
+        });
+        match taken {
+            Ok(0) | Err(_) => break,
+            Ok(_) => active = true,
+        }
+        // Answer what is complete before taking more, so a full buffer drains.
+        if slot.out.len() == slot.sent {
+            produce(slot, hv);
+        }
+    }
+    if slot.out.len() == slot.sent {
+        produce(slot, hv);
+    }
+
+    // Send pending output.
+    if slot.sent < slot.out.len() && socket.can_send() {
+        if let Ok(n) = socket.send_slice(&slot.out[slot.sent..]) {
+            slot.sent += n;
+            active |= n > 0;
+        }
+    }
+    if slot.sent == slot.out.len() && !slot.out.is_empty() {
+        slot.out.clear();
+        slot.sent = 0;
+    }
+
+    let idle = t - slot.last_active > IDLE_TIMEOUT;
+    if active {
+        slot.last_active = t;
+    }
+    let drained = slot.out.is_empty();
+    let peer_done = !socket.may_recv();
+    if drained && (slot.close_after || peer_done || slot.conn.is_closed()) || idle {
+        if socket.is_open() && socket.state() != tcp::State::FinWait1 && socket.state() != tcp::State::FinWait2 {
+            socket.close();
+            active = true;
+        }
+        if idle {
+            socket.abort();
+        }
+    }
+    active
+}
+
+/// Run every complete request buffered in the connection.
+fn produce(slot: &mut Slot, hv: &mut Hypervisor) {
+    if slot.close_after {
+        return;
+    }
+    if net::serve(&mut slot.conn, hv, &mut slot.out) == Flow::Close {
+        slot.close_after = true;
+    }
+}
+
+fn recycle(slot: &mut Slot, socket: &mut tcp::Socket<'_>, port: u16) {
+    socket.abort();
+    slot.conn.reset();
+    slot.out.clear();
+    slot.sent = 0;
+    slot.close_after = false;
+    let _ = socket.listen(port);
+}

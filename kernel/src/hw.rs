@@ -1,0 +1,237 @@
+//! The kernel binary's thin unsafe layer: port I/O, MSRs, identity-mapping device memory and
+//! physically contiguous DMA memory for our own NIC drivers.
+//!
+//! Everything else in the binary is safe code. Hermit 0.11.0 identity-maps all RAM (with
+//! 2 MiB pages, from the device tree's memory nodes) and reads its page tables at physical ==
+//! virtual addresses; we rely on both facts here and on nothing else of its internals.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use hermit::mm::{PhysAddr, VirtAddr};
+
+/// Read a 32-bit value from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    // SAFETY: we run in ring 0; port reads used here (PCI configuration data) have no side
+    // effects on memory safety.
+    unsafe { x86::io::inl(port) }
+}
+
+/// Write a 32-bit value to an I/O port.
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: ring 0; callers write only the PCI configuration address/data ports.
+    unsafe { x86::io::outl(port, value) }
+}
+
+/// Read an MSR the caller knows exists on this CPU (checked against CPUID first).
+pub fn rdmsr(msr: u32) -> u64 {
+    // SAFETY: ring 0; callers only name MSRs that CPUID enumerates, so no #GP.
+    unsafe { x86::msr::rdmsr(msr) }
+}
+
+/// Start a kernel thread running `func(arg)` pinned to Hermit core `core`, with a normal
+/// priority and Hermit's default stack size. Returns its task id for `sys_join`.
+pub fn spawn_pinned(func: extern "C" fn(usize), arg: usize, core: usize) -> hermit::syscalls::Tid {
+    // SAFETY: `func` is a safe extern "C" function, so calling it with any `arg` is sound; the
+    // stack size is Hermit's default and `core` is a valid core index or Hermit picks one.
+    unsafe { hermit::syscalls::sys_spawn2(trampoline_for(func), arg, 2, hermit::DEFAULT_STACK_SIZE, core as isize) }
+}
+
+/// `sys_spawn2` wants an `unsafe extern "C" fn(usize)`; a safe one coerces.
+fn trampoline_for(func: extern "C" fn(usize)) -> unsafe extern "C" fn(usize) {
+    func
+}
+
+/// Translate a kernel virtual address to a physical one.
+pub fn virt_to_phys(addr: usize) -> Option<u64> {
+    hermit::mm::virtual_to_physical(VirtAddr::new(addr as u64)).map(|p: PhysAddr| p.as_u64())
+}
+
+const PAGE: u64 = 4096;
+const LARGE: u64 = 2 << 20;
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const WRITE_THROUGH: u64 = 1 << 3;
+const NO_CACHE: u64 = 1 << 4;
+const HUGE: u64 = 1 << 7;
+const NO_EXECUTE: u64 = 1 << 63;
+const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+
+/// Errors from mapping device memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// A page-table page could not be allocated.
+    NoMemory,
+    /// The range is already mapped as ordinary RAM by a large page; refusing to change it.
+    ConflictsWithRam,
+}
+
+/// Identity-map `[phys, phys + len)` as uncached device memory (PCD|PWT, NX), so that MMIO
+/// BARs can be accessed at their physical address. Existing identical mappings are kept.
+pub fn map_device_memory(phys: u64, len: u64) -> Result<(), MapError> {
+    let start = phys & !(PAGE - 1);
+    let end = (phys + len).div_ceil(PAGE) * PAGE;
+    let mut addr = start;
+    while addr < end {
+        map_device_page(addr)?;
+        addr += PAGE;
+    }
+    Ok(())
+}
+
+fn map_device_page(addr: u64) -> Result<(), MapError> {
+    // SAFETY: reading CR3 has no side effects in ring 0.
+    let mut table = unsafe { x86::controlregs::cr3() } & ADDR_MASK;
+    for level in [39u32, 30, 21] {
+        let index = ((addr >> level) & 0x1FF) as usize;
+        let entry_ptr = (table as usize + index * 8) as *mut u64;
+        // SAFETY: page tables live in identity-mapped RAM (Hermit relies on the same), `table`
+        // is the physical address of a present table page and `index` < 512.
+        let entry = unsafe { entry_ptr.read_volatile() };
+        if entry & PRESENT == 0 {
+            let new_table = alloc_page_table()?;
+            // SAFETY: as above; we install a zeroed table page we own forever.
+            unsafe { entry_ptr.write_volatile(new_table | PRESENT | WRITABLE) };
+            table = new_table;
+        } else if entry & HUGE != 0 {
+            // A large page already covers this address; if it is the same identity mapping we
+            // can use it as is only when it is uncached. Otherwise do not touch RAM mappings.
+            let covered = level == 21 && (entry & ADDR_MASK & !(LARGE - 1)) == (addr & !(LARGE - 1));
+            return if covered && entry & NO_CACHE != 0 { Ok(()) } else { Err(MapError::ConflictsWithRam) };
+        } else {
+            table = entry & ADDR_MASK;
+        }
+    }
+    let index = ((addr >> 12) & 0x1FF) as usize;
+    let entry_ptr = (table as usize + index * 8) as *mut u64;
+    let want = addr | PRESENT | WRITABLE | WRITE_THROUGH | NO_CACHE | NO_EXECUTE;
+    // SAFETY: `table` is a present last-level table in identity-mapped RAM; the new entry maps a
+    // device page nobody else maps, then we flush this CPU's TLB entry for it. Other CPUs have
+    // never cached a translation for it (it was not present).
+    unsafe {
+        if entry_ptr.read_volatile() != want {
+            entry_ptr.write_volatile(want);
+            x86::tlb::flush(addr as usize);
+        }
+    }
+    Ok(())
+}
+
+/// A zeroed 4 KiB page for a new page table, returned as its physical address. Never freed.
+fn alloc_page_table() -> Result<u64, MapError> {
+    let layout = Layout::from_size_align(PAGE as usize, PAGE as usize).map_err(|_| MapError::NoMemory)?;
+    // SAFETY: the layout has non-zero size.
+    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(MapError::NoMemory);
+    }
+    virt_to_phys(ptr as usize).ok_or(MapError::NoMemory)
+}
+
+/// Physically contiguous, page-aligned, zeroed memory for device queues and buffers.
+///
+/// Hermit's heap is backed by 2 MiB (or 1 GiB) pages, so an allocation aligned to its own
+/// power-of-two size up to 2 MiB never straddles a physical discontinuity; we check anyway.
+pub fn dma_alloc(pages: usize) -> Option<(u64, NonNull<u8>)> {
+    let size = (pages.max(1) * PAGE as usize).next_power_of_two();
+    if size > LARGE as usize {
+        return None;
+    }
+    let layout = Layout::from_size_align(size, size).ok()?;
+    // SAFETY: non-zero size.
+    let ptr = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
+    let base = virt_to_phys(ptr.as_ptr() as usize)?;
+    let contiguous = (0..size / PAGE as usize)
+        .all(|i| virt_to_phys(ptr.as_ptr() as usize + i * PAGE as usize) == Some(base + (i as u64) * PAGE));
+    if contiguous { Some((base, ptr)) } else { None }
+}
+
+/// Free memory from [`dma_alloc`].
+///
+/// # Safety
+/// `ptr` must come from `dma_alloc(pages)` with the same `pages`, and the device must no longer
+/// use it.
+pub unsafe fn dma_free(ptr: NonNull<u8>, pages: usize) {
+    let size = (pages.max(1) * PAGE as usize).next_power_of_two();
+    // SAFETY: same layout as the allocation, per this function's contract.
+    unsafe { alloc::alloc::dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, size)) }
+}
+
+/// The virtio-drivers HAL over the helpers above.
+#[derive(Debug)]
+pub struct VirtioHal;
+
+// SAFETY: dma_alloc returns zeroed, page-aligned, physically contiguous memory that stays valid
+// until dma_dealloc; mmio_phys_to_virt identity-maps the BAR uncached; share() returns the
+// physical address of buffers that lie within one page (checked) of identity-backed heap memory.
+unsafe impl virtio_drivers::Hal for VirtioHal {
+    fn dma_alloc(pages: usize, _dir: virtio_drivers::BufferDirection) -> (usize, NonNull<u8>) {
+        let (phys, ptr) = dma_alloc(pages).expect("virtio: out of contiguous DMA memory");
+        (phys as usize, ptr)
+    }
+
+    unsafe fn dma_dealloc(_paddr: usize, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        // SAFETY: virtio-drivers frees exactly what it allocated, after the device is done.
+        unsafe { dma_free(vaddr, pages) };
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: usize, size: usize) -> NonNull<u8> {
+        map_device_memory(paddr as u64, size as u64).expect("virtio: cannot map BAR");
+        NonNull::new(paddr as *mut u8).expect("virtio: BAR at address 0")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _dir: virtio_drivers::BufferDirection) -> usize {
+        let start = buffer.as_ptr() as *mut u8 as usize;
+        let len = buffer.len().max(1);
+        let phys = virt_to_phys(start).expect("virtio: buffer not mapped");
+        let last = virt_to_phys(start + len - 1).expect("virtio: buffer not mapped");
+        assert_eq!(last - phys, (len - 1) as u64, "virtio: buffer not physically contiguous");
+        phys as usize
+    }
+
+    unsafe fn unshare(_paddr: usize, _buffer: NonNull<[u8]>, _dir: virtio_drivers::BufferDirection) {}
+}
+
+/// Copy the C `argv` Hermit hands `runtime_entry` into owned strings, dropping `argv[0]` (the
+/// image path).
+pub fn args(argc: i32, argv: *const *const u8) -> alloc::vec::Vec<alloc::string::String> {
+    let mut out = alloc::vec::Vec::new();
+    for i in 1..usize::try_from(argc).unwrap_or(0) {
+        // SAFETY: Hermit passes `argc` valid, NUL-terminated strings in `argv`, alive forever.
+        let s = unsafe { core::ffi::CStr::from_ptr((*argv.add(i)).cast()) };
+        out.push(alloc::string::String::from_utf8_lossy(s.to_bytes()).into_owned());
+    }
+    out
+}
+
+/// IA32_EFER bit 12: SVM enable (AMD APM vol. 2, 15.4).
+pub const EFER_SVME: u64 = 1 << 12;
+/// CR4 bit 13: VMX enable (SDM vol. 3C 24.7).
+pub const CR4_VMXE: u64 = 1 << 13;
+
+/// This CPU's IA32_EFER.
+pub fn efer() -> u64 {
+    // SAFETY: EFER (0xC000_0080) exists on every x86-64 CPU; reading it has no side effects.
+    unsafe { x86::msr::rdmsr(x86::msr::IA32_EFER) }
+}
+
+/// This CPU's CR4.
+pub fn cr4() -> u64 {
+    // SAFETY: reading CR4 in ring 0 has no side effects.
+    unsafe { x86::controlregs::cr4() }.bits() as u64
+}
+
+/// Microseconds since boot (Hermit's monotonic clock).
+pub fn monotonic_micros() -> u64 {
+    let mut ts = hermit::time::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is supported.
+    unsafe { hermit::syscalls::sys_clock_gettime(4 /* CLOCK_MONOTONIC */, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// A seed for TCP initial sequence numbers and the like: the time-stamp counter.
+pub fn random_seed() -> u64 {
+    // SAFETY: RDTSC is available on every x86-64 CPU and CR4.TSD is clear in ring 0.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}

@@ -1,0 +1,133 @@
+//! virtio-net (modern PCI transport, virtio 1.x §5.1) through the `virtio-drivers` crate's raw
+//! driver, with receive buffers we own and keep posted, polled from the endpoint thread.
+
+use alloc::boxed::Box;
+
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, PciRoot};
+use virtio_drivers::transport::{DeviceType, Transport};
+
+use crate::hw::VirtioHal;
+
+const QUEUE: usize = 16;
+const BUF: usize = 2048;
+/// Largest Ethernet frame we accept (no VLAN tags, no jumbo frames).
+const MTU: usize = 1514;
+
+/// A DMA buffer. Its alignment keeps it inside one 4 KiB page, so it is physically contiguous.
+#[repr(C, align(2048))]
+struct Buf([u8; BUF]);
+
+impl Buf {
+    fn new() -> Box<Buf> {
+        Box::new(Buf([0; BUF]))
+    }
+}
+
+pub struct VirtioNic {
+    dev: VirtIONetRaw<VirtioHal, PciTransport, QUEUE>,
+    rx: [Box<Buf>; QUEUE],
+    /// The virtqueue token of the request each receive buffer is posted under.
+    posted: [Option<u16>; QUEUE],
+    tx: Box<Buf>,
+}
+
+impl core::fmt::Debug for VirtioNic {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VirtioNic").field("mac", &self.mac()).finish_non_exhaustive()
+    }
+}
+
+impl VirtioNic {
+    /// Bring up `df` if it is a virtio network device; `Ok(None)` if it is something else.
+    pub fn probe<C: ConfigurationAccess>(
+        root: &mut PciRoot<C>,
+        df: DeviceFunction,
+        info: &DeviceFunctionInfo,
+    ) -> Result<Option<VirtioNic>, &'static str> {
+        if virtio_drivers::transport::pci::virtio_device_type(info) != Some(DeviceType::Network) {
+            return Ok(None);
+        }
+        let transport = match PciTransport::new::<VirtioHal, C>(root, df) {
+            Ok(t) => t,
+            // A transitional device without `disable-legacy=on` has no modern capabilities.
+            Err(_) => return Err("virtio-net without modern PCI capabilities (use disable-legacy=on)"),
+        };
+        debug_assert_eq!(transport.device_type(), DeviceType::Network);
+        let dev = VirtIONetRaw::new(transport).map_err(|_| "virtio-net initialisation failed")?;
+        let mut nic = VirtioNic {
+            dev,
+            rx: core::array::from_fn(|_| Buf::new()),
+            posted: [None; QUEUE],
+            tx: Buf::new(),
+        };
+        for i in 0..QUEUE {
+            nic.post(i);
+        }
+        Ok(Some(nic))
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.dev.mac_address()
+    }
+
+    fn post(&mut self, i: usize) {
+        // SAFETY: `rx[i]` is heap memory owned by `self` for as long as the device may write it;
+        // we do not touch it again until poll_receive hands back this token (see receive()).
+        self.posted[i] = unsafe { self.dev.receive_begin(&mut self.rx[i].0) }.ok();
+    }
+
+    pub fn receive(&mut self, _ts: Instant) -> Option<(RxToken, TxToken<'_>)> {
+        let token = self.dev.poll_receive()?;
+        let i = self.posted.iter().position(|t| *t == Some(token))?;
+        self.posted[i] = None;
+        // SAFETY: `rx[i]` is the buffer that was posted under `token`.
+        let done = unsafe { self.dev.receive_complete(token, &mut self.rx[i].0) };
+        let frame = done.ok().and_then(|(hdr, len)| {
+            let mut frame = heapless::Vec::new();
+            frame.extend_from_slice(self.rx[i].0.get(hdr..hdr + len)?).ok()?;
+            Some(frame)
+        });
+        self.post(i);
+        Some((RxToken(frame?), TxToken(self)))
+    }
+
+    pub fn transmit(&mut self, _ts: Instant) -> Option<TxToken<'_>> {
+        self.dev.can_send().then_some(TxToken(self))
+    }
+
+    pub fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = MTU;
+        caps.max_burst_size = Some(1);
+        caps
+    }
+}
+
+/// A received frame, copied out of the DMA buffer so the buffer is re-posted at once.
+pub struct RxToken(heapless::Vec<u8, BUF>);
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+pub struct TxToken<'a>(&'a mut VirtioNic);
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let nic = self.0;
+        let hdr = nic.dev.fill_buffer_header(&mut nic.tx.0).unwrap_or(0);
+        let len = len.min(BUF - hdr);
+        let r = f(&mut nic.tx.0[hdr..hdr + len]);
+        // `send` waits for the device to consume the buffer; a failure drops the frame, which
+        // TCP retransmits.
+        let _ = nic.dev.send(&nic.tx.0[..hdr + len]);
+        r
+    }
+}

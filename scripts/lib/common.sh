@@ -1,0 +1,86 @@
+# Shared by scripts/run, scripts/test and scripts/bench: install what is missing, build the
+# loader and the image. Sourced, not run. Everything here is idempotent and quiet when there is
+# nothing to do.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TOOLCHAIN="$(sed -n 's/^channel = "\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")"
+TARGET=x86_64-unknown-none
+OUT="$ROOT/target/image"
+LOADER="$OUT/hermitage-boot.elf32"
+IMAGE="$OUT/hermitage.elf"
+
+log() { printf '%s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        log "need root for: $*"; return 1; fi
+}
+
+apt_install() { # packages...
+    local missing=()
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]} (apt-get)"
+    as_root apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+    if ! command -v rustup >/dev/null; then
+        log "rustup is missing: install it from your distribution or rustup.rs first"; return 1
+    fi
+    # RUSTUP_AUTO_INSTALL=0 on these machines: install the pinned toolchain explicitly.
+    if ! rustup run "$TOOLCHAIN" rustc --version >/dev/null 2>&1 \
+        || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src' \
+        || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^llvm-tools' \
+        || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^clippy'; then
+        log "installing Rust $TOOLCHAIN with rust-src, llvm-tools, clippy, rustfmt (rustup)"
+        rustup toolchain install "$TOOLCHAIN" --profile minimal \
+            -c rust-src -c llvm-tools -c clippy -c rustfmt >/dev/null
+    fi
+}
+
+ensure_qemu() { command -v qemu-system-x86_64 >/dev/null || apt_install qemu-system-x86; }
+
+llvm_tool() { # name
+    local sysroot; sysroot="$(rustup run "$TOOLCHAIN" rustc --print sysroot)"
+    echo "$sysroot/lib/rustlib/x86_64-unknown-linux-gnu/bin/$1"
+}
+
+# Build the loader and the image for x86_64-unknown-none and put them in target/image/.
+build_image() {
+    ensure_rust
+    log "building loader and image (release, $TARGET)"
+    (cd "$ROOT" && RUSTFLAGS="-Zmutable-noalias=no" cargo +"$TOOLCHAIN" build --release --locked \
+        --target "$TARGET" -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem \
+        -p hermitage -p hermitage-boot ${CARGO_QUIET:+--quiet})
+    mkdir -p "$OUT"
+    "$(llvm_tool llvm-objcopy)" -O elf32-i386 "$ROOT/target/$TARGET/release/hermitage-boot" "$LOADER"
+    cp "$ROOT/target/$TARGET/release/hermitage" "$IMAGE"
+}
+
+# Can this host run the image under KVM with nested virtualization?
+kvm_usable() {
+    [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
+    grep -qE '^flags.*\b(vmx|svm)\b' /proc/cpuinfo || return 1
+    local n
+    for n in /sys/module/kvm_intel/parameters/nested /sys/module/kvm_amd/parameters/nested; do
+        [ -r "$n" ] && grep -qiE '^(1|y)' "$n" && return 0
+    done
+    return 1
+}
+
+# qemu_args PORT SMP MEM ACCEL APPEND -> prints the QEMU argument list, one per line.
+qemu_args() {
+    local port="$1" smp="$2" mem="$3" accel="$4" append="$5"
+    local cpu=EPYC
+    [ "$accel" = kvm ] && cpu=host
+    printf '%s\n' -machine q35 -accel "$accel" -cpu "$cpu" -smp "$smp" -m "${mem}M" \
+        -display none -vga none -serial stdio -monitor none -no-reboot \
+        -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+        -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:8080" \
+        -device virtio-net-pci,netdev=n0,disable-legacy=on \
+        -kernel "$LOADER" -initrd "$IMAGE" -append "-- $append"
+}
