@@ -1,3 +1,86 @@
-//! Placeholder crate root; filled in by its issue.
-#![no_std]
+//! The Hermitage control endpoint, as a protocol over bytes: HTTP parse -> route -> respond.
+//!
+//! This crate decides everything about a request and touches nothing: no socket, no hardware,
+//! no clock. The kernel's transport (smoltcp) moves bytes in and out; the hypervisor is behind
+//! the [`Backend`] trait. So the whole endpoint runs under `cargo test` on Linux, byte by byte
+//! and under random input (STYLE.md point 9).
+//!
+//! # How bytes flow
+//!
+//! ```text
+//!  socket bytes --feed--> http::Conn --next_request--> http::Request
+//!                          (bounded buffer,             | method, path, query,
+//!                           httparse, limits)           | authorization, content-type, body
+//!                                                       v
+//!                          router::route(method, path) -> router::Command
+//!                                                       |   (or 404 / 405 + Allow / 400 / 501)
+//!                                                       v
+//!                          api::Backend (the hypervisor) -> api::Health / api::CpuInfo
+//!                                                       |   (or api::CpuError -> 404 / 409 / 500)
+//!                                                       v
+//!  socket <--send-- Vec<u8> <-- server::write_json / write_error: status line, headers, JSON
+//! ```
+//!
+//! [`serve`] runs the middle for every request buffered in a connection. A transport needs only
+//! this loop:
+//!
+//! ```
+//! use net::{Conn, Flow, Limits, serve};
+//! # use net::api::*;
+//! # struct Hv;
+//! # impl Backend for Hv {
+//! #     fn health(&self) -> Health<'_> { Health::new(VERSION, 1, Virt::Svm) }
+//! #     fn cpus(&self, each: &mut dyn FnMut(&CpuInfo<'_>)) { each(&CpuInfo::new(0, 0)) }
+//! #     fn cpu(&self, id: u32) -> Result<CpuInfo<'_>, CpuError> { Err(CpuError::NotFound) }
+//! #     fn cpu_online(&mut self, id: u32) -> Result<CpuInfo<'_>, CpuError> { Err(CpuError::NotFound) }
+//! #     fn cpu_offline(&mut self, id: u32) -> Result<CpuInfo<'_>, CpuError> { Err(CpuError::NotFound) }
+//! # }
+//! # let mut hv = Hv;
+//! let mut conn = Conn::new(Limits::default()); // one per TCP connection; reuse with reset()
+//! let mut out = Vec::new();
+//!
+//! // Whenever the socket has data (smoltcp: socket.recv(|d| { let n = conn.feed(d); (n, ()) })):
+//! let received = b"GET /v1/health HTTP/1.1\r\nHost: hv\r\n\r\n";
+//! let taken = conn.feed(received); // may take fewer when full; feed the rest after serve()
+//! assert_eq!(taken, received.len());
+//! let flow = serve(&mut conn, &mut hv, &mut out);
+//!
+//! // Send `out`, clear it; if flow == Flow::Close, close once it is sent.
+//! assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+//! assert_eq!(flow, Flow::Continue);
+//! ```
+//!
+//! # Modules
+//!
+//! * [`http`]: the connection state machine ([`Conn`]), [`Limits`], [`Request`], statuses.
+//! * [`router`]: the route table [`router::ROUTES`] and [`router::Command`].
+//! * [`api`]: reply types ([`api::Health`], [`api::CpuInfo`]), [`api::CpuError`], [`Backend`].
+//! * [`error`]: [`ApiError`] and the one JSON error shape
+//!   `{"error":{"code":"not_found","message":"no route for GET /v1/foo"}}`.
+//! * [`server`]: [`serve`], [`handle`] and the response writers.
+//!
+//! # Bounds
+//!
+//! A [`Conn`] allocates its input buffer once (head + body limit, 72 KiB by default) and parsing
+//! allocates nothing. Responses go into the caller's `Vec<u8>`, at most
+//! [`Limits::max_response_bytes`] each, and [`serve`] stops answering pipelined requests while
+//! that much output is waiting. Bounding the number of connections is the transport's job.
+//!
+//! Not here yet: authentication (the `Authorization` header is passed through in [`Request`]),
+//! request bodies for commands (none of the current routes takes one).
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod api;
+pub mod error;
+pub mod http;
+pub mod router;
+pub mod server;
+
+pub use api::Backend;
+pub use error::ApiError;
+pub use http::{Conn, Limits, Next, Request};
+pub use server::{Flow, handle, serve};

@@ -1,0 +1,676 @@
+//! HTTP/1.1 server side of one connection, over bytes.
+//!
+//! This layer exists so that everything the endpoint decides about the wire format (where a
+//! request ends, whether the connection stays open, which limit was hit) is a plain state
+//! machine that the host tests can drive byte by byte. It owns no socket: the transport feeds it
+//! what it received ([`Conn::feed`]) and asks for the next complete request
+//! ([`Conn::next_request`]). The request head is parsed by `httparse`, a well-kept parser; this
+//! module only adds framing (`Content-Length`), limits and connection persistence.
+//!
+//! What is supported, on purpose, and what is not:
+//!
+//! * Request bodies are framed by `Content-Length` only. A request that carries
+//!   `Transfer-Encoding: chunked` is answered `411 Length Required` (code `length_required`):
+//!   our bodies are small JSON documents every client can length-prefix, and 411 tells the client
+//!   exactly what to do instead. Any other transfer coding is `501 Not Implemented`, as RFC 9112
+//!   §6.1 asks for codings a server does not understand. Both close the connection, because
+//!   without the framing the next request cannot be found.
+//! * Persistence follows RFC 9112 §9.3: HTTP/1.1 stays open unless a `Connection` header carries
+//!   `close`; HTTP/1.0 closes unless it carries `keep-alive`.
+//! * Pipelining: several requests may be buffered; they are yielded in order and the caller
+//!   answers them in order.
+//! * Every malformed or over-limit request yields one [`ParseError`], to be answered with its
+//!   status (400, 411, 413, 431, 501, 505), after which the connection is closed: once framing
+//!   is in doubt nothing after it can be trusted.
+//! * Not supported (yet): `Expect: 100-continue` (curl only sends it for bodies over 1 KiB and
+//!   then sends the body anyway after a second), `HEAD`, absolute-form targets, percent-decoding.
+//!
+//! Memory: a [`Conn`] allocates its input buffer once, `max_head_bytes + max_body_bytes` long,
+//! and never grows it; parsing allocates nothing.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+/// How many header slots the parser is given at most; [`Limits::max_headers`] is clamped to it.
+///
+/// The slots live on the stack while a request head is parsed (`httparse` needs them up front).
+pub const HEADER_SLOTS: usize = 64;
+
+/// Bounds on what one connection accepts and produces.
+///
+/// The defaults fit a control API whose requests are a request line, a handful of headers and at
+/// most a small JSON document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most header fields in one request (default 32, at most [`HEADER_SLOTS`]). More: 431.
+    pub max_headers: usize,
+    /// Most bytes in a request head, request line and headers and the blank line included
+    /// (default 8 KiB). More: 431.
+    pub max_head_bytes: usize,
+    /// Most bytes in a request body, as announced by `Content-Length` (default 64 KiB). More: 413.
+    pub max_body_bytes: usize,
+    /// Most bytes in one response, head included (default 256 KiB). A reply that would not fit
+    /// is replaced by a `500 response_too_large` error. [`crate::serve`] also stops answering
+    /// pipelined requests once this many bytes are waiting in its output, until they are sent.
+    pub max_response_bytes: usize,
+}
+
+impl Limits {
+    /// The documented defaults: 32 headers, 8 KiB head, 64 KiB body, 256 KiB response.
+    pub const DEFAULT: Limits = Limits {
+        max_headers: 32,
+        max_head_bytes: 8 * 1024,
+        max_body_bytes: 64 * 1024,
+        max_response_bytes: 256 * 1024,
+    };
+
+    fn header_slots(&self) -> usize {
+        self.max_headers.clamp(1, HEADER_SLOTS)
+    }
+
+    fn buffer_capacity(&self) -> usize {
+        self.max_head_bytes.saturating_add(self.max_body_bytes)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A request method. Methods the parser accepts but that are none of these are [`Method::Other`]
+/// (the router answers them `501 not_implemented`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `HEAD`
+    Head,
+    /// `POST`
+    Post,
+    /// `PUT`
+    Put,
+    /// `DELETE`
+    Delete,
+    /// `PATCH`
+    Patch,
+    /// `OPTIONS`
+    Options,
+    /// Any other token (methods are case-sensitive: `get` is one of these).
+    Other,
+}
+
+impl Method {
+    const ALL: [Method; 7] = [
+        Method::Get,
+        Method::Head,
+        Method::Post,
+        Method::Put,
+        Method::Delete,
+        Method::Patch,
+        Method::Options,
+    ];
+
+    /// Parses a method token as sent on the wire.
+    pub fn from_token(token: &str) -> Method {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.as_str() == token)
+            .unwrap_or(Method::Other)
+    }
+
+    /// The token as sent on the wire (`"OTHER"` for [`Method::Other`]).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of methods, as sent in an `Allow` header (`Display` gives `GET, POST`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Methods(u8);
+
+impl Methods {
+    /// The empty set.
+    pub const EMPTY: Methods = Methods(0);
+
+    /// This set with `m` added.
+    #[must_use]
+    pub const fn with(self, m: Method) -> Methods {
+        Methods(self.0 | m.bit())
+    }
+
+    /// Whether `m` is in the set.
+    pub const fn contains(self, m: Method) -> bool {
+        self.0 & m.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The members, in a fixed order.
+    pub fn iter(self) -> impl Iterator<Item = Method> {
+        Method::ALL.into_iter().filter(move |m| self.contains(*m))
+    }
+}
+
+impl fmt::Display for Methods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, m) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(m.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// A response status this endpoint sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// 200
+    Ok,
+    /// 400
+    BadRequest,
+    /// 401
+    Unauthorized,
+    /// 404
+    NotFound,
+    /// 405
+    MethodNotAllowed,
+    /// 409
+    Conflict,
+    /// 411
+    LengthRequired,
+    /// 413
+    ContentTooLarge,
+    /// 415
+    UnsupportedMediaType,
+    /// 431
+    HeaderFieldsTooLarge,
+    /// 500
+    InternalServerError,
+    /// 501
+    NotImplemented,
+    /// 503
+    ServiceUnavailable,
+    /// 505
+    HttpVersionNotSupported,
+}
+
+impl Status {
+    /// The numeric code.
+    pub const fn code(self) -> u16 {
+        match self {
+            Status::Ok => 200,
+            Status::BadRequest => 400,
+            Status::Unauthorized => 401,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::Conflict => 409,
+            Status::LengthRequired => 411,
+            Status::ContentTooLarge => 413,
+            Status::UnsupportedMediaType => 415,
+            Status::HeaderFieldsTooLarge => 431,
+            Status::InternalServerError => 500,
+            Status::NotImplemented => 501,
+            Status::ServiceUnavailable => 503,
+            Status::HttpVersionNotSupported => 505,
+        }
+    }
+
+    /// The reason phrase of the status line (RFC 9110 §15).
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::BadRequest => "Bad Request",
+            Status::Unauthorized => "Unauthorized",
+            Status::NotFound => "Not Found",
+            Status::MethodNotAllowed => "Method Not Allowed",
+            Status::Conflict => "Conflict",
+            Status::LengthRequired => "Length Required",
+            Status::ContentTooLarge => "Content Too Large",
+            Status::UnsupportedMediaType => "Unsupported Media Type",
+            Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
+            Status::InternalServerError => "Internal Server Error",
+            Status::NotImplemented => "Not Implemented",
+            Status::ServiceUnavailable => "Service Unavailable",
+            Status::HttpVersionNotSupported => "HTTP Version Not Supported",
+        }
+    }
+}
+
+/// Why a request could not be framed. Each is answered with [`ParseError::status`] and then the
+/// connection is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParseError {
+    /// The request line or a header is not valid HTTP/1.x syntax (400).
+    Malformed,
+    /// The request target is not in origin form (does not start with `/`) (400).
+    BadTarget,
+    /// A header this layer needs (`Content-Length`, `Authorization`, `Content-Type`,
+    /// `Connection`) has a value it cannot use: not a number, not UTF-8, conflicting copies (400).
+    BadHeader(HeaderName),
+    /// More than [`Limits::max_headers`] header fields (431).
+    TooManyHeaders,
+    /// The head is longer than [`Limits::max_head_bytes`] (431).
+    HeadTooLarge,
+    /// `Content-Length` is over [`Limits::max_body_bytes`] (413).
+    BodyTooLarge,
+    /// `Transfer-Encoding: chunked`: send `Content-Length` instead (411).
+    ChunkedBody,
+    /// A transfer coding other than chunked (501).
+    UnsupportedTransferCoding,
+    /// A well-formed version that is not HTTP/1.0 or HTTP/1.1, such as `HTTP/2.0` (505).
+    UnsupportedVersion,
+}
+
+/// The headers [`ParseError::BadHeader`] can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HeaderName {
+    /// `Content-Length`
+    ContentLength,
+    /// `Authorization`
+    Authorization,
+    /// `Content-Type`
+    ContentType,
+    /// `Connection`
+    Connection,
+}
+
+impl HeaderName {
+    /// The header name in its usual spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HeaderName::ContentLength => "Content-Length",
+            HeaderName::Authorization => "Authorization",
+            HeaderName::ContentType => "Content-Type",
+            HeaderName::Connection => "Connection",
+        }
+    }
+}
+
+impl ParseError {
+    /// The status this error is answered with.
+    pub const fn status(self) -> Status {
+        match self {
+            ParseError::Malformed | ParseError::BadTarget | ParseError::BadHeader(_) => {
+                Status::BadRequest
+            }
+            ParseError::TooManyHeaders | ParseError::HeadTooLarge => Status::HeaderFieldsTooLarge,
+            ParseError::BodyTooLarge => Status::ContentTooLarge,
+            ParseError::ChunkedBody => Status::LengthRequired,
+            ParseError::UnsupportedTransferCoding => Status::NotImplemented,
+            ParseError::UnsupportedVersion => Status::HttpVersionNotSupported,
+        }
+    }
+}
+
+/// One complete request, borrowed from the connection's buffer.
+///
+/// Only what the endpoint uses is kept; other headers are checked for syntax and dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The method.
+    pub method: Method,
+    /// The path of the target, without the query: always starts with `/`, not percent-decoded.
+    pub path: &'a str,
+    /// What follows the first `?` of the target, if there is one (not decoded).
+    pub query: Option<&'a str>,
+    /// The minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// The `Authorization` header, if sent.
+    pub authorization: Option<&'a str>,
+    /// The `Content-Type` header, if sent.
+    pub content_type: Option<&'a str>,
+    /// The body (`Content-Length` bytes; empty without that header).
+    pub body: &'a [u8],
+    /// Whether the connection stays open after the response. When false, the response must
+    /// carry `Connection: close` and the transport closes after sending it; the [`Conn`] has
+    /// already stopped reading.
+    pub keep_alive: bool,
+}
+
+/// What [`Conn::next_request`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next<'a> {
+    /// A complete request: answer it (in order), then ask again.
+    Request(Request<'a>),
+    /// Bytes that cannot be a valid request: answer with the error's status and
+    /// `Connection: close`, then close. The connection is now [`Next::Closed`].
+    Error(ParseError),
+    /// No complete request buffered: feed more bytes.
+    NeedMore,
+    /// The connection is done (after `Connection: close` or an error); nothing more will come.
+    Closed,
+}
+
+/// The server side of one HTTP/1.1 connection, as a state machine over bytes.
+///
+/// ```
+/// use net::http::{Conn, Limits, Next};
+///
+/// let mut conn = Conn::new(Limits::default());
+/// let data = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/cpus HTTP/1.1\r\n";
+/// assert_eq!(conn.feed(data), data.len());
+/// match conn.next_request() {
+///     Next::Request(req) => assert_eq!(req.path, "/v1/health"),
+///     other => panic!("{other:?}"),
+/// }
+/// // The second request is not complete yet.
+/// assert_eq!(conn.next_request(), Next::NeedMore);
+/// ```
+#[derive(Debug)]
+pub struct Conn {
+    limits: Limits,
+    /// Received bytes; `buf[..consumed]` belongs to requests already yielded. Its capacity is
+    /// fixed at construction.
+    buf: Vec<u8>,
+    consumed: usize,
+    state: State,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Open,
+    /// A request asked to close, or an error was reported: ignore everything after.
+    Closed,
+}
+
+impl Conn {
+    /// A fresh connection; allocates its input buffer (`max_head_bytes + max_body_bytes`) once.
+    pub fn new(limits: Limits) -> Conn {
+        Conn {
+            limits,
+            buf: Vec::with_capacity(limits.buffer_capacity()),
+            consumed: 0,
+            state: State::Open,
+        }
+    }
+
+    /// Makes this a fresh connection again, keeping the buffer (for connection pools).
+    pub fn reset(&mut self) {
+        self.buf.clear();
+        self.consumed = 0;
+        self.state = State::Open;
+    }
+
+    /// The limits this connection enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether the connection is done: after a `Connection: close` request or an error was
+    /// yielded. The transport closes once it has sent the last response.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Bytes received and not yet yielded as part of a request.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.consumed
+    }
+
+    /// Appends received bytes and returns how many were taken.
+    ///
+    /// Fewer than `bytes.len()` are taken only when the buffer is full of complete pipelined
+    /// requests: call [`Conn::next_request`] until it wants more, then feed the rest (this is the
+    /// shape of smoltcp's `TcpSocket::recv`, which leaves untaken bytes in the socket). Once the
+    /// connection is closed, all bytes are taken and dropped.
+    pub fn feed(&mut self, bytes: &[u8]) -> usize {
+        if self.state == State::Closed {
+            return bytes.len();
+        }
+        if self.consumed > 0 {
+            self.buf.drain(..self.consumed);
+            self.consumed = 0;
+        }
+        let room = self.limits.buffer_capacity() - self.buf.len();
+        let n = bytes.len().min(room);
+        self.buf.extend_from_slice(&bytes[..n]);
+        n
+    }
+
+    /// The next complete request, if one is buffered.
+    ///
+    /// The returned request borrows the buffer; its bytes are released at the next call of
+    /// [`Conn::feed`] or [`Conn::next_request`].
+    pub fn next_request(&mut self) -> Next<'_> {
+        if self.state == State::Closed {
+            return Next::Closed;
+        }
+        let limits = self.limits;
+        let input = &self.buf[self.consumed..];
+        match parse(&limits, input) {
+            Ok(Some((req, len))) => {
+                self.consumed += len;
+                if !req.keep_alive {
+                    self.state = State::Closed;
+                }
+                Next::Request(req)
+            }
+            Ok(None) => Next::NeedMore,
+            Err(e) => {
+                self.state = State::Closed;
+                Next::Error(e)
+            }
+        }
+    }
+}
+
+/// Parses one request from the front of `input`: the request and how many bytes it spans, or
+/// `None` if more bytes are needed.
+fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, ParseError> {
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut head = httparse::Request::new(&mut slots[..limits.header_slots()]);
+    // Only the first `max_head_bytes` are ever parsed as head, so that the outcome does not
+    // depend on how the bytes were split into feeds.
+    let window = &input[..input.len().min(limits.max_head_bytes)];
+    let full = window.len() == limits.max_head_bytes;
+    let head_len = match head.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if full => return Err(ParseError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
+        // httparse reports any unexpected byte in the version as soon as it sees it; wait for
+        // the whole request line to tell `HTTP/2.0` (505) from garbage (400).
+        Err(httparse::Error::Version) => match request_line(window) {
+            Some(line) if is_other_version(line) => return Err(ParseError::UnsupportedVersion),
+            Some(_) => return Err(ParseError::Malformed),
+            None if full => return Err(ParseError::HeadTooLarge),
+            None => return Ok(None),
+        },
+        Err(_) => return Err(ParseError::Malformed),
+    };
+    // A complete parse fills all three.
+    let (Some(method), Some(target), Some(minor_version)) = (head.method, head.path, head.version)
+    else {
+        return Err(ParseError::Malformed);
+    };
+    if !target.starts_with('/') {
+        return Err(ParseError::BadTarget);
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+
+    let mut content_length: Option<u64> = None;
+    let mut authorization = None;
+    let mut content_type = None;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    for h in head.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(h.value)?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(ParseError::BadHeader(HeaderName::ContentLength));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Any transfer coding makes the framing ours to decode, which we do not do. Chunked
+            // gets 411 (send a length instead); anything else 501 (RFC 9112 §6.1).
+            let chunked = h
+                .value
+                .split(|b| *b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(b"chunked"));
+            return Err(if chunked {
+                ParseError::ChunkedBody
+            } else {
+                ParseError::UnsupportedTransferCoding
+            });
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(single_str(
+                authorization,
+                h.value,
+                HeaderName::Authorization,
+            )?);
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(single_str(content_type, h.value, HeaderName::ContentType)?);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',').map(trim) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+
+    let body_len = content_length.unwrap_or(0);
+    if body_len > limits.max_body_bytes as u64 {
+        return Err(ParseError::BodyTooLarge);
+    }
+    // Fits in usize: bounded by max_body_bytes.
+    let total = head_len + body_len as usize;
+    if input.len() < total {
+        return Ok(None);
+    }
+    let keep_alive = match minor_version {
+        0 => keep_alive_token && !close,
+        _ => !close,
+    };
+    Ok(Some((
+        Request {
+            method: Method::from_token(method),
+            path,
+            query,
+            minor_version,
+            authorization,
+            content_type,
+            body: &input[head_len..total],
+            keep_alive,
+        },
+        total,
+    )))
+}
+
+/// `Content-Length = 1*DIGIT` (RFC 9110 §8.6). Values too large for u64 are certainly over the
+/// body limit, so they saturate and end as 413.
+fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
+    let value = trim(value);
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(ParseError::BadHeader(HeaderName::ContentLength));
+    }
+    Ok(value.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    }))
+}
+
+/// A header we keep as text: UTF-8, and sent at most once.
+fn single_str<'a>(
+    seen: Option<&'a str>,
+    value: &'a [u8],
+    name: HeaderName,
+) -> Result<&'a str, ParseError> {
+    if seen.is_some() {
+        return Err(ParseError::BadHeader(name));
+    }
+    core::str::from_utf8(value).map_err(|_| ParseError::BadHeader(name))
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The request line, without its line ending and leading empty lines, once it is complete.
+fn request_line(input: &[u8]) -> Option<&[u8]> {
+    let start = input.iter().position(|b| !matches!(b, b'\r' | b'\n'))?;
+    let input = &input[start..];
+    let end = input.iter().position(|b| *b == b'\n')?;
+    let line = &input[..end];
+    Some(line.strip_suffix(b"\r").unwrap_or(line))
+}
+
+/// Whether a request line is `method SP target SP HTTP/d.d`: a well-formed version that is not
+/// one we speak (505) rather than garbage (400).
+fn is_other_version(line: &[u8]) -> bool {
+    let mut parts = line.split(|b| *b == b' ');
+    let version = parts.nth(2);
+    parts.next().is_none()
+        && matches!(version, Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor])
+            if major.is_ascii_digit() && minor.is_ascii_digit())
+}
+
+/// Writes a response head into `out`: status line, `Content-Type: application/json`,
+/// `Content-Length`, `Connection`, and `Allow` when given.
+pub fn write_head(
+    out: &mut Vec<u8>,
+    status: Status,
+    content_length: usize,
+    keep_alive: bool,
+    allow: Methods,
+) {
+    use fmt::Write as _;
+    let mut w = VecWriter(out);
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        w,
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        status.code(),
+        status.reason(),
+        content_length,
+        if keep_alive { "keep-alive" } else { "close" },
+    );
+    if !allow.is_empty() {
+        let _ = write!(w, "Allow: {allow}\r\n");
+    }
+    w.0.extend_from_slice(b"\r\n");
+}
+
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}

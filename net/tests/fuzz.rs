@@ -1,0 +1,209 @@
+//! Random input: nothing panics, every output is a sequence of well-formed responses, and how
+//! the bytes are split into feeds never changes the output.
+
+mod common;
+
+use common::{Fake, read_responses};
+use net::{Conn, Flow, Limits, serve};
+use proptest::prelude::*;
+
+/// Feeds `chunks` in order, serving after each feed until no more progress; returns all output.
+fn run(limits: Limits, chunks: &[&[u8]]) -> (Vec<u8>, Flow) {
+    let mut conn = Conn::new(limits);
+    let mut fake = Fake::new(4);
+    let mut out = Vec::new();
+    let mut flow = Flow::Continue;
+    for chunk in chunks {
+        let mut rest = *chunk;
+        loop {
+            let n = conn.feed(rest);
+            rest = &rest[n..];
+            let mut progressed = n > 0;
+            loop {
+                // A transport sends and clears its output between calls.
+                let mut sent = Vec::new();
+                flow = serve(&mut conn, &mut fake, &mut sent);
+                if sent.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(&sent);
+                progressed = true;
+                if flow == Flow::Close {
+                    break;
+                }
+            }
+            if rest.is_empty() {
+                break;
+            }
+            assert!(
+                progressed,
+                "stuck: input left, nothing taken, nothing answered"
+            );
+        }
+    }
+    (out, flow)
+}
+
+/// The invariants every output satisfies.
+fn check(out: &[u8], flow: Flow) {
+    let resps = read_responses(out);
+    if let Some((last, init)) = resps.split_last() {
+        assert!(
+            init.iter().all(|r| r.keep_alive()),
+            "only the last response may close"
+        );
+        assert_eq!(!last.keep_alive(), flow == Flow::Close);
+    } else {
+        assert_eq!(flow, Flow::Continue, "closing without an answer");
+    }
+    for r in &resps {
+        assert!(matches!(
+            r.status,
+            200 | 400 | 404 | 405 | 409 | 411 | 413 | 431 | 500 | 501 | 505
+        ));
+    }
+}
+
+/// Cuts `bytes` at the given points.
+fn split<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    for c in cuts {
+        chunks.push(&bytes[at..c]);
+        at = c;
+    }
+    chunks.push(&bytes[at..]);
+    chunks
+}
+
+/// Pieces that add up to plausible, almost plausible and broken requests.
+fn fragment() -> impl Strategy<Value = Vec<u8>> {
+    let s = |x: &str| Just(x.as_bytes().to_vec());
+    prop_oneof![
+        4 => s("GET /v1/health HTTP/1.1\r\n\r\n"),
+        3 => s("GET /v1/cpus HTTP/1.1\r\nHost: hv\r\n\r\n"),
+        3 => (0u32..6, prop::bool::ANY).prop_map(|(id, on)| format!(
+            "POST /v1/cpus/{id}/{} HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            if on { "online" } else { "offline" }
+        ).into_bytes()),
+        2 => s("GET /v1/cpus/1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
+        1 => s("GET /v1/cpus/1 HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        1 => s("PUT /v1/health HTTP/1.1\r\n\r\n"),
+        1 => s("BREW /v1/cpus/x HTTP/1.1\r\n\r\n"),
+        1 => s("GET /v1/cpus/99999999999 HTTP/1.1\r\n\r\n"),
+        1 => (0usize..80).prop_map(|n| format!(
+            "POST /v1/cpus/0/online HTTP/1.1\r\nContent-Length: {n}\r\n\r\n"
+        ).into_bytes()),
+        1 => s("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        1 => s("GET / HTTP/2.0\r\n\r\n"),
+        2 => s("X-Header: value\r\n"),
+        2 => s("\r\n"),
+        2 => s("GET "),
+        2 => s(" HTTP/1.1"),
+        3 => prop::collection::vec(any::<u8>(), 0..40),
+        1 => prop::collection::vec(prop::sample::select(b"/v1cpus{}%\"\\ \r\n:GETPOS".to_vec()), 0..60),
+    ]
+}
+
+/// A valid request, and whether it asks to close.
+fn valid_request() -> impl Strategy<Value = (Vec<u8>, bool)> {
+    let path = prop_oneof![
+        Just("/v1/health".to_string()),
+        Just("/v1/cpus".to_string()),
+        (0u32..6).prop_map(|id| format!("/v1/cpus/{id}")),
+        (0u32..6).prop_map(|id| format!("/v1/cpus/{id}/online")),
+        (0u32..6).prop_map(|id| format!("/v1/cpus/{id}/offline")),
+        "/[a-z0-9/]{0,20}",
+    ];
+    let method = prop::sample::select(vec!["GET", "POST", "PUT", "DELETE"]);
+    let conn = prop::sample::select(vec![
+        "",
+        "Connection: keep-alive\r\n",
+        "Connection: close\r\n",
+    ]);
+    let body = prop::collection::vec(any::<u8>(), 0..64);
+    (method, path, conn, body, prop::bool::ANY).prop_map(|(m, p, c, b, v10)| {
+        let version = if v10 { "1.0" } else { "1.1" };
+        let closes = c.contains("close") || (v10 && !c.contains("keep-alive"));
+        let head = format!(
+            "{m} {p} HTTP/{version}\r\nHost: hv\r\n{c}Content-Length: {}\r\n\r\n",
+            b.len()
+        );
+        ([head.into_bytes(), b].concat(), closes)
+    })
+}
+
+fn small_limits() -> impl Strategy<Value = Limits> {
+    (1usize..40, 16usize..300, 0usize..100, 64usize..2000).prop_map(|(h, head, body, resp)| {
+        Limits {
+            max_headers: h,
+            max_head_bytes: head,
+            max_body_bytes: body,
+            max_response_bytes: resp,
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_bytes_give_well_formed_output(
+        bytes in prop::collection::vec(any::<u8>(), 0..4096),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let (out, flow) = run(Limits::default(), &split(&bytes, &cuts));
+        check(&out, flow);
+    }
+
+    #[test]
+    fn request_soup_gives_well_formed_output_however_split(
+        frags in prop::collection::vec(fragment(), 0..24),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let bytes = frags.concat();
+        let (whole, whole_flow) = run(Limits::default(), &[&bytes]);
+        check(&whole, whole_flow);
+        let (parts, parts_flow) = run(Limits::default(), &split(&bytes, &cuts));
+        prop_assert_eq!(String::from_utf8_lossy(&whole), String::from_utf8_lossy(&parts));
+        prop_assert_eq!(whole_flow, parts_flow);
+    }
+
+    #[test]
+    fn tight_limits_never_wedge(
+        limits in small_limits(),
+        frags in prop::collection::vec(fragment(), 0..24),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let bytes = frags.concat();
+        let (whole, whole_flow) = run(limits, &[&bytes]);
+        check(&whole, whole_flow);
+        let (parts, parts_flow) = run(limits, &split(&bytes, &cuts));
+        prop_assert_eq!(whole, parts);
+        prop_assert_eq!(whole_flow, parts_flow);
+    }
+
+    #[test]
+    fn valid_pipelines_get_one_response_each(
+        reqs in prop::collection::vec(valid_request(), 0..40),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let bytes: Vec<u8> = reqs.iter().flat_map(|(b, _)| b.clone()).collect();
+        let answered = reqs.iter().position(|(_, closes)| *closes).map_or(reqs.len(), |i| i + 1);
+        let (out, flow) = run(Limits::default(), &split(&bytes, &cuts));
+        check(&out, flow);
+        let resps = read_responses(&out);
+        prop_assert_eq!(resps.len(), answered);
+        prop_assert!(resps.iter().all(|r| r.status < 500 || r.status == 500 && r.code() == "cpu_failed"));
+        prop_assert_eq!(flow == Flow::Close, answered < reqs.len() || reqs.last().is_some_and(|r| r.1));
+    }
+
+    #[test]
+    fn byte_by_byte_equals_whole(frags in prop::collection::vec(fragment(), 0..8)) {
+        let bytes = frags.concat();
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        prop_assert_eq!(run(Limits::default(), &[&bytes]), run(Limits::default(), &singles));
+    }
+}
