@@ -91,7 +91,7 @@ fn cpu_reply(
     write_json(out, Status::Ok, keep_alive, max, &reply?)
 }
 
-/// `{"cpus":[...]}`, streamed from [`Backend::cpus`].
+/// A JSON array of CPU objects, streamed from [`Backend::cpus`].
 fn write_cpus<B: Backend + ?Sized>(
     out: &mut Vec<u8>,
     keep_alive: bool,
@@ -99,7 +99,7 @@ fn write_cpus<B: Backend + ?Sized>(
     backend: &B,
 ) -> Result<(), ApiError> {
     write_response(out, Status::Ok, keep_alive, Methods::EMPTY, max, |w| {
-        w.raw(b"{\"cpus\":[")?;
+        w.raw(b"[")?;
         let mut result = Ok(());
         let mut first = true;
         backend.cpus(&mut |cpu| {
@@ -109,7 +109,7 @@ fn write_cpus<B: Backend + ?Sized>(
             }
         });
         result?;
-        w.raw(b"]}")
+        w.raw(b"]")
     })
 }
 
