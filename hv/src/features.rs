@@ -272,14 +272,15 @@ mod tests {
         [max, w(0), w(8), w(4)]
     }
 
-    /// The bits QEMU 7.2 TCG `-cpu EPYC` reports that matter here: SVM rev 1, 16 ASIDs, NPT
-    /// only (no NRIPS), hypervisor bit, no PMU leaves.
+    /// The bits QEMU 7.2 TCG `-cpu EPYC` reports that matter here (as the image printed them
+    /// booting there): SVM rev 1, 16 ASIDs, NPT only (no NRIPS), hypervisor bit, no x2APIC,
+    /// no PMU leaves and no core counter extension.
     fn qemu_epyc() -> Dump {
         Dump::default()
             .set(0, 0, vendor_regs(b"AuthenticAMD", 0xD))
-            .set(1, 0, [0x00800F12, 0x0000_0800, (1 << 31) | (1 << 21), 0x178BFBFF])
+            .set(1, 0, [0x00800F12, 0x0000_0800, 1 << 31, 0x178BFBFF])
             .set(0x8000_0000, 0, [0x8000_001E, 0, 0, 0])
-            .set(0x8000_0001, 0, [0, 0, (1 << 2) | (1 << 23), 0])
+            .set(0x8000_0001, 0, [0, 0, 1 << 2, 0])
             .set(0x8000_000A, 0, [1, 16, 0, 1 << 0])
     }
 
@@ -310,9 +311,16 @@ mod tests {
         assert!(!f.nrips);
         assert_eq!(f.asids, 16);
         assert_eq!(f.svm_revision, 1);
-        assert!(f.x2apic && f.under_hypervisor);
-        assert_eq!((f.pmu.version, f.pmu.gp_counters), (1, 6), "core extension gives six counters");
+        assert!(!f.x2apic && f.under_hypervisor);
+        assert_eq!((f.pmu.version, f.pmu.gp_counters), (0, 4), "legacy AMD: four counters");
         assert!(!f.tdx_candidate());
+    }
+
+    #[test]
+    fn amd_core_extension_gives_six_counters() {
+        let f = HostFeatures::detect(qemu_epyc().set(0x8000_0001, 0, [0, 0, (1 << 2) | (1 << 23), 0]).cpuid(), None);
+        assert_eq!((f.pmu.version, f.pmu.gp_counters), (1, 6));
+        assert!(f.pmu.amd_core_ext);
     }
 
     #[test]
@@ -367,6 +375,6 @@ mod tests {
     #[test]
     fn display_is_one_readable_line() {
         let s = format!("{}", HostFeatures::detect(qemu_epyc().cpuid(), None));
-        assert_eq!(s, "vendor=amd virt=svm npt=yes nrips=no asids=16 rev=1 pmu=v1/6x48b+0fixed x2apic=yes tdx=absent hypervisor=yes");
+        assert_eq!(s, "vendor=amd virt=svm npt=yes nrips=no asids=16 rev=1 pmu=v0/4x48b+0fixed x2apic=no tdx=absent hypervisor=yes");
     }
 }

@@ -125,9 +125,17 @@ impl phy::TxToken for TxToken<'_> {
         let hdr = nic.dev.fill_buffer_header(&mut nic.tx.0).unwrap_or(0);
         let len = len.min(BUF - hdr);
         let r = f(&mut nic.tx.0[hdr..hdr + len]);
-        // `send` waits for the device to consume the buffer; a failure drops the frame, which
-        // TCP retransmits.
-        let _ = nic.dev.send(&nic.tx.0[..hdr + len]);
+        let frame = &nic.tx.0[..hdr + len];
+        // SAFETY: `tx` is owned by the NIC and not touched until the device hands the buffer
+        // back: we wait for that completion right here before returning.
+        if let Ok(token) = unsafe { nic.dev.transmit_begin(frame) } {
+            while nic.dev.poll_transmit() != Some(token) {
+                core::hint::spin_loop();
+            }
+            // SAFETY: the same buffer that was passed to transmit_begin for `token`.
+            // A failure drops the frame, which TCP retransmits.
+            let _ = unsafe { nic.dev.transmit_complete(token, frame) };
+        }
         r
     }
 }
