@@ -16,7 +16,11 @@ use core::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IpConfig {
     Dhcp,
-    Static { addr: [u8; 4], prefix: u8, gateway: Option<[u8; 4]> },
+    Static {
+        addr: [u8; 4],
+        prefix: u8,
+        gateway: Option<[u8; 4]>,
+    },
 }
 
 /// Everything the command line configures.
@@ -29,7 +33,11 @@ pub struct BootConfig {
 
 impl Default for BootConfig {
     fn default() -> Self {
-        BootConfig { port: 8080, ip: IpConfig::Dhcp, exit_after_boot: false }
+        BootConfig {
+            port: 8080,
+            ip: IpConfig::Dhcp,
+            exit_after_boot: false,
+        }
     }
 }
 
@@ -53,7 +61,9 @@ impl fmt::Display for ConfigError<'_> {
 
 impl BootConfig {
     /// Parse the words after `--`.
-    pub fn parse<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<BootConfig, ConfigError<'a>> {
+    pub fn parse<'a>(
+        words: impl IntoIterator<Item = &'a str>,
+    ) -> Result<BootConfig, ConfigError<'a>> {
         let mut c = BootConfig::default();
         let mut gateway = None;
         for word in words {
@@ -61,14 +71,21 @@ impl BootConfig {
                 Some((k, v)) => (k, Some(v)),
                 None => (word, None),
             };
-            let bad = || ConfigError::BadValue { key, value: value.unwrap_or("") };
+            let bad = || ConfigError::BadValue {
+                key,
+                value: value.unwrap_or(""),
+            };
             match (key, value) {
                 ("port", Some(v)) => c.port = v.parse().ok().filter(|&p| p != 0).ok_or_else(bad)?,
                 ("ip", Some("dhcp")) => c.ip = IpConfig::Dhcp,
                 ("ip", Some(v)) => {
                     let (a, p) = v.split_once('/').ok_or_else(bad)?;
                     let prefix = p.parse().ok().filter(|&p| p <= 32).ok_or_else(bad)?;
-                    c.ip = IpConfig::Static { addr: parse_ipv4(a).ok_or_else(bad)?, prefix, gateway: None };
+                    c.ip = IpConfig::Static {
+                        addr: parse_ipv4(a).ok_or_else(bad)?,
+                        prefix,
+                        gateway: None,
+                    };
                 }
                 ("gw", Some(v)) => gateway = Some(parse_ipv4(v).ok_or_else(bad)?),
                 ("exit_after_boot", None) => c.exit_after_boot = true,
@@ -111,9 +128,22 @@ mod tests {
 
     #[test]
     fn all_options() {
-        let c = BootConfig::parse(["port=9000", "ip=10.0.2.15/24", "gw=10.0.2.2", "exit_after_boot"]).unwrap();
+        let c = BootConfig::parse([
+            "port=9000",
+            "ip=10.0.2.15/24",
+            "gw=10.0.2.2",
+            "exit_after_boot",
+        ])
+        .unwrap();
         assert_eq!(c.port, 9000);
-        assert_eq!(c.ip, IpConfig::Static { addr: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) });
+        assert_eq!(
+            c.ip,
+            IpConfig::Static {
+                addr: [10, 0, 2, 15],
+                prefix: 24,
+                gateway: Some([10, 0, 2, 2])
+            }
+        );
         assert!(c.exit_after_boot);
     }
 
@@ -126,20 +156,71 @@ mod tests {
 
     #[test]
     fn errors_name_the_word() {
-        assert_eq!(BootConfig::parse(["colour=red"]), Err(ConfigError::UnknownKey("colour")));
-        assert_eq!(BootConfig::parse(["port=0"]), Err(ConfigError::BadValue { key: "port", value: "0" }));
-        assert_eq!(BootConfig::parse(["port=70000"]), Err(ConfigError::BadValue { key: "port", value: "70000" }));
-        assert_eq!(BootConfig::parse(["port"]), Err(ConfigError::BadValue { key: "port", value: "" }));
-        assert_eq!(BootConfig::parse(["ip=10.0.2.15"]), Err(ConfigError::BadValue { key: "ip", value: "10.0.2.15" }));
-        assert_eq!(BootConfig::parse(["ip=10.0.2.15/33"]), Err(ConfigError::BadValue { key: "ip", value: "10.0.2.15/33" }));
-        assert_eq!(BootConfig::parse(["gw=10.0.2.2"]), Err(ConfigError::GatewayWithoutStaticIp));
-        assert_eq!(BootConfig::parse(["exit_after_boot=1"]), Err(ConfigError::BadValue { key: "exit_after_boot", value: "1" }));
+        assert_eq!(
+            BootConfig::parse(["colour=red"]),
+            Err(ConfigError::UnknownKey("colour"))
+        );
+        assert_eq!(
+            BootConfig::parse(["port=0"]),
+            Err(ConfigError::BadValue {
+                key: "port",
+                value: "0"
+            })
+        );
+        assert_eq!(
+            BootConfig::parse(["port=70000"]),
+            Err(ConfigError::BadValue {
+                key: "port",
+                value: "70000"
+            })
+        );
+        assert_eq!(
+            BootConfig::parse(["port"]),
+            Err(ConfigError::BadValue {
+                key: "port",
+                value: ""
+            })
+        );
+        assert_eq!(
+            BootConfig::parse(["ip=10.0.2.15"]),
+            Err(ConfigError::BadValue {
+                key: "ip",
+                value: "10.0.2.15"
+            })
+        );
+        assert_eq!(
+            BootConfig::parse(["ip=10.0.2.15/33"]),
+            Err(ConfigError::BadValue {
+                key: "ip",
+                value: "10.0.2.15/33"
+            })
+        );
+        assert_eq!(
+            BootConfig::parse(["gw=10.0.2.2"]),
+            Err(ConfigError::GatewayWithoutStaticIp)
+        );
+        assert_eq!(
+            BootConfig::parse(["exit_after_boot=1"]),
+            Err(ConfigError::BadValue {
+                key: "exit_after_boot",
+                value: "1"
+            })
+        );
     }
 
     #[test]
     fn ipv4_parsing() {
         assert_eq!(parse_ipv4("255.0.0.1"), Some([255, 0, 0, 1]));
-        for bad in ["256.0.0.1", "1.2.3", "1.2.3.4.5", "1..2.3", "a.b.c.d", "+1.2.3.4", "0001.2.3.4", ""] {
+        for bad in [
+            "256.0.0.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..2.3",
+            "a.b.c.d",
+            "+1.2.3.4",
+            "0001.2.3.4",
+            "",
+        ] {
             assert_eq!(parse_ipv4(bad), None, "{bad}");
         }
     }

@@ -119,8 +119,11 @@ impl HostFeatures {
         let under_hypervisor = fi.as_ref().is_some_and(|f| f.has_hypervisor());
         let ext = cpuid.get_extended_processor_and_feature_identifiers();
         let has_svm = ext.as_ref().is_some_and(|e| e.has_svm());
-        let amd_core_ext = vendor == Vendor::Amd && ext.as_ref().is_some_and(|e| e.has_perf_cntr_extensions());
-        let tme = cpuid.get_extended_feature_info().is_some_and(|e| e.has_tme_en());
+        let amd_core_ext =
+            vendor == Vendor::Amd && ext.as_ref().is_some_and(|e| e.has_perf_cntr_extensions());
+        let tme = cpuid
+            .get_extended_feature_info()
+            .is_some_and(|e| e.has_tme_en());
 
         let mut f = HostFeatures {
             vendor,
@@ -154,7 +157,8 @@ impl HostFeatures {
                     let locked = m.feature_control & FEATURE_CONTROL_LOCK != 0;
                     let allowed = m.feature_control & FEATURE_CONTROL_VMX_OUTSIDE_SMX != 0;
                     if locked && !allowed {
-                        f.virt_unusable = Some("VMX disabled by firmware (IA32_FEATURE_CONTROL locked)");
+                        f.virt_unusable =
+                            Some("VMX disabled by firmware (IA32_FEATURE_CONTROL locked)");
                     } else {
                         f.virt = VirtKind::Vmx;
                     }
@@ -207,7 +211,12 @@ impl HostFeatures {
 
 impl fmt::Display for HostFeatures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "vendor={} virt={}", self.vendor.as_str(), self.virt.as_str())?;
+        write!(
+            f,
+            "vendor={} virt={}",
+            self.vendor.as_str(),
+            self.virt.as_str()
+        )?;
         if let Some(why) = self.virt_unusable {
             write!(f, " ({why})")?;
         }
@@ -217,7 +226,13 @@ impl fmt::Display for HostFeatures {
         };
         write!(f, " {np}={}", yes(self.nested_paging))?;
         match self.virt {
-            VirtKind::Svm => write!(f, " nrips={} asids={} rev={}", yes(self.nrips), self.asids, self.svm_revision)?,
+            VirtKind::Svm => write!(
+                f,
+                " nrips={} asids={} rev={}",
+                yes(self.nrips),
+                self.asids,
+                self.svm_revision
+            )?,
             VirtKind::Vmx => write!(f, " vpid={}", yes(self.vpid))?,
             VirtKind::None => {}
         }
@@ -229,7 +244,11 @@ impl fmt::Display for HostFeatures {
             self.pmu.gp_width,
             self.pmu.fixed_counters,
             yes(self.x2apic),
-            if self.tdx_candidate() { "candidate" } else { "absent" },
+            if self.tdx_candidate() {
+                "candidate"
+            } else {
+                "absent"
+            },
             yes(self.under_hypervisor),
         )
     }
@@ -261,8 +280,17 @@ mod tests {
         fn cpuid(&self) -> impl CpuIdReader + use<> {
             let map = self.0.clone();
             move |leaf: u32, sub: u32| {
-                let r = map.get(&(leaf, sub)).or_else(|| map.get(&(leaf, 0))).copied().unwrap_or([0; 4]);
-                CpuIdResult { eax: r[0], ebx: r[1], ecx: r[2], edx: r[3] }
+                let r = map
+                    .get(&(leaf, sub))
+                    .or_else(|| map.get(&(leaf, 0)))
+                    .copied()
+                    .unwrap_or([0; 4]);
+                CpuIdResult {
+                    eax: r[0],
+                    ebx: r[1],
+                    ecx: r[2],
+                    edx: r[3],
+                }
             }
         }
     }
@@ -312,27 +340,45 @@ mod tests {
         assert_eq!(f.asids, 16);
         assert_eq!(f.svm_revision, 1);
         assert!(!f.x2apic && f.under_hypervisor);
-        assert_eq!((f.pmu.version, f.pmu.gp_counters), (0, 4), "legacy AMD: four counters");
+        assert_eq!(
+            (f.pmu.version, f.pmu.gp_counters),
+            (0, 4),
+            "legacy AMD: four counters"
+        );
         assert!(!f.tdx_candidate());
     }
 
     #[test]
     fn amd_core_extension_gives_six_counters() {
-        let f = HostFeatures::detect(qemu_epyc().set(0x8000_0001, 0, [0, 0, (1 << 2) | (1 << 23), 0]).cpuid(), None);
+        let f = HostFeatures::detect(
+            qemu_epyc()
+                .set(0x8000_0001, 0, [0, 0, (1 << 2) | (1 << 23), 0])
+                .cpuid(),
+            None,
+        );
         assert_eq!((f.pmu.version, f.pmu.gp_counters), (1, 6));
         assert!(f.pmu.amd_core_ext);
     }
 
     #[test]
     fn nrips_bit_is_read() {
-        let f = HostFeatures::detect(qemu_epyc().set(0x8000_000A, 0, [1, 32768, 0, 0b1001]).cpuid(), None);
+        let f = HostFeatures::detect(
+            qemu_epyc()
+                .set(0x8000_000A, 0, [1, 32768, 0, 0b1001])
+                .cpuid(),
+            None,
+        );
         assert!(f.nrips && f.nested_paging);
         assert_eq!(f.asids, 32768);
     }
 
     #[test]
     fn amd_perfmon_v2_counter_count_comes_from_leaf_0x80000022() {
-        let d = qemu_epyc().set(0x8000_0000, 0, [0x8000_0022, 0, 0, 0]).set(0x8000_0022, 0, [1, 6, 0, 0]);
+        let d = qemu_epyc().set(0x8000_0000, 0, [0x8000_0022, 0, 0, 0]).set(
+            0x8000_0022,
+            0,
+            [1, 6, 0, 0],
+        );
         let f = HostFeatures::detect(d.cpuid(), None);
         assert!(f.pmu.amd_perfmon_v2);
         assert_eq!((f.pmu.version, f.pmu.gp_counters), (2, 6));
@@ -344,13 +390,26 @@ mod tests {
         assert_eq!(f.vendor, Vendor::Intel);
         assert_eq!(f.virt, VirtKind::Vmx);
         assert!(f.nested_paging && f.vpid);
-        assert_eq!(f.pmu, PmuInfo { version: 4, gp_counters: 4, gp_width: 48, fixed_counters: 3, fixed_width: 48, ..Default::default() });
+        assert_eq!(
+            f.pmu,
+            PmuInfo {
+                version: 4,
+                gp_counters: 4,
+                gp_width: 48,
+                fixed_counters: 3,
+                fixed_width: 48,
+                ..Default::default()
+            }
+        );
         assert!(f.tdx_candidate());
     }
 
     #[test]
     fn vmx_locked_off_by_firmware_is_unusable() {
-        let msrs = VmxCapMsrs { feature_control: FEATURE_CONTROL_LOCK, ..intel_msrs() };
+        let msrs = VmxCapMsrs {
+            feature_control: FEATURE_CONTROL_LOCK,
+            ..intel_msrs()
+        };
         let f = HostFeatures::detect(intel_host().cpuid(), Some(msrs));
         assert_eq!(f.virt, VirtKind::None);
         assert!(f.virt_unusable.unwrap().contains("firmware"));
@@ -358,7 +417,10 @@ mod tests {
 
     #[test]
     fn vmx_without_secondary_controls_has_no_ept() {
-        let msrs = VmxCapMsrs { procbased: 0x0401_E172, ..intel_msrs() };
+        let msrs = VmxCapMsrs {
+            procbased: 0x0401_E172,
+            ..intel_msrs()
+        };
         let f = HostFeatures::detect(intel_host().cpuid(), Some(msrs));
         assert_eq!(f.virt, VirtKind::Vmx);
         assert!(!f.nested_paging && !f.vpid);
@@ -375,6 +437,9 @@ mod tests {
     #[test]
     fn display_is_one_readable_line() {
         let s = format!("{}", HostFeatures::detect(qemu_epyc().cpuid(), None));
-        assert_eq!(s, "vendor=amd virt=svm npt=yes nrips=no asids=16 rev=1 pmu=v0/4x48b+0fixed x2apic=no tdx=absent hypervisor=yes");
+        assert_eq!(
+            s,
+            "vendor=amd virt=svm npt=yes nrips=no asids=16 rev=1 pmu=v0/4x48b+0fixed x2apic=no tdx=absent hypervisor=yes"
+        );
     }
 }

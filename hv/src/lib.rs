@@ -6,6 +6,6 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
-pub mod virt;
-pub mod features;
 pub mod config;
+pub mod features;
+pub mod virt;

@@ -58,7 +58,11 @@ impl Backend for Hypervisor {
 
     fn cpu_online(&mut self, id: u32) -> Result<CpuInfo<'_>, CpuError> {
         let c = info(id as usize).ok_or(CpuError::NotFound)?;
-        Err(if c.online { CpuError::Conflict(net::api::Conflict::AlreadyOnline) } else { CpuError::Conflict(net::api::Conflict::Busy) })
+        Err(if c.online {
+            CpuError::Conflict(net::api::Conflict::AlreadyOnline)
+        } else {
+            CpuError::Conflict(net::api::Conflict::Busy)
+        })
     }
 
     fn cpu_offline(&mut self, id: u32) -> Result<CpuInfo<'_>, CpuError> {

@@ -2,7 +2,7 @@
 //! core runs that core's bring-up (and, later, its vCPU loop and per-CPU commands), and
 //! publishes what it found here for the endpoint to read without locks.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use hv::features::{HostFeatures, VirtKind, VmxCapMsrs};
 use raw_cpuid::CpuId;
@@ -24,7 +24,11 @@ pub struct CpuSlot {
 
 impl CpuSlot {
     const fn new() -> Self {
-        CpuSlot { up: AtomicBool::new(false), apic_id: AtomicU32::new(0), virt_on: AtomicU8::new(0) }
+        CpuSlot {
+            up: AtomicBool::new(false),
+            apic_id: AtomicU32::new(0),
+            virt_on: AtomicU8::new(0),
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -79,7 +83,11 @@ pub fn detect_here() -> HostFeatures {
             feature_control: hw::rdmsr(0x3A),
             procbased,
             // IA32_VMX_PROCBASED_CTLS2 exists only if secondary controls may be enabled.
-            procbased2: if procbased >> 63 != 0 { hw::rdmsr(0x48B) } else { 0 },
+            procbased2: if procbased >> 63 != 0 {
+                hw::rdmsr(0x48B)
+            } else {
+                0
+            },
         }
     });
     HostFeatures::detect(raw_cpuid::CpuIdReaderNative, msrs)
@@ -93,7 +101,9 @@ fn apic_id_here() -> u32 {
             return level.x2apic_id();
         }
     }
-    cpuid.get_feature_info().map_or(0, |f| u32::from(f.initial_local_apic_id()))
+    cpuid
+        .get_feature_info()
+        .map_or(0, |f| u32::from(f.initial_local_apic_id()))
 }
 
 extern "C" fn bring_up(id: usize) {

@@ -61,8 +61,16 @@ pub fn run(mut nic: Nic, config: BootConfig) -> ! {
 
     let dhcp = match config.ip {
         IpConfig::Dhcp => Some(sockets.add(dhcpv4::Socket::new())),
-        IpConfig::Static { addr, prefix, gateway } => {
-            set_address(&mut iface, Ipv4Cidr::new(Ipv4Address::from(addr), prefix), gateway.map(Ipv4Address::from));
+        IpConfig::Static {
+            addr,
+            prefix,
+            gateway,
+        } => {
+            set_address(
+                &mut iface,
+                Ipv4Cidr::new(Ipv4Address::from(addr), prefix),
+                gateway.map(Ipv4Address::from),
+            );
             None
         }
     };
@@ -148,7 +156,13 @@ fn set_address(iface: &mut Interface, cidr: Ipv4Cidr, gateway: Option<Ipv4Addres
 }
 
 /// Move bytes between one socket and its connection. Returns whether anything happened.
-fn service(slot: &mut Slot, sockets: &mut SocketSet<'_>, hv: &mut Hypervisor, port: u16, t: Instant) -> bool {
+fn service(
+    slot: &mut Slot,
+    sockets: &mut SocketSet<'_>,
+    hv: &mut Hypervisor,
+    port: u16,
+    t: Instant,
+) -> bool {
     let socket = sockets.get_mut::<tcp::Socket>(slot.handle);
     let mut active = false;
 
@@ -201,7 +215,10 @@ fn service(slot: &mut Slot, sockets: &mut SocketSet<'_>, hv: &mut Hypervisor, po
     let drained = slot.out.is_empty();
     let peer_done = !socket.may_recv();
     if drained && (slot.close_after || peer_done || slot.conn.is_closed()) || idle {
-        if socket.is_open() && socket.state() != tcp::State::FinWait1 && socket.state() != tcp::State::FinWait2 {
+        if socket.is_open()
+            && socket.state() != tcp::State::FinWait1
+            && socket.state() != tcp::State::FinWait2
+        {
             socket.close();
             active = true;
         }

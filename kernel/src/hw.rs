@@ -34,7 +34,15 @@ pub fn rdmsr(msr: u32) -> u64 {
 pub fn spawn_pinned(func: extern "C" fn(usize), arg: usize, core: usize) -> hermit::syscalls::Tid {
     // SAFETY: `func` is a safe extern "C" function, so calling it with any `arg` is sound; the
     // stack size is Hermit's default and `core` is a valid core index or Hermit picks one.
-    unsafe { hermit::syscalls::sys_spawn2(trampoline_for(func), arg, 2, hermit::DEFAULT_STACK_SIZE, core as isize) }
+    unsafe {
+        hermit::syscalls::sys_spawn2(
+            trampoline_for(func),
+            arg,
+            2,
+            hermit::DEFAULT_STACK_SIZE,
+            core as isize,
+        )
+    }
 }
 
 /// `sys_spawn2` wants an `unsafe extern "C" fn(usize)`; a safe one coerces.
@@ -96,8 +104,13 @@ fn map_device_page(addr: u64) -> Result<(), MapError> {
         } else if entry & HUGE != 0 {
             // A large page already covers this address; if it is the same identity mapping we
             // can use it as is only when it is uncached. Otherwise do not touch RAM mappings.
-            let covered = level == 21 && (entry & ADDR_MASK & !(LARGE - 1)) == (addr & !(LARGE - 1));
-            return if covered && entry & NO_CACHE != 0 { Ok(()) } else { Err(MapError::ConflictsWithRam) };
+            let covered =
+                level == 21 && (entry & ADDR_MASK & !(LARGE - 1)) == (addr & !(LARGE - 1));
+            return if covered && entry & NO_CACHE != 0 {
+                Ok(())
+            } else {
+                Err(MapError::ConflictsWithRam)
+            };
         } else {
             table = entry & ADDR_MASK;
         }
@@ -119,7 +132,8 @@ fn map_device_page(addr: u64) -> Result<(), MapError> {
 
 /// A zeroed 4 KiB page for a new page table, returned as its physical address. Never freed.
 fn alloc_page_table() -> Result<u64, MapError> {
-    let layout = Layout::from_size_align(PAGE as usize, PAGE as usize).map_err(|_| MapError::NoMemory)?;
+    let layout =
+        Layout::from_size_align(PAGE as usize, PAGE as usize).map_err(|_| MapError::NoMemory)?;
     // SAFETY: the layout has non-zero size.
     let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {
@@ -141,8 +155,9 @@ pub fn dma_alloc(pages: usize) -> Option<(u64, NonNull<u8>)> {
     // SAFETY: non-zero size.
     let ptr = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
     let base = virt_to_phys(ptr.as_ptr() as usize)?;
-    let contiguous = (0..size / PAGE as usize)
-        .all(|i| virt_to_phys(ptr.as_ptr() as usize + i * PAGE as usize) == Some(base + (i as u64) * PAGE));
+    let contiguous = (0..size / PAGE as usize).all(|i| {
+        virt_to_phys(ptr.as_ptr() as usize + i * PAGE as usize) == Some(base + (i as u64) * PAGE)
+    });
     if contiguous { Some((base, ptr)) } else { None }
 }
 
@@ -186,11 +201,20 @@ unsafe impl virtio_drivers::Hal for VirtioHal {
         let len = buffer.len().max(1);
         let phys = virt_to_phys(start).expect("virtio: buffer not mapped");
         let last = virt_to_phys(start + len - 1).expect("virtio: buffer not mapped");
-        assert_eq!(last - phys, (len - 1) as u64, "virtio: buffer not physically contiguous");
+        assert_eq!(
+            last - phys,
+            (len - 1) as u64,
+            "virtio: buffer not physically contiguous"
+        );
         phys as usize
     }
 
-    unsafe fn unshare(_paddr: usize, _buffer: NonNull<[u8]>, _dir: virtio_drivers::BufferDirection) {}
+    unsafe fn unshare(
+        _paddr: usize,
+        _buffer: NonNull<[u8]>,
+        _dir: virtio_drivers::BufferDirection,
+    ) {
+    }
 }
 
 /// Copy the C `argv` Hermit hands `runtime_entry` into owned strings, dropping `argv[0]` (the
@@ -224,9 +248,14 @@ pub fn cr4() -> u64 {
 
 /// Microseconds since boot (Hermit's monotonic clock).
 pub fn monotonic_micros() -> u64 {
-    let mut ts = hermit::time::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = hermit::time::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is supported.
-    unsafe { hermit::syscalls::sys_clock_gettime(4 /* CLOCK_MONOTONIC */, &mut ts) };
+    unsafe {
+        hermit::syscalls::sys_clock_gettime(4 /* CLOCK_MONOTONIC */, &mut ts)
+    };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 

@@ -27,7 +27,11 @@ fn args(argc: i32, argv: *const *const u8) -> Vec<String> {
 #[unsafe(no_mangle)]
 extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *const u8) -> ! {
     let args = args(argc, argv);
-    println!("hermitage {} starting: args={:?}", env!("CARGO_PKG_VERSION"), args);
+    println!(
+        "hermitage {} starting: args={:?}",
+        env!("CARGO_PKG_VERSION"),
+        args
+    );
     let config = match hv::config::BootConfig::parse(args.iter().map(String::as_str)) {
         Ok(c) => c,
         Err(e) => {
@@ -38,7 +42,10 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
 
     let up = cpus::bring_up_all();
     let features = cpus::detect_here();
-    println!("hermitage: {up}/{} cpus up; host: {features}", cpus::count());
+    println!(
+        "hermitage: {up}/{} cpus up; host: {features}",
+        cpus::count()
+    );
     backend::init(features);
 
     if config.exit_after_boot {

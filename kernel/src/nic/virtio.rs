@@ -7,7 +7,9 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, PciRoot};
+use virtio_drivers::transport::pci::bus::{
+    ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, PciRoot,
+};
 use virtio_drivers::transport::{DeviceType, Transport};
 
 use crate::hw::VirtioHal;
@@ -37,7 +39,9 @@ pub struct VirtioNic {
 
 impl core::fmt::Debug for VirtioNic {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("VirtioNic").field("mac", &self.mac()).finish_non_exhaustive()
+        f.debug_struct("VirtioNic")
+            .field("mac", &self.mac())
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,7 +58,9 @@ impl VirtioNic {
         let transport = match PciTransport::new::<VirtioHal, C>(root, df) {
             Ok(t) => t,
             // A transitional device without `disable-legacy=on` has no modern capabilities.
-            Err(_) => return Err("virtio-net without modern PCI capabilities (use disable-legacy=on)"),
+            Err(_) => {
+                return Err("virtio-net without modern PCI capabilities (use disable-legacy=on)");
+            }
         };
         debug_assert_eq!(transport.device_type(), DeviceType::Network);
         let dev = VirtIONetRaw::new(transport).map_err(|_| "virtio-net initialisation failed")?;
@@ -88,7 +94,9 @@ impl VirtioNic {
         let done = unsafe { self.dev.receive_complete(token, &mut self.rx[i].0) };
         let frame = done.ok().and_then(|(hdr, len)| {
             let mut frame = heapless::Vec::new();
-            frame.extend_from_slice(self.rx[i].0.get(hdr..hdr + len)?).ok()?;
+            frame
+                .extend_from_slice(self.rx[i].0.get(hdr..hdr + len)?)
+                .ok()?;
             Some(frame)
         });
         self.post(i);
