@@ -51,8 +51,6 @@ enum BootError {
     NoRoomForKernel { size: u64 },
     /// The page tables cannot map the loader or kernel.
     Layout(layout::LayoutError),
-    /// `vm-fdt` failed to build the device tree.
-    DeviceTree,
 }
 
 #[repr(C, align(4096))]
@@ -131,9 +129,7 @@ fn boot(magic: u32, multiboot_info: u32) -> Result<core::convert::Infallible, Bo
     let memory = unsafe { phys_slice_mut(start, size as usize) };
     let loaded = kernel.load_kernel(memory, start);
 
-    let fdt: &'static [u8] = devicetree::build(ram.iter().cloned(), args)
-        .map_err(|_| BootError::DeviceTree)?
-        .leak();
+    let fdt: &'static [u8] = devicetree::build(ram.iter().cloned(), args).leak();
     let stack = Box::leak(Box::new(KernelStack([0; KERNEL_STACK_SIZE])));
     let boot_info = BootInfo {
         hardware_info: HardwareInfo {

@@ -1,6 +1,6 @@
 //! A bump allocator over a static arena in the loader's `.bss`.
 //!
-//! `vm-fdt` builds the device tree in a `Vec`, and the command line, memory map, boot information
+//! The device tree is built in a `Vec`, and the command line, memory map, boot information
 //! and the kernel's boot stack must outlive the loader. The arena lies inside the loader image,
 //! which the kernel's page tables map and which lies below the kernel, so the kernel never hands
 //! it out as free memory. Nothing is ever freed: the loader runs once and allocates little.
