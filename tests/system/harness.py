@@ -39,7 +39,7 @@ class Hermitage:
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
             start_new_session=True)
         if ready:
-            self.wait_for(r"endpoint ready", timeout)
+            self.wait_for(r"hermitage: endpoint ready on ", timeout)
 
     def __enter__(self):
         return self
