@@ -7,7 +7,10 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering}
 use hv::features::{HostFeatures, VirtKind, VmxCapMsrs};
 use raw_cpuid::CpuId;
 
-use crate::hw;
+use hermit_sync::SpinMutex;
+
+use crate::arch::{SelfTestError, SelfTestReport};
+use crate::{hw, percpu};
 
 /// Most CPUs the hypervisor manages; Hermit's own limit is far above what we test.
 pub const MAX_CPUS: usize = 64;
@@ -16,6 +19,9 @@ pub const MAX_CPUS: usize = 64;
 #[derive(Debug)]
 pub struct CpuSlot {
     up: AtomicBool,
+    /// Last self-test: 0 none, 1 passed, 2 failed (reason in `self_test_error`).
+    self_test: AtomicU8,
+    self_test_error: SpinMutex<Option<SelfTestError>>,
     apic_id: AtomicU32,
     /// What the CPU's own control registers said is enabled, last time it looked:
     /// 0 off, 1 SVM (EFER.SVME), 2 VMX (CR4.VMXE).
@@ -26,6 +32,8 @@ impl CpuSlot {
     const fn new() -> Self {
         CpuSlot {
             up: AtomicBool::new(false),
+            self_test: AtomicU8::new(0),
+            self_test_error: SpinMutex::new(None),
             apic_id: AtomicU32::new(0),
             virt_on: AtomicU8::new(0),
         }
@@ -44,6 +52,24 @@ impl CpuSlot {
         match self.virt_on.load(Ordering::Relaxed) {
             1 => Some(VirtKind::Svm),
             2 => Some(VirtKind::Vmx),
+            _ => None,
+        }
+    }
+
+    pub fn set_self_test(&self, outcome: Result<SelfTestReport, SelfTestError>) {
+        *self.self_test_error.lock() = outcome.err();
+        self.self_test
+            .store(if outcome.is_ok() { 1 } else { 2 }, Ordering::Release);
+    }
+
+    /// `None` if no self-test ran, else whether it passed and why not.
+    pub fn self_test(&self) -> Option<Result<(), SelfTestError>> {
+        match self.self_test.load(Ordering::Acquire) {
+            1 => Some(Ok(())),
+            2 => Some(Err(self
+                .self_test_error
+                .lock()
+                .unwrap_or(SelfTestError::NoHalt))),
             _ => None,
         }
     }
@@ -106,25 +132,47 @@ fn apic_id_here() -> u32 {
         .map_or(0, |f| u32::from(f.initial_local_apic_id()))
 }
 
-extern "C" fn bring_up(id: usize) {
+/// The worker thread of CPU `id`, pinned to it: bring-up, then serve the CPU's mailbox
+/// forever, republishing what the hardware says after every job and every idle tick.
+extern "C" fn worker(id: usize) {
     let slot = &SLOTS[id];
     slot.apic_id.store(apic_id_here(), Ordering::Relaxed);
     let f = detect_here();
     slot.publish_hw_state();
     println!("hermitage: cpu {id} up: apic_id={} {f}", slot.apic_id());
     slot.up.store(true, Ordering::Release);
+    let kind = f.virt;
+    let mut last_job = hw::monotonic_micros();
+    loop {
+        let ran = percpu::serve(id, |job| {
+            let reply = crate::arch::execute(kind, id, job);
+            slot.publish_hw_state();
+            reply
+        });
+        let now = hw::monotonic_micros();
+        if ran {
+            last_job = now;
+        } else if now - last_job < 50_000 {
+            // Jobs come in bursts (online = read back + enable + self-test): stay responsive.
+            hermit::syscalls::sys_yield();
+        } else {
+            slot.publish_hw_state();
+            hermit::syscalls::sys_usleep(10_000);
+        }
+    }
 }
 
-/// Start one pinned thread per core, wait for each to report, and return how many came up.
+/// Start one pinned worker thread per core, wait for each to report, and return how many
+/// came up.
 pub fn bring_up_all() -> usize {
     let n = hermit::syscalls::sys_get_processor_count().min(MAX_CPUS);
     COUNT.store(n, Ordering::Relaxed);
-    let mut threads = heapless::Vec::<_, MAX_CPUS>::new();
     for id in 0..n {
-        let _ = threads.push(hw::spawn_pinned(bring_up, id, id));
+        hw::spawn_pinned(worker, id, id);
     }
-    for tid in threads {
-        hermit::syscalls::sys_join(tid);
+    let deadline = hw::monotonic_micros() + 5_000_000;
+    while (0..n).any(|i| !SLOTS[i].is_up()) && hw::monotonic_micros() < deadline {
+        hermit::syscalls::sys_yield();
     }
     (0..n).filter(|&i| SLOTS[i].is_up()).count()
 }

@@ -264,3 +264,30 @@ pub fn random_seed() -> u64 {
     // SAFETY: RDTSC is available on every x86-64 CPU and CR4.TSD is clear in ring 0.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
+
+/// The physical address of `[addr, addr + len)` if it is physically contiguous.
+pub fn phys_contiguous(addr: usize, len: usize) -> Option<u64> {
+    let base = virt_to_phys(addr)?;
+    let mut off = PAGE as usize - (addr & (PAGE as usize - 1));
+    while off < len {
+        if virt_to_phys(addr + off)? != base + off as u64 {
+            return None;
+        }
+        off += PAGE as usize;
+    }
+    Some(base)
+}
+
+/// Reset the machine: the reset control register at 0xCF9 (hard reset), then the keyboard
+/// controller's reset line. Virtualization must already be off on every CPU.
+pub fn reset_machine() -> ! {
+    // SAFETY: ring 0; these writes reset the machine, which is what the caller wants.
+    unsafe {
+        x86::io::outb(0xCF9, 0x02);
+        x86::io::outb(0xCF9, 0x06);
+        x86::io::outb(0x64, 0xFE);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}

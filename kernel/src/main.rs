@@ -10,11 +10,14 @@ extern crate alloc;
 #[macro_use]
 extern crate hermit;
 
+mod arch;
 mod backend;
 mod cpus;
 mod endpoint;
 mod hw;
 mod nic;
+mod percpu;
+mod virt;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -47,6 +50,7 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
         cpus::count()
     );
     backend::init(features);
+    virt::init(features.virt);
 
     if config.exit_after_boot {
         println!("hermitage: exit_after_boot set, powering off");

@@ -139,6 +139,10 @@ pub enum Conflict {
     Busy,
     /// The hypervisor is rebooting: `rebooting`.
     Rebooting,
+    /// The CPU serves the control endpoint and must stay in service: `serves_endpoint`.
+    ServesEndpoint,
+    /// TDX: the last online CPU of a package whose key IDs are in use: `tdx_keys_in_use`.
+    TdxKeysInUse,
 }
 
 /// How a CPU command failed (500). Serialized as `reason`.
@@ -161,6 +165,8 @@ impl Conflict {
             Conflict::LastOnline => "last_online",
             Conflict::Busy => "busy",
             Conflict::Rebooting => "rebooting",
+            Conflict::ServesEndpoint => "serves_endpoint",
+            Conflict::TdxKeysInUse => "tdx_keys_in_use",
         }
     }
 }

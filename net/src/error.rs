@@ -219,9 +219,13 @@ impl fmt::Display for Message<'_, '_> {
                 f.write_str(match c {
                     C::AlreadyOnline => "cpu is already online",
                     C::AlreadyOffline => "cpu is already offline",
-                    C::LastOnline => "cpu must stay online",
+                    C::LastOnline => "cpu must stay online: it is the last online cpu",
                     C::Busy => "a transition on this cpu is in progress",
                     C::Rebooting => "the hypervisor is rebooting",
+                    C::ServesEndpoint => "cpu must stay online: it serves the control endpoint",
+                    C::TdxKeysInUse => {
+                        "cpu must stay online: last of its package while TDX key ids are in use"
+                    }
                 })
             }
             ApiError::Cpu(CpuError::Failed(fail)) => {

@@ -1,0 +1,88 @@
+//! Running an operation on a chosen CPU.
+//!
+//! Turning virtualization on or off, reading EFER/CR4 back and the VMRUN self-test are per-CPU
+//! acts, so the hypervisor's control path (the endpoint thread, holding the virt-layer lock)
+//! posts them to the target CPU's mailbox and waits for the reply. Each CPU's worker thread,
+//! pinned to it since bring-up, takes jobs between its other work (later: guest runs). One job
+//! per CPU is outstanding at a time; the mailbox is a fixed slot, nothing is allocated.
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use hermit_sync::SpinMutex;
+
+use crate::arch::{Job, Reply};
+use crate::cpus::MAX_CPUS;
+use crate::hw;
+
+const EMPTY: u8 = 0;
+const POSTED: u8 = 1;
+const DONE: u8 = 2;
+
+struct Mailbox {
+    state: AtomicU8,
+    job: SpinMutex<Option<Job>>,
+    reply: SpinMutex<Option<Reply>>,
+    /// Serializes posters so one job is outstanding at a time.
+    poster: SpinMutex<()>,
+}
+
+impl Mailbox {
+    const fn new() -> Self {
+        Mailbox {
+            state: AtomicU8::new(EMPTY),
+            job: SpinMutex::new(None),
+            reply: SpinMutex::new(None),
+            poster: SpinMutex::new(()),
+        }
+    }
+}
+
+static MAILBOXES: [Mailbox; MAX_CPUS] = [const { Mailbox::new() }; MAX_CPUS];
+
+/// The target CPU did not take the job in time. The job may still run later; the caller
+/// reports the CPU as unresponsive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeout;
+
+/// Run `job` on CPU `cpu` and wait up to `timeout_us` for its reply.
+pub fn run_on(cpu: usize, job: Job, timeout_us: u64) -> Result<Reply, Timeout> {
+    let mb = MAILBOXES.get(cpu).ok_or(Timeout)?;
+    let _one_at_a_time = mb.poster.lock();
+    // A reply to an earlier timed-out job may still be lying there: drop it.
+    if mb.state.load(Ordering::Acquire) == DONE {
+        mb.reply.lock().take();
+        mb.state.store(EMPTY, Ordering::Release);
+    }
+    if mb.state.load(Ordering::Acquire) != EMPTY {
+        return Err(Timeout);
+    }
+    *mb.job.lock() = Some(job);
+    mb.state.store(POSTED, Ordering::Release);
+    let deadline = hw::monotonic_micros() + timeout_us;
+    loop {
+        if mb.state.load(Ordering::Acquire) == DONE {
+            let reply = mb.reply.lock().take();
+            mb.state.store(EMPTY, Ordering::Release);
+            return reply.ok_or(Timeout);
+        }
+        if hw::monotonic_micros() > deadline {
+            return Err(Timeout);
+        }
+        hermit::syscalls::sys_yield();
+    }
+}
+
+/// Called by CPU `cpu`'s worker: run the pending job, if any. Returns whether one ran.
+pub fn serve(cpu: usize, exec: impl FnOnce(Job) -> Reply) -> bool {
+    let mb = &MAILBOXES[cpu];
+    if mb.state.load(Ordering::Acquire) != POSTED {
+        return false;
+    }
+    let Some(job) = mb.job.lock().take() else {
+        return false;
+    };
+    let reply = exec(job);
+    *mb.reply.lock() = Some(reply);
+    mb.state.store(DONE, Ordering::Release);
+    true
+}
