@@ -126,4 +126,12 @@ impl Backend for Hypervisor {
         })?;
         info(Some(l), id as usize).ok_or(CpuError::NotFound)
     }
+
+    fn reboot(&mut self) -> Result<(), CpuError> {
+        if crate::virt::request_reboot() {
+            Ok(())
+        } else {
+            Err(CpuError::Conflict(Conflict::Rebooting))
+        }
+    }
 }

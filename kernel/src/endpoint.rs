@@ -124,6 +124,17 @@ pub fn run(mut nic: Nic, config: BootConfig) -> ! {
             active |= service(slot, &mut sockets, &mut hv, config.port, t);
         }
 
+        // A requested reboot waits until every reply is on the wire (or 200 ms at most).
+        if let Some(at) = crate::virt::reboot_requested_at() {
+            let drained = slots.iter().all(|s| s.out.is_empty())
+                && slots
+                    .iter()
+                    .all(|s| sockets.get::<tcp::Socket>(s.handle).send_queue() == 0);
+            if drained || t.total_micros() as u64 > at + 200_000 {
+                crate::virt::reboot();
+            }
+        }
+
         if active {
             last_activity = t;
             // Flush what servicing queued without waiting for the next round.

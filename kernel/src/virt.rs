@@ -2,7 +2,7 @@
 //! each enable/disable on the CPU it concerns through that CPU's mailbox, and this module owns
 //! the one lock around the layer, the boot sequence and the emergency path.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hermit_sync::{SpinMutex, SpinMutexGuard};
 use hv::features::VirtKind;
@@ -66,6 +66,26 @@ pub fn layer() -> SpinMutexGuard<'static, Option<VirtLayer<PerCpuBackend>>> {
 
 pub fn is_rebooting() -> bool {
     REBOOTING.load(Ordering::Acquire)
+}
+
+/// When a reboot was requested through the API (microseconds since boot), 0 if none.
+static REBOOT_REQUESTED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Ask for a reboot once pending replies are sent. False if one is already under way.
+pub fn request_reboot() -> bool {
+    let now = hw::monotonic_micros().max(1);
+    !is_rebooting()
+        && REBOOT_REQUESTED_AT
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+}
+
+/// The time of a pending reboot request, if any.
+pub fn reboot_requested_at() -> Option<u64> {
+    match REBOOT_REQUESTED_AT.load(Ordering::Acquire) {
+        0 => None,
+        t => Some(t),
+    }
 }
 
 /// The CPU that serves the endpoint (core 0, where the endpoint thread runs) stays in service.

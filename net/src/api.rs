@@ -201,4 +201,16 @@ pub trait Backend {
 
     /// `POST /v1/cpus/{id}/offline`: take the CPU offline (virtualization off); its state after.
     fn cpu_offline(&mut self, id: u32) -> Result<CpuInfo<'_>, CpuError>;
+
+    /// `POST /v1/host/reboot`: schedule a reboot of the hypervisor once this reply is sent
+    /// (virtualization off on every CPU, then a machine reset). `Conflict(Rebooting)` if one
+    /// is already under way.
+    fn reboot(&mut self) -> Result<(), CpuError>;
+}
+
+/// `POST /v1/host/reboot` answers `202` with `{"status":"rebooting"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Rebooting {
+    /// Always `"rebooting"`.
+    pub status: &'static str,
 }

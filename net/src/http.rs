@@ -193,6 +193,8 @@ impl fmt::Display for Methods {
 pub enum Status {
     /// 200
     Ok,
+    /// 202
+    Accepted,
     /// 400
     BadRequest,
     /// 401
@@ -226,6 +228,7 @@ impl Status {
     pub const fn code(self) -> u16 {
         match self {
             Status::Ok => 200,
+            Status::Accepted => 202,
             Status::BadRequest => 400,
             Status::Unauthorized => 401,
             Status::NotFound => 404,
@@ -246,6 +249,7 @@ impl Status {
     pub const fn reason(self) -> &'static str {
         match self {
             Status::Ok => "OK",
+            Status::Accepted => "Accepted",
             Status::BadRequest => "Bad Request",
             Status::Unauthorized => "Unauthorized",
             Status::NotFound => "Not Found",

@@ -34,6 +34,7 @@
 //! #     fn cpu(&self, id: u32) -> Result<CpuInfo<'_>, CpuError> { Err(CpuError::NotFound) }
 //! #     fn cpu_online(&mut self, id: u32) -> Result<CpuInfo<'_>, CpuError> { Err(CpuError::NotFound) }
 //! #     fn cpu_offline(&mut self, id: u32) -> Result<CpuInfo<'_>, CpuError> { Err(CpuError::NotFound) }
+//! #     fn reboot(&mut self) -> Result<(), CpuError> { Ok(()) }
 //! # }
 //! # let mut hv = Hv;
 //! let mut conn = Conn::new(Limits::default()); // one per TCP connection; reuse with reset()

@@ -33,6 +33,8 @@ pub enum Command {
     CpuOffline(u32),
     /// `POST /v1/cpus/{id}/online`
     CpuOnline(u32),
+    /// `POST /v1/host/reboot`
+    Reboot,
 }
 
 /// An operation of the API: a [`Command`] without its arguments.
@@ -48,6 +50,8 @@ pub enum Op {
     CpuOffline,
     /// [`Command::CpuOnline`]
     CpuOnline,
+    /// [`Command::Reboot`]
+    Reboot,
 }
 
 impl Op {
@@ -59,6 +63,7 @@ impl Op {
             Op::GetCpu => "getCpu",
             Op::CpuOffline => "offlineCpu",
             Op::CpuOnline => "onlineCpu",
+            Op::Reboot => "rebootHost",
         }
     }
 
@@ -72,6 +77,7 @@ impl Op {
             Op::GetCpu => Command::GetCpu(id),
             Op::CpuOffline => Command::CpuOffline(id),
             Op::CpuOnline => Command::CpuOnline(id),
+            Op::Reboot => Command::Reboot,
         }
     }
 
@@ -118,6 +124,11 @@ pub const ROUTES: &[Route] = &[
         method: Method::Post,
         pattern: "/v1/cpus/{id}/online",
         op: Op::CpuOnline,
+    },
+    Route {
+        method: Method::Post,
+        pattern: "/v1/host/reboot",
+        op: Op::Reboot,
     },
 ];
 

@@ -76,6 +76,12 @@ pub fn handle<B: Backend + ?Sized>(
         Ok(Command::GetCpu(id)) => cpu_reply(out, keep_alive, max, backend.cpu(id)),
         Ok(Command::CpuOnline(id)) => cpu_reply(out, keep_alive, max, backend.cpu_online(id)),
         Ok(Command::CpuOffline(id)) => cpu_reply(out, keep_alive, max, backend.cpu_offline(id)),
+        Ok(Command::Reboot) => backend.reboot().map_err(ApiError::from).and_then(|()| {
+            let body = crate::api::Rebooting {
+                status: "rebooting",
+            };
+            write_json(out, Status::Accepted, keep_alive, max, &body)
+        }),
     };
     if let Err(e) = result {
         write_error(out, e, Some(ctx), keep_alive);

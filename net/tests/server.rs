@@ -368,3 +368,18 @@ fn output_back_pressure() {
     assert!(rounds > 2);
     assert_eq!(read_responses(&out).len(), 5);
 }
+
+#[test]
+fn reboot_is_accepted_once() {
+    let mut fake = Fake::new(2);
+    let r = one(&mut fake, "POST", "/v1/host/reboot");
+    assert_eq!(r.status, 202);
+    assert_eq!(r.body, json!({"status": "rebooting"}));
+    assert!(fake.rebooting);
+    let again = one(&mut fake, "POST", "/v1/host/reboot");
+    assert_eq!(again.status, 409);
+    assert_eq!(again.body["error"]["reason"], "rebooting");
+    let get = one(&mut fake, "GET", "/v1/host/reboot");
+    assert_eq!(get.status, 405);
+    assert_eq!(get.header("allow"), Some("POST"));
+}

@@ -1,6 +1,6 @@
 """Bounded stress on the booted image: the endpoint must never stall.
 
-Per boot: 2,000 sequential requests, each on a new connection (half closed by the server with
+Endpoint: per boot, 2,000 sequential requests, each on a new connection (half closed by the server with
 `Connection: close`, half by the client), then 8 parallel clients x 250 requests. Repeated over
 HERMITAGE_STRESS_BOOTS boots (default 10). Run: scripts/test stress"""
 import json
@@ -49,7 +49,53 @@ def test_endpoint_never_stalls():
     print(f"  {total} requests answered over {BOOTS} boots", flush=True)
 
 
-TESTS = [test_endpoint_never_stalls]
+FLAPS = int(os.environ.get("HERMITAGE_STRESS_FLAPS", "150"))
+
+
+def test_cpu_offline_online_flapping():
+    """CPUs 1-3 go offline and online at random while clients keep asking; every transition
+    answers, the endpoint never stalls, and every CPU ends online with SVM on and self-tested."""
+    import random
+    rng = random.Random(1234)
+    with Hermitage(smp=4) as hv:
+        errors, stop = [], threading.Event()
+
+        def reader():
+            while not stop.is_set():
+                try:
+                    status, _, _ = hv.request("GET", "/v1/cpus", timeout=15)
+                    if status != 200:
+                        errors.append(f"GET /v1/cpus: {status}")
+                except Exception as e:
+                    errors.append(repr(e))
+                    return
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        for t in readers:
+            t.start()
+        online = {1: True, 2: True, 3: True}
+        try:
+            for _ in range(FLAPS):
+                cpu = rng.choice([1, 2, 3])
+                want = "offline" if online[cpu] else "online"
+                status, _, body = hv.request("POST", f"/v1/cpus/{cpu}/{want}", timeout=15)
+                doc = json.loads(body)
+                assert status == 200, (cpu, want, status, doc)
+                online[cpu] = not online[cpu]
+                assert doc["online"] == online[cpu] and doc["virt"] == ("svm" if online[cpu] else "off"), doc
+        finally:
+            stop.set()
+            for t in readers:
+                t.join()
+        assert not errors, errors[:5]
+        for cpu, up in online.items():
+            if not up:
+                hv.request("POST", f"/v1/cpus/{cpu}/online")
+        for c in hv.get_json("/v1/cpus"):
+            assert (c["online"], c["virt"], c["selftest"]) == (True, "svm", "passed"), c
+        print(f"  {FLAPS} offline/online transitions under load", flush=True)
+
+
+TESTS = [test_endpoint_never_stalls, test_cpu_offline_online_flapping]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("stress", TESTS, sys.argv[1:]) else 0)

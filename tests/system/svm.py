@@ -27,7 +27,7 @@ def check_boot(smp):
         assert [c["id"] for c in cpus] == list(range(smp)), cpus
         assert len({c["apic_id"] for c in cpus}) == smp, "APIC ids must be distinct"
         for c in cpus:
-            assert c["online"] is True and c["virt"] in ("off", "svm"), c
+            assert c["online"] is True and c["virt"] == "svm" and c["selftest"] == "passed", c
         one = hv.get_json(f"/v1/cpus/{smp - 1}")
         assert one["id"] == smp - 1 and one["apic_id"] == cpus[-1]["apic_id"], one
 
@@ -99,9 +99,73 @@ def test_bad_command_line_is_refused():
         hv.stop()
 
 
+def test_svm_on_and_self_tested_on_every_cpu():
+    with Hermitage(smp=4) as hv:
+        console = hv.console()
+        for i in range(4):
+            assert f"cpu {i} self-test passed: VMRUN round trip" in console, console[-3000:]
+        for c in hv.get_json("/v1/cpus"):
+            assert (c["online"], c["virt"], c["users"], c["selftest"], c["last_error"]) == \
+                (True, "svm", 1, "passed", None), c
+
+
+def post(hv, path, expect):
+    status, _, body = hv.request("POST", path)
+    doc = json.loads(body)
+    assert status == expect, (path, status, doc)
+    return doc
+
+
+def test_cpu_offline_online_reads_hardware_back():
+    with Hermitage(smp=4) as hv:
+        cpu = post(hv, "/v1/cpus/2/offline", 200)
+        # EFER.SVME as CPU 2 itself read it, not our bookkeeping; the user keeps its hold.
+        assert (cpu["online"], cpu["virt"], cpu["users"]) == (False, "off", 1), cpu
+        assert hv.get_json("/v1/cpus/2")["virt"] == "off"
+        others = [c for c in hv.get_json("/v1/cpus") if c["id"] != 2]
+        assert all(c["virt"] == "svm" and c["online"] for c in others), others
+        cpu = post(hv, "/v1/cpus/2/online", 200)
+        assert (cpu["online"], cpu["virt"], cpu["selftest"]) == (True, "svm", "passed"), cpu
+        assert hv.console().count("cpu 2 self-test passed") == 2, "self-test reruns on online"
+
+
+def test_cpu_transitions_that_are_not_allowed():
+    with Hermitage(smp=2) as hv:
+        err = post(hv, "/v1/cpus/0/offline", 409)["error"]
+        assert err["reason"] == "serves_endpoint", err
+        assert post(hv, "/v1/cpus/1/online", 409)["error"]["reason"] == "already_online"
+        post(hv, "/v1/cpus/1/offline", 200)
+        assert post(hv, "/v1/cpus/1/offline", 409)["error"]["reason"] == "already_offline"
+        assert post(hv, "/v1/cpus/5/offline", 404)["error"]["code"] == "cpu_not_found"
+        assert post(hv, "/v1/cpus/x/offline", 400)["error"]["code"] == "invalid_id"
+        post(hv, "/v1/cpus/1/online", 200)
+
+
+def test_last_online_cpu_cannot_go_offline():
+    with Hermitage(smp=1) as hv:
+        err = post(hv, "/v1/cpus/0/offline", 409)["error"]
+        assert err["reason"] == "last_online", err
+        assert hv.get_json("/v1/cpus/0")["virt"] == "svm"
+
+
+def test_reboot_turns_virtualization_off_everywhere_first():
+    hv = Hermitage(smp=4)
+    try:
+        assert post(hv, "/v1/host/reboot", 202) == {"status": "rebooting"}
+        rc = hv.wait_exit(30)  # -no-reboot: QEMU exits when the machine resets
+        console = hv.console()
+        assert "reboot: virtualization off on 4/4 cpus, resetting" in console, console[-2000:]
+        assert rc == 0, rc
+    finally:
+        hv.stop()
+
+
 TESTS = [test_boot_1_cpu, test_boot_2_cpus, test_boot_4_cpus, test_errors_are_json,
          test_keep_alive_connection_serves_many, test_curl_like_a_person,
-         test_clean_shutdown_exit_code, test_bad_command_line_is_refused]
+         test_clean_shutdown_exit_code, test_bad_command_line_is_refused,
+         test_svm_on_and_self_tested_on_every_cpu, test_cpu_offline_online_reads_hardware_back,
+         test_cpu_transitions_that_are_not_allowed, test_last_online_cpu_cannot_go_offline,
+         test_reboot_turns_virtualization_off_everywhere_first]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("svm", TESTS, sys.argv[1:]) else 0)

@@ -19,6 +19,7 @@ pub struct Fake {
     pub cpus: Vec<FakeCpu>,
     pub virt: Virt,
     pub log: Vec<String>,
+    pub rebooting: bool,
 }
 
 impl Fake {
@@ -33,6 +34,7 @@ impl Fake {
             cpus: vec![cpu; n],
             virt: Virt::Vmx,
             log: Vec::new(),
+            rebooting: false,
         }
     }
 
@@ -100,6 +102,14 @@ impl Backend for Fake {
 
     fn cpu_offline(&mut self, id: u32) -> Result<CpuInfo<'_>, CpuError> {
         self.transition(id, false)
+    }
+
+    fn reboot(&mut self) -> Result<(), CpuError> {
+        if self.rebooting {
+            return Err(CpuError::Conflict(Conflict::Rebooting));
+        }
+        self.rebooting = true;
+        Ok(())
     }
 }
 
