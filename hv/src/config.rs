@@ -9,6 +9,7 @@
 //! | `ip=A.B.C.D/N`            | static address and prefix length               |              |
 //! | `gw=A.B.C.D`              | default gateway with a static address           | none         |
 //! | `exit_after_boot`         | power off once every CPU is up (for tests)      | off          |
+//! | `crash_test`              | take the panic path once every CPU is up (tests)| off          |
 
 use core::fmt;
 
@@ -29,6 +30,7 @@ pub struct BootConfig {
     pub port: u16,
     pub ip: IpConfig,
     pub exit_after_boot: bool,
+    pub crash_test: bool,
 }
 
 impl Default for BootConfig {
@@ -37,6 +39,7 @@ impl Default for BootConfig {
             port: 8080,
             ip: IpConfig::Dhcp,
             exit_after_boot: false,
+            crash_test: false,
         }
     }
 }
@@ -89,7 +92,10 @@ impl BootConfig {
                 }
                 ("gw", Some(v)) => gateway = Some(parse_ipv4(v).ok_or_else(bad)?),
                 ("exit_after_boot", None) => c.exit_after_boot = true,
-                ("port" | "ip" | "gw", None) | ("exit_after_boot", Some(_)) => return Err(bad()),
+                ("crash_test", None) => c.crash_test = true,
+                ("port" | "ip" | "gw", None) | ("exit_after_boot" | "crash_test", Some(_)) => {
+                    return Err(bad());
+                }
                 _ => return Err(ConfigError::UnknownKey(key)),
             }
         }
@@ -133,8 +139,10 @@ mod tests {
             "ip=10.0.2.15/24",
             "gw=10.0.2.2",
             "exit_after_boot",
+            "crash_test",
         ])
         .unwrap();
+        assert!(c.crash_test);
         assert_eq!(c.port, 9000);
         assert_eq!(
             c.ip,

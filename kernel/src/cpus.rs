@@ -98,6 +98,15 @@ pub fn slot(id: usize) -> Option<&'static CpuSlot> {
     SLOTS.get(id).filter(|_| id < count())
 }
 
+/// Republish the hardware state of the CPU this runs on, found by its APIC ID. Lock-free: the
+/// NMI shootdown calls it.
+pub fn publish_here() {
+    let id = apic_id_here();
+    if let Some(slot) = SLOTS[..count()].iter().find(|s| s.apic_id() == id) {
+        slot.publish_hw_state();
+    }
+}
+
 /// Detect the features of the CPU this runs on. VMX capability MSRs are read only when CPUID
 /// enumerates VMX, so this never faults on a CPU without it.
 pub fn detect_here() -> HostFeatures {

@@ -50,6 +50,20 @@ fn trampoline_for(func: extern "C" fn(usize)) -> unsafe extern "C" fn(usize) {
     func
 }
 
+/// Write an MSR the caller knows exists and accepts `value`.
+pub fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: ring 0; callers only write architectural MSRs with values valid for them (the
+    // x2APIC ICR).
+    unsafe { x86::msr::wrmsr(msr, value) }
+}
+
+/// Write a 32-bit device register at a physical address mapped by [`map_device_memory`].
+pub fn mmio_write32(phys: u64, value: u32) {
+    // SAFETY: callers map `phys` as uncached device memory first (identity), and it is 4-byte
+    // aligned; the write has no effect on Rust-visible memory.
+    unsafe { (phys as *mut u32).write_volatile(value) }
+}
+
 /// Translate a kernel virtual address to a physical one.
 pub fn virt_to_phys(addr: usize) -> Option<u64> {
     hermit::mm::virtual_to_physical(VirtAddr::new(addr as u64)).map(|p: PhysAddr| p.as_u64())

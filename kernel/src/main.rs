@@ -52,6 +52,9 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
     backend::init(features);
     virt::init(features.virt);
 
+    if config.crash_test {
+        virt::crash("crash_test on the command line");
+    }
     if config.exit_after_boot {
         println!("hermitage: exit_after_boot set, powering off");
         hermit::syscalls::sys_exit(0)

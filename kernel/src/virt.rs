@@ -108,6 +108,7 @@ pub fn init(kind: VirtKind) {
         println!("hermitage: virt layer: no CPUs");
         return;
     };
+    crate::arch::nmi::install();
     let mut guard = layer();
     let layer = guard.insert(layer_value);
     for id in 0..n {
@@ -152,9 +153,11 @@ pub fn self_test(cpu: usize) {
     }
 }
 
-/// Reboot or crash of the hypervisor: no new enables from now on, and virtualization off on
-/// every CPU, tolerating faults. VMX blocks INIT while on and SVM while GIF=0: skipping this is
-/// how machines hang on reset. Returns how many CPUs report virtualization off afterwards.
+/// Reboot of the hypervisor: no new enables from now on, and virtualization off on every CPU,
+/// tolerating faults. VMX blocks INIT while on and SVM while GIF=0: skipping this is how
+/// machines hang on reset. The orderly path asks each CPU through its mailbox (the layer's
+/// `begin_reboot`); a CPU that does not answer is reached by NMI. Returns how many CPUs report
+/// virtualization off afterwards.
 pub fn emergency_disable_all() -> usize {
     REBOOTING.store(true, Ordering::Release);
     match LAYER.try_lock() {
@@ -170,15 +173,24 @@ pub fn emergency_disable_all() -> usize {
                 layer.emergency_disable_all();
             }
         }
-        // Someone holds the layer (it may be us, panicking): reach each CPU directly.
+        // Someone holds the layer: reach each CPU directly.
         None => {
             for id in 0..cpus::count() {
-                let _ = percpu::run_on(id, Job::EmergencyDisable, JOB_TIMEOUT_US);
+                let _ = percpu::run_on(id, Job::EmergencyDisable, 200_000);
             }
         }
     }
-    // This CPU too, directly, in case its worker is the one that is stuck.
     crate::arch::emergency_off_here();
+    cpus::publish_here();
+    let n = cpus::count();
+    if cpus_off() < n {
+        let parked = crate::arch::nmi::shootdown_others(n - 1, 1_000_000);
+        println!("hermitage: reboot: {parked} unresponsive cpus parked by NMI");
+    }
+    cpus_off()
+}
+
+fn cpus_off() -> usize {
     (0..cpus::count())
         .filter(|&id| cpus::slot(id).is_some_and(|s| s.virt_on().is_none()))
         .count()
@@ -191,6 +203,23 @@ pub fn reboot() -> ! {
     println!(
         "hermitage: reboot: virtualization off on {off}/{} cpus, resetting",
         cpus::count()
+    );
+    hw::reset_machine()
+}
+
+/// The hypervisor's panic path: nothing can be trusted to cooperate, so every other CPU is
+/// NMIed into turning virtualization off and parking, this one turns it off itself, and the
+/// machine resets.
+pub fn crash(reason: &str) -> ! {
+    REBOOTING.store(true, Ordering::Release);
+    println!("hermitage: PANIC: {reason}");
+    let n = cpus::count();
+    let parked = crate::arch::nmi::shootdown_others(n.saturating_sub(1), 2_000_000);
+    crate::arch::emergency_off_here();
+    cpus::publish_here();
+    println!(
+        "hermitage: panic: virtualization off on {}/{n} cpus ({parked} parked by NMI), resetting",
+        cpus_off()
     );
     hw::reset_machine()
 }

@@ -77,17 +77,19 @@ kvm_usable() {
     return 1
 }
 
-# qemu_args PORT SMP MEM ACCEL APPEND -> prints the QEMU argument list, one per line.
+# qemu_args PORT SMP MEM ACCEL APPEND REBOOT -> prints the QEMU argument list, one per line.
+# REBOOT=1 lets a machine reset reboot the image (as real hardware does); 0 makes QEMU exit.
 qemu_args() {
-    local port="$1" smp="$2" mem="$3" accel="$4" append="$5"
+    local port="$1" smp="$2" mem="$3" accel="$4" append="$5" reboot="${6:-1}"
     # TCG cannot provide some of the EPYC model's features (NRIPS among them) and warns about
     # each on every boot; name them off so the console shows only what matters.
     local cpu=EPYC,-nrip-save,-topoext,-xsavec,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw
     [ "$accel" = kvm ] && cpu=host
     printf '%s\n' -machine q35 -accel "$accel" -cpu "$cpu" -smp "$smp" -m "${mem}M" \
-        -display none -vga none -serial stdio -monitor none -no-reboot \
+        -display none -vga none -serial stdio -monitor none \
         -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
         -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:8080" \
         -device virtio-net-pci,netdev=n0,disable-legacy=on \
         -kernel "$LOADER" -initrd "$IMAGE" -append "-- $append"
+    [ "$reboot" = 1 ] || printf '%s\n' -no-reboot
 }

@@ -29,13 +29,13 @@ def free_port():
 class Hermitage:
     """One booted image. Use as a context manager; the console log is kept for failures."""
 
-    def __init__(self, smp=2, memory=512, append="", ready=True, timeout=90):
+    def __init__(self, smp=2, memory=512, append="", ready=True, timeout=90, reboot=False):
         self.port = free_port()
         self.smp = smp
         self.log_file = tempfile.NamedTemporaryFile(prefix="hermitage-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [RUN, "--no-build", "--accel", "tcg", "--port", str(self.port), "--smp", str(smp),
-             "--memory", str(memory), "--append", append],
+             "--memory", str(memory), "--append", append] + ([] if reboot else ["--no-reboot"]),
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
             start_new_session=True)
         if ready:
@@ -52,14 +52,15 @@ class Hermitage:
         with open(self.log_file.name, "r", errors="replace") as f:
             return f.read()
 
-    def wait_for(self, pattern, timeout=60):
+    def wait_for(self, pattern, timeout=60, count=1):
+        """Wait until `pattern` has appeared `count` times on the console."""
         deadline = time.time() + timeout
         rx = re.compile(pattern)
         while time.time() < deadline:
             text = self.console()
-            m = rx.search(text)
-            if m:
-                return m
+            found = list(rx.finditer(text))
+            if len(found) >= count:
+                return found[count - 1]
             if self.proc.poll() is not None:
                 raise AssertionError(f"QEMU exited ({self.proc.returncode}) before /{pattern}/:\n{text[-3000:]}")
             time.sleep(0.05)

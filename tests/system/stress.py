@@ -82,6 +82,8 @@ def test_cpu_offline_online_flapping():
                 assert status == 200, (cpu, want, status, doc)
                 online[cpu] = not online[cpu]
                 assert doc["online"] == online[cpu] and doc["virt"] == ("svm" if online[cpu] else "off"), doc
+                if online[cpu]:
+                    assert doc["selftest"] == "passed", doc  # re-run on every online
         finally:
             stop.set()
             for t in readers:
@@ -95,7 +97,23 @@ def test_cpu_offline_online_flapping():
         print(f"  {FLAPS} offline/online transitions under load", flush=True)
 
 
-TESTS = [test_endpoint_never_stalls, test_cpu_offline_online_flapping]
+REBOOTS = int(os.environ.get("HERMITAGE_STRESS_REBOOTS", "20"))
+
+
+def test_host_reboot_cycles():
+    """POST /v1/host/reboot REBOOTS times; each time the image must boot again and serve."""
+    with Hermitage(smp=4, reboot=True) as hv:
+        for n in range(REBOOTS):
+            status, _, body = hv.request("POST", "/v1/host/reboot")
+            assert status == 202, (status, body)
+            hv.wait_for(r"hermitage: endpoint ready on ", 90, count=n + 2)
+            hv.wait_for(r"reboot: virtualization off on 4/4 cpus, resetting", 5, count=n + 1)
+            cpus = hv.get_json("/v1/cpus")
+            assert all(c["virt"] == "svm" and c["selftest"] == "passed" for c in cpus), cpus
+        print(f"  {REBOOTS} host reboots, each back ready", flush=True)
+
+
+TESTS = [test_endpoint_never_stalls, test_cpu_offline_online_flapping, test_host_reboot_cycles]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("stress", TESTS, sys.argv[1:]) else 0)

@@ -160,12 +160,34 @@ def test_reboot_turns_virtualization_off_everywhere_first():
         hv.stop()
 
 
+def test_panic_path_shoots_down_every_cpu():
+    hv = Hermitage(smp=4, append="crash_test", ready=False)
+    try:
+        rc = hv.wait_exit(60)
+        console = hv.console()
+        assert "hermitage: PANIC: crash_test" in console, console[-2000:]
+        # The three other CPUs were NMIed into turning SVM off; all four report it off.
+        assert "panic: virtualization off on 4/4 cpus (3 parked by NMI), resetting" in console, console[-2000:]
+        assert rc == 0, rc
+    finally:
+        hv.stop()
+
+
+def test_reboot_comes_back_ready():
+    with Hermitage(smp=2, reboot=True) as hv:
+        assert post(hv, "/v1/host/reboot", 202) == {"status": "rebooting"}
+        hv.wait_for(r"hermitage: endpoint ready on ", 60, count=2)
+        assert hv.get_json("/v1/health")["status"] == "ok"
+        assert all(c["virt"] == "svm" for c in hv.get_json("/v1/cpus"))
+
+
 TESTS = [test_boot_1_cpu, test_boot_2_cpus, test_boot_4_cpus, test_errors_are_json,
          test_keep_alive_connection_serves_many, test_curl_like_a_person,
          test_clean_shutdown_exit_code, test_bad_command_line_is_refused,
          test_svm_on_and_self_tested_on_every_cpu, test_cpu_offline_online_reads_hardware_back,
          test_cpu_transitions_that_are_not_allowed, test_last_online_cpu_cannot_go_offline,
-         test_reboot_turns_virtualization_off_everywhere_first]
+         test_reboot_turns_virtualization_off_everywhere_first,
+         test_panic_path_shoots_down_every_cpu, test_reboot_comes_back_ready]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("svm", TESTS, sys.argv[1:]) else 0)

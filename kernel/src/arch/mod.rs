@@ -3,6 +3,7 @@
 //! files hold the only `unsafe` calls into the backends' thin `hw` layers.
 
 mod frames;
+pub mod nmi;
 pub mod svm;
 
 use hv::features::VirtKind;
