@@ -18,10 +18,12 @@ use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 use crate::backend::Hypervisor;
 use crate::nic::Nic;
 
-/// Connections served at once; further SYNs wait in the client's retry until a socket frees.
-const SOCKETS: usize = 16;
+/// Sockets in the pool. A SYN that finds no listening socket is answered with a reset, and
+/// sockets linger a little in closing states (LAST-ACK, FIN-WAIT) after each connection, so the
+/// pool is several times the number of clients we expect at once (8 in the stress test).
+const SOCKETS: usize = 48;
 const RX_BUF: usize = 16 * 1024;
-const TX_BUF: usize = 32 * 1024;
+const TX_BUF: usize = 16 * 1024;
 /// A connection with no traffic for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// After traffic, keep polling without sleeping for this long (latency); then sleep 10 ms per
