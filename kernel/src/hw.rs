@@ -305,3 +305,73 @@ pub fn reset_machine() -> ! {
         core::hint::spin_loop();
     }
 }
+
+/// Read a 32-bit device register at a physical address mapped by [`map_device_memory`].
+pub fn mmio_read32(phys: u64) -> u32 {
+    // SAFETY: as for `mmio_write32`: mapped uncached, aligned, no Rust-visible memory involved.
+    unsafe { (phys as *const u32).read_volatile() }
+}
+
+/// Guest RAM: one zeroed, 2 MiB-aligned heap allocation. Hermit backs its heap with 2 MiB (or
+/// larger) pages, so every 2 MiB chunk is physically contiguous and nested paging can map the
+/// guest with large pages; [`GuestRam::chunk_phys`] gives each chunk's host-physical address.
+pub struct GuestRam {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: GuestRam owns its allocation exclusively (like a Box<[u8]>); moving it between CPUs
+// is fine.
+unsafe impl Send for GuestRam {}
+
+impl core::fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "GuestRam({} MiB)", self.len >> 20)
+    }
+}
+
+impl GuestRam {
+    pub const CHUNK: usize = LARGE as usize;
+
+    /// `mib` MiB of zeroed guest RAM (rounded up to 2 MiB), or `None` when the heap cannot
+    /// provide it or a chunk is not physically contiguous.
+    pub fn new(mib: usize) -> Option<GuestRam> {
+        let len = (mib << 20).div_ceil(Self::CHUNK).max(1) * Self::CHUNK;
+        let layout = Layout::from_size_align(len, Self::CHUNK).ok()?;
+        // SAFETY: non-zero size.
+        let ptr = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
+        let ram = GuestRam { ptr, len };
+        let contiguous = (0..len / Self::CHUNK).all(|i| ram.chunk_phys(i).is_some());
+        contiguous.then_some(ram)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Host-physical address of 2 MiB chunk `i`, if it is physically contiguous.
+    pub fn chunk_phys(&self, i: usize) -> Option<u64> {
+        let addr = self.ptr.as_ptr() as usize + i * Self::CHUNK;
+        phys_contiguous(addr, Self::CHUNK)
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialised (zeroed) bytes we own.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the borrow exclusive on the host side. The
+        // guest writes this memory only while its vCPU runs, which needs `&mut` of its owner.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly this layout.
+        unsafe {
+            alloc::alloc::dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, Self::CHUNK))
+        }
+    }
+}

@@ -5,6 +5,7 @@
 mod frames;
 pub mod nmi;
 pub mod svm;
+pub mod timer;
 
 use hv::features::VirtKind;
 use hv::virt::{DisableError, EnableError};
