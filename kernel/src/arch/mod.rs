@@ -5,6 +5,7 @@
 mod frames;
 pub mod nmi;
 pub mod svm;
+pub mod svm_vcpu;
 pub mod timer;
 
 use hv::features::VirtKind;

@@ -1,0 +1,167 @@
+//! One guest vCPU under SVM: its VMCB, general registers, FPU state, permission maps and nested
+//! page tables over the guest's RAM, and one `run` = one VMRUN / #VMEXIT with the exit decoded
+//! (instruction bytes fetched from guest RAM when the CPU has no NRIPS). What to do about the
+//! exit is decided elsewhere (`hv::exit`); this file only enters the guest and applies results.
+
+use alloc::boxed::Box;
+
+use hermit_sync::SpinMutex;
+use svm::asid::{AsidAllocator, AsidTag};
+use svm::exit::{self, DecodedExit, ExitSnapshot};
+use svm::guest::{self, GuestConfig, GuestMode};
+use svm::insn_len::InsnBytes;
+use svm::npt::{NestedPageTable, Perms};
+use svm::permmap::{IOPM_SIZE, Iopm, MSRPM_SIZE, Msrpm};
+use svm::regs::FxArea;
+use svm::vmcb::{Event, TlbControl, Vmcb};
+use svm::{GuestPhys, GuestRegs, HostPhys, hw};
+
+use super::frames::HeapFrames;
+use crate::cpus::MAX_CPUS;
+use crate::hw::GuestRam;
+
+/// Why a vCPU could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuError {
+    NoMemory,
+    NotContiguous,
+    Consistency,
+}
+
+/// Per-CPU ASID allocators; only the CPU itself touches its own (from its worker), so the lock
+/// is never contended.
+static ASIDS: [SpinMutex<Option<AsidAllocator>>; MAX_CPUS] = [const { SpinMutex::new(None) }; MAX_CPUS];
+
+pub struct SvmVcpu {
+    vmcb: Box<Vmcb>,
+    pub regs: GuestRegs,
+    guest_fx: Box<FxArea>,
+    host_fx: Box<FxArea>,
+    iopm: Box<Iopm>,
+    msrpm: Box<Msrpm>,
+    _frames: HeapFrames,
+    npt_root: HostPhys,
+    /// The ASID this vCPU last had, and on which CPU.
+    asid: Option<(usize, AsidTag)>,
+}
+
+impl core::fmt::Debug for SvmVcpu {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SvmVcpu").field("rip", &self.vmcb.save.rip).finish_non_exhaustive()
+    }
+}
+
+fn phys_of<T>(r: &T) -> Option<u64> {
+    crate::hw::phys_contiguous(r as *const T as usize, core::mem::size_of::<T>())
+}
+
+impl SvmVcpu {
+    /// A vCPU whose nested page tables map all of `ram` at guest-physical 0 (2 MiB pages).
+    /// Every port and MSR access is intercepted.
+    pub fn new(ram: &GuestRam) -> Result<SvmVcpu, VcpuError> {
+        let mut frames = HeapFrames::default();
+        let mut npt = NestedPageTable::new(&mut frames).map_err(|_| VcpuError::NoMemory)?;
+        for i in 0..ram.len() / GuestRam::CHUNK {
+            let hpa = ram.chunk_phys(i).ok_or(VcpuError::NotContiguous)?;
+            let gpa = (i * GuestRam::CHUNK) as u64;
+            npt.map(&mut frames, GuestPhys(gpa), HostPhys(hpa), GuestRam::CHUNK as u64, Perms::RWX)
+                .map_err(|_| VcpuError::NoMemory)?;
+        }
+        let npt_root = npt.root();
+        Ok(SvmVcpu {
+            vmcb: Box::new(Vmcb::ZERO),
+            regs: GuestRegs::default(),
+            guest_fx: Box::new(FxArea::default()),
+            host_fx: Box::new(FxArea::default()),
+            iopm: Box::new(Iopm([0xFF; IOPM_SIZE])),
+            msrpm: Box::new(Msrpm([0xFF; MSRPM_SIZE])),
+            _frames: frames,
+            npt_root,
+            asid: None,
+        })
+    }
+
+    /// Architectural reset into `mode`: a fresh VMCB, registers and FPU state.
+    pub fn reset(&mut self, mode: GuestMode) -> Result<(), VcpuError> {
+        let (Some(iopm), Some(msrpm)) = (phys_of(&*self.iopm), phys_of(&*self.msrpm)) else {
+            return Err(VcpuError::NotContiguous);
+        };
+        // The ASID is (re)assigned per run; 1 here only satisfies the builder's contract.
+        let cfg = GuestConfig { mode, asid: 1, iopm: HostPhys(iopm), msrpm: HostPhys(msrpm), nested_cr3: self.npt_root };
+        guest::build_vmcb(&cfg, &mut self.vmcb, &mut self.regs);
+        *self.guest_fx = FxArea::reset();
+        self.asid = None;
+        Ok(())
+    }
+
+    pub fn rip(&self) -> u64 {
+        self.vmcb.save.rip
+    }
+
+    pub fn set_rip(&mut self, rip: u64) {
+        self.vmcb.save.rip = rip;
+    }
+
+    pub fn rax(&self) -> u64 {
+        self.vmcb.save.rax
+    }
+
+    pub fn set_rax(&mut self, v: u64) {
+        self.vmcb.save.rax = v;
+    }
+
+    /// RFLAGS.IF of the guest.
+    pub fn interrupts_enabled(&self) -> bool {
+        self.vmcb.save.rflags & (1 << 9) != 0
+    }
+
+    /// Inject an exception at the next entry.
+    pub fn inject(&mut self, vector: u8, error_code: Option<u32>) {
+        self.vmcb.control.event_inj = Event::exception(vector, error_code).encode();
+    }
+
+    /// Enter the guest once on CPU `cpu` and decode why it left. `nrips` says whether the CPU
+    /// reports next-RIP; without it, the instruction bytes at RIP are read from guest RAM.
+    pub fn run(&mut self, cpu: usize, host_area: u64, ram: &GuestRam, nrips: bool) -> Result<DecodedExit, u64> {
+        self.assign_asid(cpu);
+        let vmcb_pa = phys_of(&*self.vmcb).ok_or(u64::MAX)?;
+        if guest::check_vmrun_consistency(&self.vmcb).is_err() {
+            return Err(self.vmcb.control.exit_code);
+        }
+        // SAFETY: SVM is on on this CPU (the worker runs guests only while its CPU is online
+        // and enabled) with its VM_HSAVE_PA page; `host_area` is this CPU's VMSAVE page; the
+        // VMCB is ours (exclusively borrowed), passed the consistency check, and its nested
+        // tables map only this guest's RAM; FPU state is switched around the entry.
+        unsafe {
+            hw::fxsave(&mut self.host_fx);
+            hw::fxrstor(&self.guest_fx);
+            hw::vmrun(HostPhys(vmcb_pa), HostPhys(host_area), &mut self.regs);
+            hw::fxsave(&mut self.guest_fx);
+            hw::fxrstor(&self.host_fx);
+        }
+        self.vmcb.control.event_inj = 0;
+        self.vmcb.control.tlb_control = TlbControl::DoNothing as u8;
+        let code = self.vmcb.control.exit_code;
+        let insn = if nrips || !exit::ExitCode::from_raw(code).needs_insn_bytes(false) {
+            None
+        } else {
+            let linear = self.vmcb.save.cs.base.wrapping_add(self.vmcb.save.rip) as usize;
+            ram.as_slice().get(linear..(linear + 15).min(ram.len())).map(InsnBytes::new)
+        };
+        let snap = ExitSnapshot::from_vmcb(&self.vmcb, &self.regs, nrips, insn);
+        exit::decode(&snap).map_err(|_| code)
+    }
+
+    fn assign_asid(&mut self, cpu: usize) {
+        let mut slot = ASIDS[cpu].lock();
+        let alloc = slot.get_or_insert_with(|| {
+            let n = hw::cpuid(svm::caps::CPUID_SVM, 0)[1];
+            AsidAllocator::new(n.max(2)).unwrap_or_else(|_| unreachable!())
+        });
+        let last = self.asid.filter(|(c, _)| *c == cpu).map(|(_, t)| t);
+        let a = alloc.assign(last);
+        self.asid = Some((cpu, a.tag));
+        self.vmcb.control.guest_asid = a.tag.asid;
+        self.vmcb.control.tlb_control = a.tlb_control as u8;
+    }
+}
