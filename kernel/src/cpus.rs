@@ -179,7 +179,8 @@ pub fn bring_up_all() -> usize {
     for id in 0..n {
         hw::spawn_pinned(worker, id, id);
     }
-    let deadline = hw::monotonic_micros() + 5_000_000;
+    // Generous: under Bochs a CPU can take several seconds of guest time to get scheduled.
+    let deadline = hw::monotonic_micros() + 60_000_000;
     while (0..n).any(|i| !SLOTS[i].is_up()) && hw::monotonic_micros() < deadline {
         hermit::syscalls::sys_yield();
     }

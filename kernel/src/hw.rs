@@ -292,6 +292,27 @@ pub fn phys_contiguous(addr: usize, len: usize) -> Option<u64> {
     Some(base)
 }
 
+/// Power the machine off: Bochs' shutdown port first (it ends the simulation on the string
+/// "Shutdown" written to port 0x8900; elsewhere the port is unused), then Hermit's exit, which
+/// uses QEMU's isa-debug-exit and ACPI S5.
+pub fn power_off(code: i32) -> ! {
+    // Bochs cannot pass an exit status out (its shutdown port always ends the run the same
+    // way), so say it on the console too.
+    println!("hermitage: powering off, exit code {code}");
+    // Let the console drain first: COM1's line status TEMT (bit 6) says the transmitter is empty.
+    for _ in 0..100_000 {
+        // SAFETY: ring 0; reading COM1's line status register has no side effects.
+        if unsafe { x86::io::inb(0x3FD) } & 0x40 != 0 {
+            break;
+        }
+    }
+    for b in b"Shutdown" {
+        // SAFETY: ring 0; port 0x8900 is Bochs' shutdown port and unused on other machines.
+        unsafe { x86::io::outb(0x8900, *b) };
+    }
+    hermit::syscalls::sys_exit(code)
+}
+
 /// Reset the machine: the reset control register at 0xCF9 (hard reset), then the keyboard
 /// controller's reset line. Virtualization must already be off on every CPU.
 pub fn reset_machine() -> ! {
@@ -374,4 +395,27 @@ impl Drop for GuestRam {
             alloc::alloc::dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, Self::CHUNK))
         }
     }
+}
+
+/// How much heap is free right now, measured the only way Hermit 0.11.0 allows (its allocator's
+/// statistics are private): allocate 2 MiB blocks until the heap refuses or `limit` is reached,
+/// count them, and free them all again. Precise to 2 MiB; while it runs, other allocations of
+/// large blocks may transiently fail, so it is only called for `GET /v1/host`.
+pub fn probe_free_heap(limit: usize) -> usize {
+    let layout = Layout::from_size_align(LARGE as usize, LARGE as usize).expect("2 MiB layout");
+    let max = limit / LARGE as usize;
+    let mut blocks: alloc::vec::Vec<NonNull<u8>> = alloc::vec::Vec::with_capacity(max);
+    while blocks.len() < max {
+        // SAFETY: non-zero size; the block is freed below with the same layout, untouched.
+        match NonNull::new(unsafe { alloc::alloc::alloc(layout) }) {
+            Some(p) => blocks.push(p),
+            None => break,
+        }
+    }
+    let free = blocks.len() * LARGE as usize;
+    for p in blocks {
+        // SAFETY: allocated just above with `layout`.
+        unsafe { alloc::alloc::dealloc(p.as_ptr(), layout) };
+    }
+    free
 }

@@ -39,7 +39,7 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
         Ok(c) => c,
         Err(e) => {
             println!("hermitage: bad command line: {e}");
-            hermit::syscalls::sys_exit(2)
+            hw::power_off(2)
         }
     };
 
@@ -57,7 +57,7 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
     }
     if config.exit_after_boot {
         println!("hermitage: exit_after_boot set, powering off");
-        hermit::syscalls::sys_exit(0)
+        hw::power_off(0)
     }
 
     let nic = match nic::Nic::probe() {

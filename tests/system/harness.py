@@ -29,13 +29,14 @@ def free_port():
 class Hermitage:
     """One booted image. Use as a context manager; the console log is kept for failures."""
 
-    def __init__(self, smp=2, memory=512, append="", ready=True, timeout=90, reboot=False):
+    def __init__(self, smp=2, memory=512, append="", ready=True, timeout=90, reboot=False, bochs=False):
         self.port = free_port()
         self.smp = smp
         self.log_file = tempfile.NamedTemporaryFile(prefix="hermitage-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [RUN, "--no-build", "--accel", "tcg", "--port", str(self.port), "--smp", str(smp),
-             "--memory", str(memory), "--append", append] + ([] if reboot else ["--no-reboot"]),
+             "--memory", str(memory), "--append", append] + ([] if reboot else ["--no-reboot"])
+            + (["--bochs"] if bochs else []),
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
             start_new_session=True)
         if ready:
