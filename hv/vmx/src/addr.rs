@@ -1,0 +1,75 @@
+//! Address newtypes.
+//!
+//! Why: a guest-physical address used where a host-physical one is expected is the classic
+//! hypervisor bug (it maps the wrong memory and nothing crashes until much later). Keeping
+//! the two apart in the type system makes that a compile error (STYLE.md point 6). The SVM
+//! crate has the same two types; the core crate may take both over later (one copy), and the
+//! backends then re-export them.
+#![forbid(unsafe_code)]
+
+use core::fmt;
+
+macro_rules! phys_addr {
+    ($(#[$m:meta])* $name:ident, $prefix:literal) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct $name(pub u64);
+
+        impl $name {
+            /// The raw address.
+            #[inline]
+            pub const fn as_u64(self) -> u64 {
+                self.0
+            }
+
+            /// This address plus `offset`, or `None` on overflow.
+            #[inline]
+            pub const fn checked_add(self, offset: u64) -> Option<Self> {
+                match self.0.checked_add(offset) {
+                    Some(v) => Some(Self(v)),
+                    None => None,
+                }
+            }
+
+            /// Whether the address is a multiple of `align` (a power of two).
+            #[inline]
+            pub const fn is_aligned(self, align: u64) -> bool {
+                self.0 & (align - 1) == 0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "({:#x})"), self.0)
+            }
+        }
+    };
+}
+
+phys_addr!(
+    /// A guest-physical address (what the guest puts in its page tables; translated by the
+    /// extended page tables, SDM "EPT Translation Mechanism").
+    GuestPhys,
+    "GuestPhys"
+);
+phys_addr!(
+    /// A host-physical address (what VMXON, VMPTRLD, the EPTP and the I/O and MSR bitmap addresses take).
+    HostPhys,
+    "HostPhys"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newtypes_behave() {
+        let g = GuestPhys(0x1000);
+        assert!(g.is_aligned(0x1000));
+        assert!(!GuestPhys(0x1001).is_aligned(0x1000));
+        assert_eq!(g.checked_add(0x10), Some(GuestPhys(0x1010)));
+        assert_eq!(HostPhys(u64::MAX).checked_add(1), None);
+        assert_eq!(format!("{:?}", HostPhys(0x2000)), "HostPhys(0x2000)");
+    }
+}
