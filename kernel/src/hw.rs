@@ -392,7 +392,10 @@ impl Drop for GuestRam {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with exactly this layout.
         unsafe {
-            alloc::alloc::dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, Self::CHUNK))
+            alloc::alloc::dealloc(
+                self.ptr.as_ptr(),
+                Layout::from_size_align_unchecked(self.len, Self::CHUNK),
+            )
         }
     }
 }

@@ -30,7 +30,8 @@ pub enum VcpuError {
 
 /// Per-CPU ASID allocators; only the CPU itself touches its own (from its worker), so the lock
 /// is never contended.
-static ASIDS: [SpinMutex<Option<AsidAllocator>>; MAX_CPUS] = [const { SpinMutex::new(None) }; MAX_CPUS];
+static ASIDS: [SpinMutex<Option<AsidAllocator>>; MAX_CPUS] =
+    [const { SpinMutex::new(None) }; MAX_CPUS];
 
 pub struct SvmVcpu {
     vmcb: Box<Vmcb>,
@@ -47,7 +48,9 @@ pub struct SvmVcpu {
 
 impl core::fmt::Debug for SvmVcpu {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("SvmVcpu").field("rip", &self.vmcb.save.rip).finish_non_exhaustive()
+        f.debug_struct("SvmVcpu")
+            .field("rip", &self.vmcb.save.rip)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,8 +67,14 @@ impl SvmVcpu {
         for i in 0..ram.len() / GuestRam::CHUNK {
             let hpa = ram.chunk_phys(i).ok_or(VcpuError::NotContiguous)?;
             let gpa = (i * GuestRam::CHUNK) as u64;
-            npt.map(&mut frames, GuestPhys(gpa), HostPhys(hpa), GuestRam::CHUNK as u64, Perms::RWX)
-                .map_err(|_| VcpuError::NoMemory)?;
+            npt.map(
+                &mut frames,
+                GuestPhys(gpa),
+                HostPhys(hpa),
+                GuestRam::CHUNK as u64,
+                Perms::RWX,
+            )
+            .map_err(|_| VcpuError::NoMemory)?;
         }
         let npt_root = npt.root();
         Ok(SvmVcpu {
@@ -87,7 +96,13 @@ impl SvmVcpu {
             return Err(VcpuError::NotContiguous);
         };
         // The ASID is (re)assigned per run; 1 here only satisfies the builder's contract.
-        let cfg = GuestConfig { mode, asid: 1, iopm: HostPhys(iopm), msrpm: HostPhys(msrpm), nested_cr3: self.npt_root };
+        let cfg = GuestConfig {
+            mode,
+            asid: 1,
+            iopm: HostPhys(iopm),
+            msrpm: HostPhys(msrpm),
+            nested_cr3: self.npt_root,
+        };
         guest::build_vmcb(&cfg, &mut self.vmcb, &mut self.regs);
         *self.guest_fx = FxArea::reset();
         self.asid = None;
@@ -122,7 +137,13 @@ impl SvmVcpu {
 
     /// Enter the guest once on CPU `cpu` and decode why it left. `nrips` says whether the CPU
     /// reports next-RIP; without it, the instruction bytes at RIP are read from guest RAM.
-    pub fn run(&mut self, cpu: usize, host_area: u64, ram: &GuestRam, nrips: bool) -> Result<DecodedExit, u64> {
+    pub fn run(
+        &mut self,
+        cpu: usize,
+        host_area: u64,
+        ram: &GuestRam,
+        nrips: bool,
+    ) -> Result<DecodedExit, u64> {
         self.assign_asid(cpu);
         let vmcb_pa = phys_of(&*self.vmcb).ok_or(u64::MAX)?;
         if guest::check_vmrun_consistency(&self.vmcb).is_err() {
@@ -146,7 +167,9 @@ impl SvmVcpu {
             None
         } else {
             let linear = self.vmcb.save.cs.base.wrapping_add(self.vmcb.save.rip) as usize;
-            ram.as_slice().get(linear..(linear + 15).min(ram.len())).map(InsnBytes::new)
+            ram.as_slice()
+                .get(linear..(linear + 15).min(ram.len()))
+                .map(InsnBytes::new)
         };
         let snap = ExitSnapshot::from_vmcb(&self.vmcb, &self.regs, nrips, insn);
         exit::decode(&snap).map_err(|_| code)
