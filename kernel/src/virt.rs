@@ -120,7 +120,15 @@ pub fn init(kind: VirtKind) {
             continue;
         }
         match layer.get(cpu, User::Hypervisor) {
-            Ok(()) => {}
+            Ok(()) => {
+                // Read back by the CPU itself (CR4.VMXE / EFER.SVME), not our bookkeeping.
+                let on = cpus::slot(id as usize).and_then(|s| s.virt_on());
+                let state = on.map_or("off", |k| k.as_str());
+                println!(
+                    "hermitage: cpu {id}: {} enabled, hardware reads {state}",
+                    kind.as_str()
+                );
+            }
             Err(e) => println!(
                 "hermitage: cpu {id}: enabling {} failed: {e:?}",
                 kind.as_str()

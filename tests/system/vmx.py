@@ -17,6 +17,8 @@ def test_boots_and_detects_vmx_ept_vpid():
         console = hv.console()
         assert re.search(r"cpu 0 up: apic_id=\d+ vendor=intel virt=vmx ept=yes vpid=yes", console), console[-3000:]
         assert "1/1 cpus up" in console, console[-3000:]
+        # VMXON through the virt layer; CR4.VMXE read back by the CPU itself.
+        assert "cpu 0: vmx enabled, hardware reads vmx" in console, console[-3000:]
         # Bochs' exit status is the same however the run ends; the image says its own.
         assert "hermitage: powering off, exit code 0" in console, console[-3000:]
     finally:
@@ -33,7 +35,18 @@ def test_bad_command_line_is_refused_in_bochs_too():
         hv.stop()
 
 
-TESTS = [test_boots_and_detects_vmx_ept_vpid, test_bad_command_line_is_refused_in_bochs_too]
+def test_panic_path_turns_vmx_off_before_reset():
+    hv = Hermitage(smp=1, append="crash_test", ready=False, bochs=True)
+    try:
+        hv.wait_for(r"panic: virtualization off on 1/1 cpus", 240)
+        console = hv.console()
+        assert "cpu 0: vmx enabled, hardware reads vmx" in console, console[-3000:]
+    finally:
+        hv.stop()
+
+
+TESTS = [test_boots_and_detects_vmx_ept_vpid, test_bad_command_line_is_refused_in_bochs_too,
+         test_panic_path_turns_vmx_off_before_reset]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("vmx", TESTS, sys.argv[1:]) else 0)

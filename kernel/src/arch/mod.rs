@@ -7,6 +7,7 @@ pub mod nmi;
 pub mod svm;
 pub mod svm_vcpu;
 pub mod timer;
+pub mod vmx;
 
 use hv::features::VirtKind;
 use hv::virt::{DisableError, EnableError};
@@ -73,14 +74,15 @@ pub enum Reply {
 /// Turn off whatever virtualization is on on this CPU, for the reboot and crash paths.
 pub fn emergency_off_here() {
     svm::emergency_disable();
+    vmx::emergency_disable();
 }
 
 /// Run `job` here, on CPU `cpu`, for the host's virtualization kind.
 pub fn execute(kind: VirtKind, cpu: usize, job: Job) -> Reply {
     match kind {
         VirtKind::Svm => svm::execute(cpu, job),
-        // VMX lands with its own issue; until then it is reported, never faked.
-        VirtKind::Vmx | VirtKind::None => match job {
+        VirtKind::Vmx => vmx::execute(cpu, job),
+        VirtKind::None => match job {
             Job::Enable => Reply::Enable(Err(EnableError::Unsupported)),
             Job::Disable => Reply::Disable(Ok(())),
             Job::EmergencyDisable => Reply::Done,
