@@ -151,7 +151,12 @@ pub fn self_test(cpu: usize) {
     };
     match outcome {
         Ok(report) => println!(
-            "hermitage: cpu {cpu} self-test passed: VMRUN round trip, {} exits",
+            "hermitage: cpu {cpu} self-test passed: {} round trip, {} exits",
+            if crate::arch::vmx::is_enabled() {
+                "VMLAUNCH"
+            } else {
+                "VMRUN"
+            },
             report.exits
         ),
         Err(e) => println!("hermitage: cpu {cpu} self-test FAILED: {}", e.as_str()),

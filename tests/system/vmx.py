@@ -19,6 +19,9 @@ def test_boots_and_detects_vmx_ept_vpid():
         assert "1/1 cpus up" in console, console[-3000:]
         # VMXON through the virt layer; CR4.VMXE read back by the CPU itself.
         assert "cpu 0: vmx enabled, hardware reads vmx" in console, console[-3000:]
+        # A real VMLAUNCH of a real-mode guest under EPT: CPUID exit answered, HLT exit,
+        # guest registers intact.
+        assert "cpu 0 self-test passed: VMLAUNCH round trip, 2 exits" in console, console[-3000:]
         # Bochs' exit status is the same however the run ends; the image says its own.
         assert "hermitage: powering off, exit code 0" in console, console[-3000:]
     finally:

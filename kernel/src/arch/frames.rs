@@ -1,4 +1,4 @@
-//! Page-table frames for nested paging, owned by the kernel heap. Each table is one 4 KiB,
+//! Page-table frames for nested paging (SVM NPT and VMX EPT alike), owned by the kernel heap. Each table is one 4 KiB,
 //! 4 KiB-aligned heap object, so it is physically contiguous; the backends' NPT/EPT builders
 //! reach it through the `Frames` trait by its physical address.
 
@@ -45,5 +45,19 @@ impl Frames for HeapFrames {
             .iter_mut()
             .find(|(pa, _)| *pa == frame.0)
             .map(|(_, t)| &mut t.0)
+    }
+}
+
+impl vmx::ept::Frames for HeapFrames {
+    fn alloc_zeroed(&mut self) -> Option<vmx::HostPhys> {
+        svm::npt::Frames::alloc_zeroed(self).map(|p| vmx::HostPhys(p.0))
+    }
+
+    fn table(&self, frame: vmx::HostPhys) -> Option<&[u64; ENTRIES]> {
+        svm::npt::Frames::table(self, HostPhys(frame.0))
+    }
+
+    fn table_mut(&mut self, frame: vmx::HostPhys) -> Option<&mut [u64; ENTRIES]> {
+        svm::npt::Frames::table_mut(self, HostPhys(frame.0))
     }
 }
