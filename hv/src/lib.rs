@@ -7,5 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod cpuid;
+pub mod devices;
+pub mod exit;
 pub mod features;
+pub mod msr;
 pub mod virt;
+pub mod vm;
