@@ -14,3 +14,4 @@ pub mod features;
 pub mod msr;
 pub mod virt;
 pub mod vm;
+pub mod vpmu;
