@@ -10,6 +10,7 @@
 //! | `gw=A.B.C.D`              | default gateway with a static address           | none         |
 //! | `exit_after_boot`         | power off once every CPU is up (for tests)      | off          |
 //! | `crash_test`              | take the panic path once every CPU is up (tests)| off          |
+//! | `vm=IMAGE`                | create and start a VM from a built-in image (repeatable, up to 16) | none |
 
 use core::fmt;
 
@@ -25,12 +26,14 @@ pub enum IpConfig {
 }
 
 /// Everything the command line configures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootConfig {
     pub port: u16,
     pub ip: IpConfig,
     pub exit_after_boot: bool,
     pub crash_test: bool,
+    /// Built-in images to start as VMs at boot, in order.
+    pub vms: heapless::Vec<heapless::String<32>, 16>,
 }
 
 impl Default for BootConfig {
@@ -40,6 +43,7 @@ impl Default for BootConfig {
             ip: IpConfig::Dhcp,
             exit_after_boot: false,
             crash_test: false,
+            vms: heapless::Vec::new(),
         }
     }
 }
@@ -93,7 +97,14 @@ impl BootConfig {
                 ("gw", Some(v)) => gateway = Some(parse_ipv4(v).ok_or_else(bad)?),
                 ("exit_after_boot", None) => c.exit_after_boot = true,
                 ("crash_test", None) => c.crash_test = true,
-                ("port" | "ip" | "gw", None) | ("exit_after_boot" | "crash_test", Some(_)) => {
+                ("vm", Some(v)) => {
+                    let name = heapless::String::try_from(v).map_err(|_| bad())?;
+                    if v.is_empty() || c.vms.push(name).is_err() {
+                        return Err(bad());
+                    }
+                }
+                ("port" | "ip" | "gw" | "vm", None)
+                | ("exit_after_boot" | "crash_test", Some(_)) => {
                     return Err(bad());
                 }
                 _ => return Err(ConfigError::UnknownKey(key)),
@@ -153,6 +164,15 @@ mod tests {
             }
         );
         assert!(c.exit_after_boot);
+    }
+
+    #[test]
+    fn vms_in_order() {
+        let c = BootConfig::parse(["vm=hello", "vm=spinner"]).unwrap();
+        let names: [&str; 2] = [c.vms[0].as_str(), c.vms[1].as_str()];
+        assert_eq!(names, ["hello", "spinner"]);
+        assert!(BootConfig::parse(["vm="]).is_err());
+        assert!(BootConfig::parse(["vm"]).is_err());
     }
 
     #[test]

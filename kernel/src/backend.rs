@@ -13,11 +13,15 @@ use crate::virt::{EndpointCpu, PerCpuBackend, layer};
 static FEATURES: OnceCell<HostFeatures> = OnceCell::new();
 
 /// Record the boot CPU's features for the API.
+pub fn features() -> Option<HostFeatures> {
+    FEATURES.get().copied()
+}
+
 pub fn init(features: HostFeatures) {
     let _ = FEATURES.set(features);
 }
 
-fn virt_kind() -> VirtKind {
+pub fn virt_kind() -> VirtKind {
     FEATURES.get().map_or(VirtKind::None, |f| f.virt)
 }
 

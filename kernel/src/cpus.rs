@@ -151,6 +151,7 @@ extern "C" fn worker(id: usize) {
     println!("hermitage: cpu {id} up: apic_id={} {f}", slot.apic_id());
     slot.up.store(true, Ordering::Release);
     let kind = f.virt;
+    crate::arch::timer::calibrate(id);
     let mut last_job = hw::monotonic_micros();
     loop {
         let ran = percpu::serve(id, |job| {
@@ -158,6 +159,11 @@ extern "C" fn worker(id: usize) {
             slot.publish_hw_state();
             reply
         });
+        // Between jobs: guest slices, while this CPU is in service with SVM on.
+        let ran = ran
+            || (kind == hv::features::VirtKind::Svm
+                && crate::arch::svm::is_enabled()
+                && crate::vms::run_some(id, crate::arch::svm::host_area(id), f.nrips));
         let now = hw::monotonic_micros();
         if ran {
             last_job = now;

@@ -18,6 +18,7 @@ mod hw;
 mod nic;
 mod percpu;
 mod virt;
+mod vms;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -52,6 +53,7 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
     backend::init(features);
     virt::init(features.virt);
 
+    vms::start_from_cmdline(config.vms.iter().map(|s| s.as_str()), cpus::count());
     if config.crash_test {
         virt::crash("crash_test on the command line");
     }

@@ -181,13 +181,26 @@ def test_reboot_comes_back_ready():
         assert all(c["virt"] == "svm" for c in hv.get_json("/v1/cpus"))
 
 
+def test_guest_runs_under_svm_with_npt():
+    """A guest from the kernel command line runs on CPU 1: its UART output reaches the console
+    (port I/O exits, instruction lengths without NRIPS) and its debug-exit write stops it."""
+    with Hermitage(smp=2, append="vm=smoke vm=smoke") as hv:
+        hv.wait_for(r"vm 2 \(smoke-2\) stopped: debug exit code 0", 30)
+        console = hv.console()
+        assert "vm 1 (smoke-1) started on cpu 1" in console, console[-2000:]
+        assert "[vm 1 smoke-1] Hi" in console and "[vm 2 smoke-2] Hi" in console, console[-2000:]
+        assert "vm 1 (smoke-1) stopped: debug exit code 0" in console, console[-2000:]
+        assert hv.get_json("/v1/health")["status"] == "ok"
+
+
 TESTS = [test_boot_1_cpu, test_boot_2_cpus, test_boot_4_cpus, test_errors_are_json,
          test_keep_alive_connection_serves_many, test_curl_like_a_person,
          test_clean_shutdown_exit_code, test_bad_command_line_is_refused,
          test_svm_on_and_self_tested_on_every_cpu, test_cpu_offline_online_reads_hardware_back,
          test_cpu_transitions_that_are_not_allowed, test_last_online_cpu_cannot_go_offline,
          test_reboot_turns_virtualization_off_everywhere_first,
-         test_panic_path_shoots_down_every_cpu, test_reboot_comes_back_ready]
+         test_panic_path_shoots_down_every_cpu, test_reboot_comes_back_ready,
+         test_guest_runs_under_svm_with_npt]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("svm", TESTS, sys.argv[1:]) else 0)

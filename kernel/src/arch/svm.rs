@@ -54,6 +54,11 @@ pub fn execute(cpu: usize, job: Job) -> Reply {
     }
 }
 
+/// This CPU's host VMSAVE page (0 before SVM was first enabled here).
+pub fn host_area(cpu: usize) -> u64 {
+    HOST_AREA[cpu].load(Ordering::Relaxed)
+}
+
 pub fn is_enabled() -> bool {
     hw::read_efer().contains(Efer::SVME)
 }

@@ -16,6 +16,8 @@ use svm::regs::FxArea;
 use svm::vmcb::{Event, TlbControl, Vmcb};
 use svm::{GuestPhys, GuestRegs, HostPhys, hw};
 
+use hv::exit::{Exit, GuestView, RegUpdate};
+
 use super::frames::HeapFrames;
 use crate::cpus::MAX_CPUS;
 use crate::hw::GuestRam;
@@ -186,5 +188,89 @@ impl SvmVcpu {
         self.asid = Some((cpu, a.tag));
         self.vmcb.control.guest_asid = a.tag.asid;
         self.vmcb.control.tlb_control = a.tlb_control as u8;
+    }
+}
+
+impl SvmVcpu {
+    /// The decoded SVM exit in the core's neutral vocabulary.
+    pub fn neutral(&self, d: &DecodedExit) -> Exit {
+        use svm::exit::SvmExit as S;
+        match d.exit {
+            S::Cpuid { next_rip } => Exit::Cpuid {
+                leaf: self.vmcb.save.rax as u32,
+                subleaf: self.regs.rcx as u32,
+                next_rip,
+            },
+            S::Hlt { next_rip } => Exit::Hlt {
+                next_rip,
+                interrupts_enabled: self.interrupts_enabled(),
+            },
+            S::Io(io) => Exit::Io {
+                port: io.port,
+                size: io.size,
+                write: if io.write {
+                    io.value.or(Some(self.vmcb.save.rax as u32))
+                } else {
+                    None
+                },
+                string: io.string,
+                rep: io.rep,
+                next_rip: io.next_rip,
+            },
+            S::Msr(m) => Exit::Msr {
+                index: m.index,
+                write: m.write,
+                next_rip: m.next_rip,
+            },
+            S::NestedPageFault(npf) => Exit::NestedPageFault {
+                gpa: hv::exit::GuestPhys(npf.gpa.as_u64()),
+                write: npf.write(),
+                exec: npf.exec(),
+            },
+            S::Shutdown => Exit::TripleFault,
+            S::Vmmcall { .. } | S::SvmInstruction(_) => Exit::VirtInstruction,
+            S::Intr | S::Nmi | S::Smi | S::Init | S::Vintr => Exit::ExternalInterrupt,
+            S::Exception {
+                vector, error_code, ..
+            } => Exit::Exception { vector, error_code },
+            S::VmrunFailed => Exit::EntryFailed {
+                code: self.vmcb.control.exit_code,
+            },
+            _ => Exit::Unknown {
+                code: self.vmcb.control.exit_code,
+            },
+        }
+    }
+
+    /// What the exit handler needs to see of the guest.
+    pub fn view(&self) -> GuestView {
+        GuestView {
+            rax: self.vmcb.save.rax,
+            efer: (self.vmcb.save.efer - svm::vmcb::Efer::SVME).bits(),
+        }
+    }
+
+    /// Apply a register update from the exit handler.
+    pub fn apply(&mut self, rip: u64, u: &RegUpdate) {
+        self.vmcb.save.rip = rip;
+        if let Some(v) = u.rax {
+            self.vmcb.save.rax = v;
+        }
+        if let Some(v) = u.rbx {
+            self.regs.rbx = v;
+        }
+        if let Some(v) = u.rcx {
+            self.regs.rcx = v;
+        }
+        if let Some(v) = u.rdx {
+            self.regs.rdx = v;
+        }
+        if let Some(v) = u.efer {
+            // The guest's EFER always keeps SVME in the VMCB (VMRUN requires it).
+            self.vmcb.save.efer = svm::vmcb::Efer::from_bits_retain(v) | svm::vmcb::Efer::SVME;
+        }
+        if let Some(v) = u.pat {
+            self.vmcb.save.g_pat = v;
+        }
     }
 }

@@ -1,0 +1,310 @@
+//! Guests in the image: the VM table, the per-CPU vCPU slices and the one reset path.
+//!
+//! Each VM owns its guest RAM (nested-paged with 2 MiB pages), its vCPU (SVM for now) and its
+//! runtime (`hv::vm::VmRuntime`: CPUID view, MSRs, devices, stats). The CPU a VM is placed on
+//! runs it in slices from its worker loop, between mailbox jobs: each slice arms the APIC
+//! preemption tick, enters the guest until an exit needs more than a resume (or the slice
+//! ends), and applies what the pure handler `hv::exit::handle` decided. The lifecycle is
+//! `hv::vm::apply`; every reset, whatever its trigger, goes through [`reset`].
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use hermit_sync::SpinMutex;
+use hv::cpuid::CpuidView;
+use hv::exit::{Action, ResetTrigger, StopReason};
+use hv::vm::{OnCrash, VmConfig, VmEvent, VmRuntime, VmState};
+use svm::guest::GuestMode;
+
+use crate::arch::svm_vcpu::SvmVcpu;
+use crate::arch::timer;
+use crate::hw::{self, GuestRam};
+
+/// Length of one time slice.
+const SLICE_US: u64 = 5_000;
+
+/// Why a VM could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateError {
+    NoSuchImage,
+    NoMemory,
+    Unsupported,
+    Vcpu,
+}
+
+/// The built-in images this file knows how to load.
+fn image(name: &str) -> Option<&'static [u8]> {
+    match name {
+        "smoke" => Some(&SMOKE),
+        _ => None,
+    }
+}
+
+/// A 32-bit flat guest written here for the vCPU path's own check: prints "Hi" on the UART,
+/// exits through the debug-exit port with code 0, then halts.
+/// `mov dx,0x3f8; mov al,'H'; out dx,al; mov al,'i'; out dx,al; mov al,10; out dx,al;
+///  mov eax,0; out 0xf4,eax; hlt`
+const SMOKE: [u8; 22] = [
+    0x66, 0xBA, 0xF8, 0x03, 0xB0, 0x48, 0xEE, 0xB0, 0x69, 0xEE, 0xB0, 0x0A, 0xEE, 0xB8, 0x00, 0x00,
+    0x00, 0x00, 0xE7, 0xF4, 0xF4, 0xF4,
+];
+const LOAD_GPA: usize = 0x10_0000;
+
+pub struct Vm {
+    pub id: u32,
+    pub config: VmConfig,
+    pub state: VmState,
+    ram: GuestRam,
+    vcpu: SvmVcpu,
+    rt: Box<VmRuntime>,
+    /// The CPU this VM runs on.
+    pub cpu: usize,
+    /// Halted with interrupts enabled: nothing will wake it (no virtual interrupts yet).
+    idle: bool,
+    /// Console bytes already echoed to the hypervisor console.
+    echoed: u64,
+    last_run: u64,
+}
+
+impl core::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Vm({} {})", self.id, self.config.name)
+    }
+}
+
+static VMS: SpinMutex<Vec<Arc<SpinMutex<Vm>>>> = SpinMutex::new(Vec::new());
+static NEXT_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
+
+/// Load the image into zeroed RAM and return how the vCPU starts.
+fn load(vm_ram: &mut GuestRam, config: &VmConfig) -> Result<GuestMode, CreateError> {
+    let img = image(config.image.as_str()).ok_or(CreateError::NoSuchImage)?;
+    let ram = vm_ram.as_mut_slice();
+    ram.fill(0);
+    ram.get_mut(LOAD_GPA..LOAD_GPA + img.len())
+        .ok_or(CreateError::NoMemory)?
+        .copy_from_slice(img);
+    Ok(GuestMode::Protected32 {
+        eip: LOAD_GPA as u32,
+        esp: 0x9_0000,
+        multiboot_info: None,
+    })
+}
+
+/// Create a VM (not started).
+pub fn create(config: VmConfig, cpu: usize) -> Result<u32, CreateError> {
+    if crate::backend::virt_kind() != hv::features::VirtKind::Svm {
+        return Err(CreateError::Unsupported);
+    }
+    image(config.image.as_str()).ok_or(CreateError::NoSuchImage)?;
+    let mut ram = GuestRam::new(config.memory_mib as usize).ok_or(CreateError::NoMemory)?;
+    let mut vcpu = SvmVcpu::new(&ram).map_err(|_| CreateError::Vcpu)?;
+    let mode = load(&mut ram, &config)?;
+    vcpu.reset(mode).map_err(|_| CreateError::Vcpu)?;
+    let cpuid = CpuidView::from_host(|l, s| svm::hw::cpuid(l, s), None);
+    let rt = Box::new(VmRuntime::new(cpuid, config.on_crash));
+    let id = NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let vm = Vm {
+        id,
+        config,
+        state: VmState::Created,
+        ram,
+        vcpu,
+        rt,
+        cpu,
+        idle: false,
+        echoed: 0,
+        last_run: 0,
+    };
+    VMS.lock().push(Arc::new(SpinMutex::new(vm)));
+    Ok(id)
+}
+
+/// Apply a lifecycle event to VM `id`.
+pub fn event(id: u32, ev: VmEvent) -> Result<(), hv::vm::TransitionError> {
+    let Some(vm) = find(id) else { return Ok(()) };
+    let mut vm = lock(&vm);
+    let (state, effect) = hv::vm::apply(vm.state, ev)?;
+    vm.state = state;
+    if let hv::vm::Effect::ReloadAndRun = effect {
+        let trigger = if let VmEvent::Reset(t) = ev {
+            Some(t)
+        } else {
+            None
+        };
+        reset(&mut vm, trigger);
+    }
+    vm.idle = false;
+    Ok(())
+}
+
+fn find(id: u32) -> Option<Arc<SpinMutex<Vm>>> {
+    VMS.lock().iter().find(|v| lock(v).id == id).cloned()
+}
+
+/// Lock a VM, yielding while a CPU runs a slice of it.
+fn lock(vm: &SpinMutex<Vm>) -> hermit_sync::SpinMutexGuard<'_, Vm> {
+    loop {
+        if let Some(g) = vm.try_lock() {
+            return g;
+        }
+        hermit::syscalls::sys_yield();
+    }
+}
+
+/// The one reset path, whatever the trigger (API, triple fault, port 0xCF9, keyboard
+/// controller): devices and MSRs reset (and the trigger counted) by the runtime, guest memory
+/// reloaded from the image, the vCPU's architectural state rebuilt. The vPMU is rebuilt here
+/// from the VM's current configuration once it exists (the "Virtual PMU" issue).
+fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
+    vm.rt.reset(trigger);
+    let mode = match load(&mut vm.ram, &vm.config) {
+        Ok(m) => m,
+        Err(_) => {
+            vm.state = VmState::ended(StopReason::Requested);
+            return;
+        }
+    };
+    if vm.vcpu.reset(mode).is_err() {
+        vm.state = VmState::ended(StopReason::Requested);
+    }
+    vm.idle = false;
+    vm.echoed = vm.echoed.min(vm.rt.devices.console.total_written());
+}
+
+/// Run one slice of a runnable VM placed on `cpu`, if any. Returns whether one ran.
+pub fn run_some(cpu: usize, host_area: u64, nrips: bool) -> bool {
+    let candidates: heapless::Vec<Arc<SpinMutex<Vm>>, 64> = {
+        let table = VMS.lock();
+        table
+            .iter()
+            .filter(|v| {
+                v.try_lock()
+                    .is_some_and(|g| g.cpu == cpu && g.state == VmState::Running && !g.idle)
+            })
+            .take(64)
+            .cloned()
+            .collect()
+    };
+    let Some(next) = candidates
+        .iter()
+        .min_by_key(|v| v.try_lock().map_or(u64::MAX, |g| g.last_run))
+    else {
+        return false;
+    };
+    let Some(mut vm) = next.try_lock() else {
+        return false;
+    };
+    run_slice(&mut vm, cpu, host_area, nrips);
+    true
+}
+
+fn run_slice(vm: &mut Vm, cpu: usize, host_area: u64, nrips: bool) {
+    let start = hw::monotonic_micros();
+    vm.last_run = start;
+    loop {
+        timer::arm(cpu, SLICE_US as u32);
+        let decoded = match vm.vcpu.run(cpu, host_area, &vm.ram, nrips) {
+            Ok(d) => d,
+            Err(code) => {
+                stop(vm, StopReason::EntryFailed { code });
+                break;
+            }
+        };
+        let exit = vm.vcpu.neutral(&decoded);
+        let action = hv::exit::handle(&exit, &vm.vcpu.view(), &mut vm.rt);
+        let mut done = matches!(exit, hv::exit::Exit::ExternalInterrupt);
+        match action {
+            Action::Resume => {}
+            Action::ResumeAt { rip } => vm.vcpu.set_rip(rip),
+            Action::ResumeWith { rip, regs } => vm.vcpu.apply(rip, &regs),
+            Action::InjectException { vector, error_code } => vm.vcpu.inject(vector, error_code),
+            Action::Halt { rip } => {
+                vm.vcpu.set_rip(rip);
+                vm.idle = true;
+                done = true;
+            }
+            Action::Stop(reason) => {
+                stop(vm, reason);
+                done = true;
+            }
+            Action::Reset(trigger) => {
+                if let Ok((state, _)) = hv::vm::apply(vm.state, VmEvent::Reset(trigger)) {
+                    vm.state = state;
+                }
+                reset(vm, Some(trigger));
+            }
+        }
+        if done || hw::monotonic_micros() - start > SLICE_US {
+            break;
+        }
+    }
+    vm.rt.stats.add_run_time(hw::monotonic_micros() - start);
+    echo_console(vm);
+}
+
+fn stop(vm: &mut Vm, reason: StopReason) {
+    if let Ok((state, _)) = hv::vm::apply(vm.state, VmEvent::Exited(reason)) {
+        vm.state = state;
+    }
+    let mut msg = heapless::String::<96>::new();
+    let _ = write!(msg, "{reason}");
+    println!(
+        "hermitage: vm {} ({}) {}: {msg}",
+        vm.id,
+        vm.config.name,
+        vm.state.as_str()
+    );
+}
+
+/// Copy new guest console output to the hypervisor console, one prefixed line at a time.
+fn echo_console(vm: &mut Vm) {
+    let mut buf = [0u8; 512];
+    loop {
+        let r = vm.rt.devices.console.read(vm.echoed, &mut buf);
+        if r.copied == 0 {
+            break;
+        }
+        vm.echoed = r.next_offset;
+        for line in buf[..r.copied]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            println!(
+                "[vm {} {}] {}",
+                vm.id,
+                vm.config.name,
+                core::str::from_utf8(line).unwrap_or("<binary>")
+            );
+        }
+    }
+}
+
+/// Start the VMs named on the kernel command line, spread over the CPUs (CPU 0 last: it also
+/// serves the endpoint).
+pub fn start_from_cmdline<'a>(names: impl Iterator<Item = &'a str>, cpus: usize) {
+    for (i, name) in names.enumerate() {
+        let cpu = if cpus > 1 { 1 + i % (cpus - 1) } else { 0 };
+        let mut vm_name = heapless::String::<32>::new();
+        let _ = write!(vm_name, "{name}-{}", i + 1);
+        let config = match VmConfig::new(&vm_name, name, 16) {
+            Ok(mut c) => {
+                c.on_crash = OnCrash::Stop;
+                c
+            }
+            Err(e) => {
+                println!("hermitage: vm={name}: {e}");
+                continue;
+            }
+        };
+        match create(config, cpu).and_then(|id| {
+            event(id, VmEvent::Start)
+                .map(|()| id)
+                .map_err(|_| CreateError::Vcpu)
+        }) {
+            Ok(id) => println!("hermitage: vm {id} ({vm_name}) started on cpu {cpu}"),
+            Err(e) => println!("hermitage: vm={name}: not started: {e:?}"),
+        }
+    }
+}
