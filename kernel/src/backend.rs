@@ -106,6 +106,7 @@ impl Backend for Hypervisor {
         });
         drop(guard);
         result?;
+        crate::vms::restore(id as usize);
         // Back in service: prove VMRUN works there again.
         if virt_kind() != VirtKind::None {
             crate::virt::self_test(id as usize);
@@ -128,6 +129,10 @@ impl Backend for Hypervisor {
             }
             OfflineError::Disable(_) => CpuError::Failed(Failure::VirtDisable),
         })?;
+        let (moved, paused) = crate::vms::evacuate(id as usize, l.online_cpus());
+        if moved + paused > 0 {
+            println!("hermitage: cpu {id} offline: {moved} vms moved, {paused} paused");
+        }
         info(Some(l), id as usize).ok_or(CpuError::NotFound)
     }
 

@@ -159,11 +159,17 @@ extern "C" fn worker(id: usize) {
             slot.publish_hw_state();
             reply
         });
-        // Between jobs: guest slices, while this CPU is in service with SVM on.
-        let ran = ran
-            || (kind == hv::features::VirtKind::Svm
-                && crate::arch::svm::is_enabled()
-                && crate::vms::run_some(id, crate::arch::svm::host_area(id), f.nrips));
+        // Between jobs: guest slices, while this CPU is in service with SVM on. After each
+        // slice the worker yields, so other threads of this core (the endpoint on core 0)
+        // run while it holds no VM lock.
+        if !ran
+            && kind == hv::features::VirtKind::Svm
+            && crate::arch::svm::is_enabled()
+            && crate::vms::run_some(id, crate::arch::svm::host_area(id), f.nrips)
+        {
+            hermit::syscalls::sys_yield();
+            continue;
+        }
         let now = hw::monotonic_micros();
         if ran {
             last_job = now;
@@ -182,6 +188,8 @@ extern "C" fn worker(id: usize) {
 pub fn bring_up_all() -> usize {
     let n = hermit::syscalls::sys_get_processor_count().min(MAX_CPUS);
     COUNT.store(n, Ordering::Relaxed);
+    // Map the local APIC page (shared address, per-CPU registers) before the CPUs use it.
+    crate::arch::timer::map_apic();
     for id in 0..n {
         hw::spawn_pinned(worker, id, id);
     }

@@ -91,6 +91,10 @@ pub enum MapError {
 /// Identity-map `[phys, phys + len)` as uncached device memory (PCD|PWT, NX), so that MMIO
 /// BARs can be accessed at their physical address. Existing identical mappings are kept.
 pub fn map_device_memory(phys: u64, len: u64) -> Result<(), MapError> {
+    // One CPU at a time: two CPUs adding the same missing page table would each install their
+    // own and one mapping would be lost.
+    static MAP_LOCK: hermit_sync::SpinMutex<()> = hermit_sync::SpinMutex::new(());
+    let _serialized = MAP_LOCK.lock();
     let start = phys & !(PAGE - 1);
     let end = (phys + len).div_ceil(PAGE) * PAGE;
     let mut addr = start;

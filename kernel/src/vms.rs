@@ -38,6 +38,7 @@ pub enum CreateError {
 fn image(name: &str) -> Option<&'static [u8]> {
     match name {
         "smoke" => Some(&SMOKE),
+        "spin" => Some(&SPIN),
         _ => None,
     }
 }
@@ -50,6 +51,9 @@ const SMOKE: [u8; 22] = [
     0x66, 0xBA, 0xF8, 0x03, 0xB0, 0x48, 0xEE, 0xB0, 0x69, 0xEE, 0xB0, 0x0A, 0xEE, 0xB8, 0x00, 0x00,
     0x00, 0x00, 0xE7, 0xF4, 0xF4, 0xF4,
 ];
+/// A misbehaving guest: `cli; jmp $`. It never exits by itself; only the preemption tick takes
+/// its CPU back.
+const SPIN: [u8; 3] = [0xFA, 0xEB, 0xFE];
 const LOAD_GPA: usize = 0x10_0000;
 
 pub struct Vm {
@@ -66,6 +70,8 @@ pub struct Vm {
     /// Console bytes already echoed to the hypervisor console.
     echoed: u64,
     last_run: u64,
+    /// Paused because its CPU went offline and no other allowed CPU was online.
+    parked_by_offline: bool,
 }
 
 impl core::fmt::Debug for Vm {
@@ -74,7 +80,8 @@ impl core::fmt::Debug for Vm {
     }
 }
 
-static VMS: SpinMutex<Vec<Arc<SpinMutex<Vm>>>> = SpinMutex::new(Vec::new());
+/// The VM table: ids outside the VM locks, so looking a VM up never waits for a running slice.
+static VMS: SpinMutex<Vec<(u32, Arc<SpinMutex<Vm>>)>> = SpinMutex::new(Vec::new());
 static NEXT_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
 
 /// Load the image into zeroed RAM and return how the vCPU starts.
@@ -116,8 +123,9 @@ pub fn create(config: VmConfig, cpu: usize) -> Result<u32, CreateError> {
         idle: false,
         echoed: 0,
         last_run: 0,
+        parked_by_offline: false,
     };
-    VMS.lock().push(Arc::new(SpinMutex::new(vm)));
+    VMS.lock().push((id, Arc::new(SpinMutex::new(vm))));
     Ok(id)
 }
 
@@ -140,7 +148,10 @@ pub fn event(id: u32, ev: VmEvent) -> Result<(), hv::vm::TransitionError> {
 }
 
 fn find(id: u32) -> Option<Arc<SpinMutex<Vm>>> {
-    VMS.lock().iter().find(|v| lock(v).id == id).cloned()
+    VMS.lock()
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, v)| v.clone())
 }
 
 /// Lock a VM, yielding while a CPU runs a slice of it.
@@ -179,6 +190,7 @@ pub fn run_some(cpu: usize, host_area: u64, nrips: bool) -> bool {
         let table = VMS.lock();
         table
             .iter()
+            .map(|(_, v)| v)
             .filter(|v| {
                 v.try_lock()
                     .is_some_and(|g| g.cpu == cpu && g.state == VmState::Running && !g.idle)
@@ -277,6 +289,64 @@ fn echo_console(vm: &mut Vm) {
                 vm.config.name,
                 core::str::from_utf8(line).unwrap_or("<binary>")
             );
+        }
+    }
+}
+
+/// CPU `cpu` left service: move its VMs to the least-loaded other online CPU they may use, or
+/// pause them when there is none (they resume on `restore`). Returns (moved, paused).
+pub fn evacuate(cpu: usize, online: hv::virt::CpuSet) -> (usize, usize) {
+    let table: Vec<_> = VMS.lock().iter().map(|(_, v)| v.clone()).collect();
+    let mut load = [0u32; crate::cpus::MAX_CPUS];
+    for v in &table {
+        let g = lock(v);
+        if g.state == VmState::Running {
+            load[g.cpu] += 1;
+        }
+    }
+    let (mut moved, mut paused) = (0, 0);
+    for v in &table {
+        let mut g = lock(v);
+        if g.cpu != cpu {
+            continue;
+        }
+        let allowed = hv::vm::allowed_cpus(g.config.cpu);
+        match hv::vm::place(
+            allowed,
+            online.without(hv::virt::CpuId(cpu as u32)),
+            &load[..crate::cpus::count()],
+        ) {
+            Some(to) => {
+                g.cpu = to.index();
+                load[to.index()] += 1;
+                moved += 1;
+            }
+            None if g.state == VmState::Running => {
+                if let Ok((s, _)) = hv::vm::apply(g.state, VmEvent::Pause) {
+                    g.state = s;
+                    g.parked_by_offline = true;
+                    paused += 1;
+                }
+            }
+            None => {}
+        }
+    }
+    (moved, paused)
+}
+
+/// CPU `cpu` is back: VMs paused because no CPU they may use was online resume there.
+pub fn restore(cpu: usize) {
+    let table: Vec<_> = VMS.lock().iter().map(|(_, v)| v.clone()).collect();
+    for v in table.iter() {
+        let mut g = lock(v);
+        if g.parked_by_offline
+            && hv::vm::allowed_cpus(g.config.cpu).contains(hv::virt::CpuId(cpu as u32))
+        {
+            if let Ok((s, _)) = hv::vm::apply(g.state, VmEvent::Resume) {
+                g.state = s;
+                g.cpu = cpu;
+                g.parked_by_offline = false;
+            }
         }
     }
 }

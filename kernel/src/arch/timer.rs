@@ -19,6 +19,9 @@ const LVT_TIMER: u32 = 0x320;
 const INITIAL_COUNT: u32 = 0x380;
 const CURRENT_COUNT: u32 = 0x390;
 const LVT_MASKED: u32 = 1 << 16;
+/// Hermit 0.11.0's timer interrupt vector (`apic::TIMER_INTERRUPT_NUMBER`). Hermit leaves the
+/// LVT masked with vector 0 while no sleeper needs a wakeup, so we cannot read it back then.
+const HERMIT_TIMER_VECTOR: u32 = 123;
 const LVT_MODE_MASK: u32 = 0b11 << 17;
 
 /// APIC timer ticks per microsecond, per CPU (0 = not calibrated: no preemption tick).
@@ -53,12 +56,18 @@ fn write(apic: &Apic, reg: u32, value: u32) {
     }
 }
 
+/// Identity-map the local APIC page once, from the boot CPU, before the workers start.
+pub fn map_apic() {
+    let _ = apic();
+}
+
 /// Measure this CPU's APIC timer rate (call once on each CPU, from its worker, at bring-up).
 pub fn calibrate(cpu: usize) {
     let Some(apic) = apic() else { return };
     let lvt = read(&apic, LVT_TIMER);
     // TSC-deadline mode (Hermit's choice when the CPU has it) has no count registers to use.
     if lvt & LVT_MODE_MASK != 0 {
+        println!("hermitage: cpu {cpu}: APIC timer in TSC-deadline mode: no preemption tick");
         return;
     }
     write(&apic, LVT_TIMER, lvt | LVT_MASKED);
@@ -74,6 +83,7 @@ pub fn calibrate(cpu: usize) {
     write(&apic, LVT_TIMER, lvt);
     write(&apic, INITIAL_COUNT, 1);
     let rate = (u64::from(ticks) / elapsed_us.max(1)) as u32;
+
     TICKS_PER_US[cpu].store(rate.max(1), Ordering::Relaxed);
 }
 
@@ -84,10 +94,7 @@ pub fn arm(cpu: usize, us: u32) {
         return;
     }
     let Some(apic) = apic() else { return };
-    let lvt = read(&apic, LVT_TIMER);
-    if lvt & (LVT_MODE_MASK | LVT_MASKED) != 0 {
-        // Masked: Hermit has no timer armed; unmask with its vector for our tick.
-        write(&apic, LVT_TIMER, lvt & !(LVT_MASKED | LVT_MODE_MASK));
-    }
+    // One-shot, unmasked, Hermit's vector (so its handler takes the tick).
+    write(&apic, LVT_TIMER, HERMIT_TIMER_VECTOR);
     write(&apic, INITIAL_COUNT, rate.saturating_mul(us).max(1));
 }
