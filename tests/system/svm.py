@@ -193,6 +193,23 @@ def test_guest_runs_under_svm_with_npt():
         assert hv.get_json("/v1/health")["status"] == "ok"
 
 
+def test_spinning_guests_are_preempted_and_move_when_their_cpu_goes_offline():
+    """Two guests that spin with interrupts off (`cli; jmp $`) never exit by themselves: the
+    preemption tick must take their CPUs back, so the CPUs still serve their mailboxes, the
+    endpoint stays up, and taking a CPU offline moves its guests to another online CPU."""
+    with Hermitage(smp=3, append="vm=spin vm=spin vm=smoke") as hv:
+        hv.wait_for(r"vm 3 \(smoke-3\) stopped: debug exit code 0", 30)  # shares CPU 1 with spin-1
+        cpu = post(hv, "/v1/cpus/2/offline", 200)
+        assert (cpu["online"], cpu["virt"]) == (False, "off"), cpu
+        hv.wait_for(r"cpu 2 offline: 1 vms moved, 0 paused", 10)
+        post(hv, "/v1/cpus/1/offline", 200)
+        hv.wait_for(r"cpu 1 offline: 2 vms moved, 0 paused", 10)  # both spinners now on CPU 0
+        assert hv.get_json("/v1/health")["status"] == "ok"
+        assert post(hv, "/v1/cpus/2/online", 200)["selftest"] == "passed"
+        assert post(hv, "/v1/cpus/1/online", 200)["selftest"] == "passed"
+        assert all(c["virt"] == "svm" for c in hv.get_json("/v1/cpus"))
+
+
 TESTS = [test_boot_1_cpu, test_boot_2_cpus, test_boot_4_cpus, test_errors_are_json,
          test_keep_alive_connection_serves_many, test_curl_like_a_person,
          test_clean_shutdown_exit_code, test_bad_command_line_is_refused,
@@ -200,7 +217,8 @@ TESTS = [test_boot_1_cpu, test_boot_2_cpus, test_boot_4_cpus, test_errors_are_js
          test_cpu_transitions_that_are_not_allowed, test_last_online_cpu_cannot_go_offline,
          test_reboot_turns_virtualization_off_everywhere_first,
          test_panic_path_shoots_down_every_cpu, test_reboot_comes_back_ready,
-         test_guest_runs_under_svm_with_npt]
+         test_guest_runs_under_svm_with_npt,
+         test_spinning_guests_are_preempted_and_move_when_their_cpu_goes_offline]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("svm", TESTS, sys.argv[1:]) else 0)
