@@ -426,3 +426,13 @@ pub fn probe_free_heap(limit: usize) -> usize {
     }
     free
 }
+
+/// Run `f` with this CPU's interrupts disabled (restored to enabled afterwards).
+pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: CLI in ring 0 only defers interrupts; they are delivered at the STI below.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    let r = f();
+    // SAFETY: re-enabling interrupts in ring 0 (the worker threads run with them enabled).
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+    r
+}

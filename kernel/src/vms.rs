@@ -216,8 +216,14 @@ fn run_slice(vm: &mut Vm, cpu: usize, host_area: u64, nrips: bool) {
     let start = hw::monotonic_micros();
     vm.last_run = start;
     loop {
-        timer::arm(cpu, SLICE_US as u32);
-        let decoded = match vm.vcpu.run(cpu, host_area, &vm.ram, nrips) {
+        // Arm the tick and enter with interrupts off in between: a host timer interrupt there
+        // would let Hermit reprogram (mask) the timer and leave the guest without a tick. A
+        // tick that arrives meanwhile stays pending and makes the guest exit at once.
+        let run = hw::without_interrupts(|| {
+            timer::arm(cpu, SLICE_US as u32);
+            vm.vcpu.run(cpu, host_area, &vm.ram, nrips)
+        });
+        let decoded = match run {
             Ok(d) => d,
             Err(code) => {
                 stop(vm, StopReason::EntryFailed { code });
