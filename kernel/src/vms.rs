@@ -16,6 +16,7 @@ use hermit_sync::SpinMutex;
 use hv::cpuid::CpuidView;
 use hv::exit::{Action, ResetTrigger, StopReason};
 use hv::vm::{OnCrash, VmConfig, VmEvent, VmRuntime, VmState};
+use hv::vpmu::{MsrResult, PmuConfig, VmPmu};
 use svm::guest::GuestMode;
 
 use crate::arch::svm_vcpu::SvmVcpu;
@@ -63,6 +64,8 @@ pub struct Vm {
     ram: GuestRam,
     vcpu: SvmVcpu,
     rt: Box<VmRuntime>,
+    /// The virtual PMU: rebuilt from the VM's current configuration on every reset.
+    pmu: VmPmu,
     /// The CPU this VM runs on.
     pub cpu: usize,
     /// Halted with interrupts enabled: nothing will wake it (no virtual interrupts yet).
@@ -99,6 +102,54 @@ fn load(vm_ram: &mut GuestRam, config: &VmConfig) -> Result<GuestMode, CreateErr
     })
 }
 
+/// The guest's vendor is the host's (the CPUID view passes the vendor through).
+fn guest_vendor() -> hv::features::Vendor {
+    crate::backend::features().map_or(hv::features::Vendor::Other, |f| f.vendor)
+}
+
+/// The guest's CPUID: the host's, filtered by `hv::cpuid`, with the vPMU's leaves.
+fn cpuid_view(pmu: &VmPmu) -> CpuidView {
+    let state = *pmu.state();
+    let hook = move |leaf: u32, sub: u32, regs: [u32; 4]| state.cpuid(leaf, sub, regs);
+    CpuidView::from_host(|l, s| svm::hw::cpuid(l, s), Some(&hook))
+}
+
+/// PMU MSRs go to the vPMU (which decides existence, masks and #GP); the rest to the handler.
+fn pmu_msr(vm: &mut Vm, exit: &hv::exit::Exit) -> Option<Action> {
+    let hv::exit::Exit::Msr {
+        index,
+        write,
+        next_rip,
+    } = *exit
+    else {
+        return None;
+    };
+    if !hv::vpmu::is_pmu_msr(index) {
+        return None;
+    }
+    let gp = Action::InjectException {
+        vector: hv::exit::VECTOR_GP,
+        error_code: Some(0),
+    };
+    Some(match write {
+        Some(value) => match vm.pmu.wrmsr(index, value) {
+            Ok(()) => Action::ResumeAt { rip: next_rip },
+            Err(_) => gp,
+        },
+        None => match vm.pmu.rdmsr(index) {
+            MsrResult::Value(v) => Action::ResumeWith {
+                rip: next_rip,
+                regs: hv::exit::RegUpdate {
+                    rax: Some(v & 0xFFFF_FFFF),
+                    rdx: Some(v >> 32),
+                    ..Default::default()
+                },
+            },
+            MsrResult::Gp => gp,
+        },
+    })
+}
+
 /// Create a VM (not started).
 pub fn create(config: VmConfig, cpu: usize) -> Result<u32, CreateError> {
     if crate::backend::virt_kind() != hv::features::VirtKind::Svm {
@@ -109,8 +160,8 @@ pub fn create(config: VmConfig, cpu: usize) -> Result<u32, CreateError> {
     let mut vcpu = SvmVcpu::new(&ram).map_err(|_| CreateError::Vcpu)?;
     let mode = load(&mut ram, &config)?;
     vcpu.reset(mode).map_err(|_| CreateError::Vcpu)?;
-    let cpuid = CpuidView::from_host(|l, s| svm::hw::cpuid(l, s), None);
-    let rt = Box::new(VmRuntime::new(cpuid, config.on_crash));
+    let pmu = VmPmu::new(PmuConfig::Off, guest_vendor()).map_err(|_| CreateError::Vcpu)?;
+    let rt = Box::new(VmRuntime::new(cpuid_view(&pmu), config.on_crash));
     let id = NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let vm = Vm {
         id,
@@ -119,6 +170,7 @@ pub fn create(config: VmConfig, cpu: usize) -> Result<u32, CreateError> {
         ram,
         vcpu,
         rt,
+        pmu,
         cpu,
         idle: false,
         echoed: 0,
@@ -170,6 +222,10 @@ fn lock(vm: &SpinMutex<Vm>) -> hermit_sync::SpinMutexGuard<'_, Vm> {
 /// from the VM's current configuration once it exists (the "Virtual PMU" issue).
 fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
     vm.rt.reset(trigger);
+    // The vPMU and the CPUID leaves it decides are rebuilt from the current configuration by
+    // their one constructor: nothing of the previous run or configuration survives.
+    vm.pmu.reset(guest_vendor());
+    vm.rt.cpuid = cpuid_view(&vm.pmu);
     let mode = match load(&mut vm.ram, &vm.config) {
         Ok(m) => m,
         Err(_) => {
@@ -231,7 +287,13 @@ fn run_slice(vm: &mut Vm, cpu: usize, host_area: u64, nrips: bool) {
             }
         };
         let exit = vm.vcpu.neutral(&decoded);
-        let action = hv::exit::handle(&exit, &vm.vcpu.view(), &mut vm.rt);
+        let action = match pmu_msr(vm, &exit) {
+            Some(a) => {
+                vm.rt.stats.exits.record(exit.kind());
+                a
+            }
+            None => hv::exit::handle(&exit, &vm.vcpu.view(), &mut vm.rt),
+        };
         let mut done = matches!(exit, hv::exit::Exit::ExternalInterrupt);
         match action {
             Action::Resume => {}
