@@ -1,0 +1,593 @@
+//! The built-in guests' programs. Each is entered at `main` with a stack, its own GDT and IDT,
+//! interrupts off and `[VAR_CMDLINE]` set, and ends through `exit` (or never).
+//!
+//! To add a guest: write a `fn(&mut Asm) -> Result` here, add it to `GUESTS`, and describe its
+//! output in `src/builtins.rs`.
+
+use iced_x86::code_asm::*;
+
+use crate::asm::{Asm, Program, Result, layout};
+use crate::guest_abi as gabi;
+
+pub struct Guest {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub program: Program,
+}
+
+pub const GUESTS: &[Guest] = &[
+    Guest {
+        name: "hello",
+        description: "prints a greeting and its command line, exits with 0",
+        program: hello,
+    },
+    Guest {
+        name: "exerciser",
+        description: "checks the CPUID, MSR and I/O behaviour the hypervisor presents; PASS/FAIL lines, exit 0 iff all pass",
+        program: exerciser,
+    },
+    Guest {
+        name: "resetter",
+        description: "prints its boot count (boot=N) and resets through 0xCF9, the keyboard controller or a triple fault by turns",
+        program: resetter,
+    },
+    Guest {
+        name: "spinner",
+        description: "burns CPU, printing a tick every 2^24 iterations; forever, or until ticks=K",
+        program: spinner,
+    },
+];
+
+fn hello(asm: &mut Asm) -> Result {
+    asm.print("Hello from a Hermitage guest!\n")?;
+    asm.print("cmdline: ")?;
+    asm.a.mov(esi, dword_ptr(layout::VAR_CMDLINE))?;
+    asm.call("puts")?;
+    asm.newline()?;
+    asm.exit(gabi::EXIT_OK)
+}
+
+fn resetter(asm: &mut Asm) -> Result {
+    asm.find_arg("boot=")?;
+    asm.a.mov(ebx, eax)?;
+    asm.print("resetter: boot ")?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.xor(edx, edx)?;
+    asm.a.mov(ecx, 3u32)?;
+    asm.a.div(ecx)?;
+    asm.a.cmp(edx, 1)?;
+    asm.jb("reset_cf9")?;
+    asm.je("reset_kbd")?;
+    asm.jmp("reset_triple_fault")?;
+
+    // Reset control register, "hard reset" (ICH/PCH datasheets; QEMU piix/ich9).
+    asm.here("reset_cf9")?;
+    asm.print("resetter: reset via cf9\n")?;
+    asm.a.mov(dx, 0xCF9u32)?;
+    asm.a.mov(al, 0x06)?;
+    asm.a.out(dx, al)?;
+    asm.jmp("still_alive")?;
+
+    // 8042 "pulse output port bit 0" resets the CPU. Its status port is not polled: the
+    // hypervisor need not emulate reads of it.
+    asm.here("reset_kbd")?;
+    asm.print("resetter: reset via kbd\n")?;
+    asm.a.mov(al, 0xFE)?;
+    asm.a.out(0x64u32, al)?;
+    asm.jmp("still_alive")?;
+
+    // With an empty IDT every exception escalates: #UD -> #GP -> #DF -> shutdown.
+    asm.here("reset_triple_fault")?;
+    asm.print("resetter: reset via triple-fault\n")?;
+    let empty = asm.data("empty_idtr", crate::asm::pseudo_descriptor(0, 0));
+    asm.a.lidt(ptr(empty))?;
+    asm.a.ud2()?;
+
+    // A reset takes effect at the exit; give a slow one a moment anyway.
+    asm.here("still_alive")?;
+    asm.a.mov(ecx, 1u32 << 20)?;
+    asm.here(".delay")?;
+    asm.a.dec(ecx)?;
+    asm.jnz(".delay")?;
+    asm.print("resetter: still alive\n")?;
+    asm.exit(gabi::EXIT_STILL_ALIVE)
+}
+
+fn spinner(asm: &mut Asm) -> Result {
+    asm.find_arg("ticks=")?;
+    // ebp = ticks to run, edi = 0 if limited, all ones if not.
+    asm.a.sbb(edi, edi)?;
+    asm.a.mov(ebp, eax)?;
+    asm.a.xor(ebx, ebx)?;
+    asm.a.test(edi, edi)?;
+    asm.jnz("spin")?;
+    asm.a.test(ebp, ebp)?;
+    asm.jz("spinner_done")?;
+    asm.here("spin")?;
+    asm.a.mov(ecx, 1u32 << gabi::SPINNER_TICK_SHIFT)?;
+    asm.here(".iteration")?;
+    asm.a.dec(ecx)?;
+    asm.jnz(".iteration")?;
+    asm.a.inc(ebx)?;
+    asm.print("spinner: tick ")?;
+    asm.a.mov(eax, ebx)?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.test(edi, edi)?;
+    asm.jnz("spin")?;
+    asm.a.cmp(ebx, ebp)?;
+    asm.jb("spin")?;
+    asm.here("spinner_done")?;
+    asm.exit(gabi::EXIT_OK)
+}
+
+/// A general register as CPUID leaves it.
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "checks may name any of the four")]
+pub enum Reg {
+    Eax,
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+impl Reg {
+    fn asm(self) -> AsmRegister32 {
+        match self {
+            Reg::Eax => eax,
+            Reg::Ebx => ebx,
+            Reg::Ecx => ecx,
+            Reg::Edx => edx,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Reg::Eax => "EAX",
+            Reg::Ebx => "EBX",
+            Reg::Ecx => "ECX",
+            Reg::Edx => "EDX",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub enum Width {
+    Byte,
+    Word,
+    Dword,
+}
+
+/// What one exerciser check does and expects.
+pub enum Probe {
+    /// CPUID `leaf` (subleaf 0): bit `bit` of `reg` is `set`.
+    CpuidBit {
+        leaf: u32,
+        reg: Reg,
+        bit: u32,
+        set: bool,
+    },
+    /// CPUID `leaf` (subleaf 0): `reg` == `value`.
+    CpuidEq { leaf: u32, reg: Reg, value: u32 },
+    /// CPUID 0's vendor string is one of these.
+    CpuidVendor { vendors: &'static [&'static str] },
+    /// RDMSR `msr` does not fault.
+    RdmsrOk { msr: u32 },
+    /// WRMSR `msr` with `value`, RDMSR gives it back (the old value is restored after).
+    MsrRoundTrip { msr: u32, value: u64 },
+    /// RDMSR `msr` raises exception `vector`.
+    RdmsrFaults { msr: u32, vector: u32 },
+    /// WRMSR `msr` (with 0) raises exception `vector`.
+    WrmsrFaults { msr: u32, vector: u32 },
+    /// These instruction bytes raise exception `vector`.
+    Faults { bytes: &'static [u8], vector: u32 },
+    /// IN of `width` from `port` reads `value`.
+    PortIn { port: u16, width: Width, value: u32 },
+}
+
+const GP: u32 = 13;
+const UD: u32 = 6;
+const IA32_PAT: u32 = 0x277;
+const IA32_APIC_BASE: u32 = 0x1B;
+const IA32_EFER: u32 = 0xC000_0080;
+/// SDM Vol. 4, 2.1: 0x40000000-0x400000FF "will never be used" by processors (hypervisors
+/// use it for synthetic MSRs; ours emulates none there).
+const MSR_RESERVED: u32 = 0x4000_00FF;
+/// Not decoded by the hypervisor (fw_cfg on QEMU, nothing here).
+const PORT_UNEMULATED: u16 = 0x510;
+
+/// The exerciser's checks, in order. Name them `area-what`; the name is the stable key in the
+/// `PASS <name>` / `FAIL <name>: ...` lines and in `guests::builtins::EXERCISER_CHECKS`.
+pub const CHECKS: &[(&str, Probe)] = &[
+    (
+        "cpuid-hypervisor-bit",
+        Probe::CpuidBit {
+            leaf: 1,
+            reg: Reg::Ecx,
+            bit: 31,
+            set: true,
+        },
+    ),
+    (
+        "cpuid-vmx-hidden",
+        Probe::CpuidBit {
+            leaf: 1,
+            reg: Reg::Ecx,
+            bit: 5,
+            set: false,
+        },
+    ),
+    (
+        "cpuid-svm-hidden",
+        Probe::CpuidBit {
+            leaf: 0x8000_0001,
+            reg: Reg::Ecx,
+            bit: 2,
+            set: false,
+        },
+    ),
+    (
+        "cpuid-vendor",
+        Probe::CpuidVendor {
+            vendors: &["GenuineIntel", "AuthenticAMD"],
+        },
+    ),
+    (
+        "cpuid-pmu-leaf-zero",
+        Probe::CpuidEq {
+            leaf: 0xA,
+            reg: Reg::Eax,
+            value: 0,
+        },
+    ),
+    ("msr-pat-read", Probe::RdmsrOk { msr: IA32_PAT }),
+    // UC- WC UC WB in both halves: valid types, and not the reset value 0x0007040600070406.
+    (
+        "msr-pat-roundtrip",
+        Probe::MsrRoundTrip {
+            msr: IA32_PAT,
+            value: 0x0007_0106_0007_0106,
+        },
+    ),
+    ("msr-efer-read", Probe::RdmsrOk { msr: IA32_EFER }),
+    (
+        "msr-apic-base-read",
+        Probe::RdmsrOk {
+            msr: IA32_APIC_BASE,
+        },
+    ),
+    (
+        "msr-unknown-rdmsr-gp",
+        Probe::RdmsrFaults {
+            msr: MSR_RESERVED,
+            vector: GP,
+        },
+    ),
+    (
+        "msr-unknown-wrmsr-gp",
+        Probe::WrmsrFaults {
+            msr: MSR_RESERVED,
+            vector: GP,
+        },
+    ),
+    (
+        "vmmcall-ud",
+        Probe::Faults {
+            bytes: &[0x0F, 0x01, 0xD9],
+            vector: UD,
+        },
+    ),
+    (
+        "vmcall-ud",
+        Probe::Faults {
+            bytes: &[0x0F, 0x01, 0xC1],
+            vector: UD,
+        },
+    ),
+    (
+        "vmrun-ud",
+        Probe::Faults {
+            bytes: &[0x0F, 0x01, 0xD8],
+            vector: UD,
+        },
+    ),
+    (
+        "port-unemulated-byte",
+        Probe::PortIn {
+            port: PORT_UNEMULATED,
+            width: Width::Byte,
+            value: 0xFF,
+        },
+    ),
+    (
+        "port-unemulated-word",
+        Probe::PortIn {
+            port: PORT_UNEMULATED,
+            width: Width::Word,
+            value: 0xFFFF,
+        },
+    ),
+    (
+        "port-unemulated-dword",
+        Probe::PortIn {
+            port: PORT_UNEMULATED,
+            width: Width::Dword,
+            value: u32::MAX,
+        },
+    ),
+    (
+        "uart-lsr-idle",
+        Probe::PortIn {
+            port: gabi::UART_LSR,
+            width: Width::Byte,
+            value: gabi::UART_LSR_IDLE as u32,
+        },
+    ),
+];
+
+fn exerciser(asm: &mut Asm) -> Result {
+    for (index, (name, probe)) in CHECKS.iter().enumerate() {
+        let check = Check {
+            name,
+            pass: format!(".check{index}.pass"),
+            next: format!(".check{index}.next"),
+        };
+        check.emit(asm, probe)?;
+    }
+    asm.print("DONE pass=")?;
+    asm.a.mov(eax, dword_ptr(layout::VAR_PASS))?;
+    asm.print_dec_eax()?;
+    asm.print(" fail=")?;
+    asm.a.mov(eax, dword_ptr(layout::VAR_FAIL))?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.cmp(dword_ptr(layout::VAR_FAIL), 0)?;
+    asm.jne(".failed")?;
+    asm.exit(gabi::EXIT_OK)?;
+    asm.here(".failed")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+
+    // report_pass / report_fail: esi = check name; count and print the line's start.
+    for (routine, counter, before, after) in [
+        ("report_pass", layout::VAR_PASS, "PASS ", "\n"),
+        ("report_fail", layout::VAR_FAIL, "FAIL ", ": "),
+    ] {
+        asm.here(routine)?;
+        asm.a.inc(dword_ptr(counter))?;
+        asm.print(before)?;
+        asm.call("puts")?;
+        asm.print(after)?;
+        asm.a.ret()?;
+    }
+
+    // report_vector: prints `[VAR_FAULT_VECTOR]` in decimal, or "none".
+    asm.here("report_vector")?;
+    asm.a.push(eax)?;
+    asm.a.mov(eax, dword_ptr(layout::VAR_FAULT_VECTOR))?;
+    asm.a.cmp(eax, layout::NO_FAULT)?;
+    asm.je(".report_none")?;
+    asm.print_dec_eax()?;
+    asm.a.pop(eax)?;
+    asm.a.ret()?;
+    asm.here(".report_none")?;
+    asm.print("none")?;
+    asm.a.pop(eax)?;
+    asm.a.ret()?;
+    Ok(())
+}
+
+/// Code generation for one check: the probe jumps to `pass` when it holds and otherwise falls
+/// into (or jumps to) failure reports, each of which prints its detail and jumps to `next`.
+struct Check<'a> {
+    name: &'a str,
+    pass: String,
+    next: String,
+}
+
+impl Check<'_> {
+    fn emit(&self, asm: &mut Asm, probe: &Probe) -> Result {
+        match *probe {
+            Probe::CpuidBit {
+                leaf,
+                reg,
+                bit,
+                set,
+            } => {
+                cpuid(asm, leaf)?;
+                asm.a.bt(reg.asm(), bit)?;
+                if set {
+                    asm.jc(&self.pass)?
+                } else {
+                    asm.jnc(&self.pass)?
+                }
+                self.fail(asm)?;
+                let state = if set { "clear" } else { "set" };
+                asm.print(&format!(
+                    "CPUID.{leaf:#x}:{}[{bit}] is {state}, {}=",
+                    reg.name(),
+                    reg.name()
+                ))?;
+                asm.a.mov(eax, reg.asm())?;
+                asm.print_hex_eax()?;
+            }
+            Probe::CpuidEq { leaf, reg, value } => {
+                cpuid(asm, leaf)?;
+                asm.a.cmp(reg.asm(), value)?;
+                asm.je(&self.pass)?;
+                self.fail(asm)?;
+                asm.print(&format!("CPUID.{leaf:#x}:{}=", reg.name()))?;
+                asm.a.mov(eax, reg.asm())?;
+                asm.print_hex_eax()?;
+                asm.print(&format!(", expected {value:#x}"))?;
+            }
+            Probe::CpuidVendor { vendors } => {
+                cpuid(asm, 0)?;
+                let text = layout::VAR_SCRATCH;
+                for (i, reg) in [ebx, edx, ecx].into_iter().enumerate() {
+                    asm.a.mov(dword_ptr(text + 4 * i as u32), reg)?;
+                }
+                asm.a.mov(byte_ptr(text + 12), 0u32)?;
+                for (i, vendor) in vendors.iter().enumerate() {
+                    let other = format!("{}.vendor{i}", self.next);
+                    let words: Vec<u32> = vendor
+                        .as_bytes()
+                        .chunks(4)
+                        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                        .collect();
+                    for (reg, word) in [ebx, edx, ecx].into_iter().zip(words) {
+                        asm.a.cmp(reg, word)?;
+                        asm.jne(&other)?;
+                    }
+                    asm.jmp(&self.pass)?;
+                    asm.here(&other)?;
+                }
+                self.fail(asm)?;
+                asm.print("vendor \"")?;
+                asm.a.push(esi)?;
+                asm.a.mov(esi, text)?;
+                asm.call("puts")?;
+                asm.a.pop(esi)?;
+                asm.print(&format!("\" is none of {}", vendors.join(", ")))?;
+            }
+            Probe::RdmsrOk { msr } => {
+                asm.a.mov(ecx, msr)?;
+                asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+                self.pass_if_no_fault(asm)?;
+                self.fail(asm)?;
+                asm.print(&format!("RDMSR {msr:#x} raised exception "))?;
+                asm.call("report_vector")?;
+            }
+            Probe::MsrRoundTrip { msr, value } => {
+                let saved = layout::VAR_SCRATCH;
+                let (fault, mismatch) = (
+                    format!("{}.fault", self.next),
+                    format!("{}.mismatch", self.next),
+                );
+                asm.a.mov(ecx, msr)?;
+                asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+                asm.a
+                    .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
+                asm.jne(&fault)?;
+                asm.a.mov(dword_ptr(saved), eax)?;
+                asm.a.mov(dword_ptr(saved + 4), edx)?;
+                asm.a.mov(eax, value as u32)?;
+                asm.a.mov(edx, (value >> 32) as u32)?;
+                asm.guarded(|asm| Ok(asm.a.wrmsr()?))?;
+                asm.a
+                    .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
+                asm.jne(&fault)?;
+                asm.a.xor(eax, eax)?;
+                asm.a.xor(edx, edx)?;
+                asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+                asm.a
+                    .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
+                asm.jne(&fault)?;
+                asm.a.mov(ebx, eax)?;
+                asm.a.mov(edi, edx)?;
+                asm.a.mov(eax, dword_ptr(saved))?;
+                asm.a.mov(edx, dword_ptr(saved + 4))?;
+                asm.guarded(|asm| Ok(asm.a.wrmsr()?))?;
+                asm.a.cmp(ebx, value as u32)?;
+                asm.jne(&mismatch)?;
+                asm.a.cmp(edi, (value >> 32) as u32)?;
+                asm.je(&self.pass)?;
+                asm.here(&mismatch)?;
+                self.fail(asm)?;
+                asm.print(&format!(
+                    "wrote {:#010x}:{:#010x}, read ",
+                    (value >> 32) as u32,
+                    value as u32
+                ))?;
+                asm.a.mov(eax, edi)?;
+                asm.print_hex_eax()?;
+                asm.print(":")?;
+                asm.a.mov(eax, ebx)?;
+                asm.print_hex_eax()?;
+                asm.jmp(&self.next)?;
+                asm.here(&fault)?;
+                self.fail(asm)?;
+                asm.print(&format!("RDMSR/WRMSR {msr:#x} raised exception "))?;
+                asm.call("report_vector")?;
+            }
+            Probe::RdmsrFaults { msr, vector } => {
+                asm.a.mov(ecx, msr)?;
+                asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+                self.expect_vector(asm, vector, &format!("RDMSR {msr:#x}"))?;
+            }
+            Probe::WrmsrFaults { msr, vector } => {
+                asm.a.mov(ecx, msr)?;
+                asm.a.xor(eax, eax)?;
+                asm.a.xor(edx, edx)?;
+                asm.guarded(|asm| Ok(asm.a.wrmsr()?))?;
+                self.expect_vector(asm, vector, &format!("WRMSR {msr:#x}"))?;
+            }
+            Probe::Faults { bytes, vector } => {
+                asm.a.xor(eax, eax)?;
+                asm.guarded(|asm| Ok(asm.a.db(bytes)?))?;
+                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                self.expect_vector(asm, vector, &hex.join(" "))?;
+            }
+            Probe::PortIn { port, width, value } => {
+                asm.a.mov(dx, u32::from(port))?;
+                let suffix = match width {
+                    Width::Byte => {
+                        asm.a.in_(al, dx)?;
+                        asm.a.movzx(eax, al)?;
+                        "b"
+                    }
+                    Width::Word => {
+                        asm.a.in_(ax, dx)?;
+                        asm.a.movzx(eax, ax)?;
+                        "w"
+                    }
+                    Width::Dword => {
+                        asm.a.in_(eax, dx)?;
+                        "l"
+                    }
+                };
+                asm.a.cmp(eax, value)?;
+                asm.je(&self.pass)?;
+                self.fail(asm)?;
+                asm.print(&format!("in{suffix} {port:#x} read "))?;
+                asm.print_hex_eax()?;
+                asm.print(&format!(", expected {value:#x}"))?;
+            }
+        }
+        asm.call("newline")?;
+        asm.jmp(&self.next)?;
+        asm.here(&self.pass)?;
+        let name = asm.str(self.name);
+        asm.a.mov(esi, name)?;
+        asm.call("report_pass")?;
+        asm.here(&self.next)
+    }
+
+    /// Starts a failure report: counts it and prints `FAIL <name>: `; registers survive.
+    fn fail(&self, asm: &mut Asm) -> Result {
+        let name = asm.str(self.name);
+        asm.a.push(esi)?;
+        asm.a.mov(esi, name)?;
+        asm.call("report_fail")?;
+        Ok(asm.a.pop(esi)?)
+    }
+
+    fn pass_if_no_fault(&self, asm: &mut Asm) -> Result {
+        asm.a
+            .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
+        asm.je(&self.pass)
+    }
+
+    fn expect_vector(&self, asm: &mut Asm, vector: u32, what: &str) -> Result {
+        asm.a.cmp(dword_ptr(layout::VAR_FAULT_VECTOR), vector)?;
+        asm.je(&self.pass)?;
+        self.fail(asm)?;
+        asm.print(&format!("{what}: expected exception {vector}, got "))?;
+        asm.call("report_vector")
+    }
+}
+
+fn cpuid(asm: &mut Asm, leaf: u32) -> Result {
+    asm.a.mov(eax, leaf)?;
+    asm.a.xor(ecx, ecx)?;
+    Ok(asm.a.cpuid()?)
+}

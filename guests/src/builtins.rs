@@ -1,0 +1,77 @@
+//! Guest images built into Hermitage, generated at build time (`build.rs`, `build/guests.rs`).
+//!
+//! Each is a Multiboot 1 ELF32 executable with one PT_LOAD segment at 1 MiB (file part under
+//! 4 KiB, then a 4 KiB BSS with the stack), for [`crate::multiboot::load`]. Each guest sets up its
+//! own GDT, IDT (vectors 0..31) and stack, writes to the 16550 at 0x3F8 polling LSR.THRE, and
+//! stops the VM with a 32-bit `out` to port 0xF4 ([`abi::DEBUG_EXIT_PORT`]). Output lines end
+//! with `\n` alone. The command line is read as space-separated words; `key=N` takes decimal
+//! digits (a missing key means "not given"; `key=` alone means 0).
+//!
+//! Any guest that takes an exception it did not expect prints
+//! `guest: unexpected exception <vector> error=0x<8 hex> eip=0x<8 hex>` and exits with
+//! [`abi::EXIT_UNEXPECTED_EXCEPTION`] (2).
+//!
+//! # `hello`
+//! ```text
+//! Hello from a Hermitage guest!
+//! cmdline: <the multiboot command line, as given>
+//! ```
+//! then exits with 0.
+//!
+//! # `exerciser`
+//! Runs the checks named in [`EXERCISER_CHECKS`], in that order, printing one line each,
+//! `PASS <name>` or `FAIL <name>: <detail>`, then `DONE pass=<N> fail=<M>`, and exits with 0 if
+//! every check passed, 1 ([`abi::EXIT_CHECKS_FAILED`]) otherwise. The checks: CPUID.1:ECX[31]
+//! (hypervisor) set; CPUID.1:ECX[5] (VMX) clear; CPUID.80000001h:ECX[2] (SVM) clear; vendor
+//! GenuineIntel or AuthenticAMD; CPUID.0Ah:EAX = 0 (no PMU); RDMSR of IA32_PAT works; IA32_PAT
+//! write/read-back of 0x0007010600070106 (the old value is restored); RDMSR of IA32_EFER and
+//! IA32_APIC_BASE work; RDMSR and WRMSR of MSR 0x400000FF (a range the SDM reserves, never
+//! implemented by processors) raise #GP; VMMCALL, VMCALL and VMRUN raise #UD; 8-, 16- and
+//! 32-bit IN from port 0x510 read all ones; UART LSR (0x3FD) reads 0x60. An expected fault
+//! resumes after the instruction (the handler jumps to a recorded address).
+//!
+//! # `resetter`
+//! ```text
+//! resetter: boot <N>
+//! resetter: reset via cf9|kbd|triple-fault
+//! ```
+//! with N from `boot=N` (0 if absent) and the path chosen by N % 3: 0 writes 0x06 to port
+//! 0xCF9, 1 writes 0xFE to port 0x64, 2 loads an empty IDT (limit 0) and executes UD2. If it is
+//! still running after a short delay it prints `resetter: still alive` and exits with 3
+//! ([`abi::EXIT_STILL_ALIVE`]).
+//!
+//! # `spinner`
+//! Counts down 2^24 ([`abi::SPINNER_TICK_SHIFT`]) iterations of a `dec`/`jnz` loop, then prints
+//! `spinner: tick <N>` (N = 1, 2, ...), forever. With `ticks=K` it exits with 0 after tick K
+//! (at once for K = 0). It never halts or does I/O between ticks, so it shows whether the
+//! hypervisor preempts and shares CPUs fairly.
+//!
+//! # Adding a guest
+//! Write its program as a `fn(&mut Asm) -> Result` in `build/guests.rs` (the runtime gives
+//! `print`, `print_dec_eax`, `print_hex_eax`, `find_arg`, `guarded`, `exit`, named labels),
+//! add it to `GUESTS` there with a one-line description, and document its output here.
+//! `builtin("name")` then returns it; the tests in `tests/builtins.rs` load and decode every
+//! entry of [`BUILTINS`]. An exerciser check is one more `(name, Probe)` line in `CHECKS`.
+
+pub mod abi;
+
+include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
+
+/// `(name, description)` of every built-in guest.
+pub const BUILTINS: &[(&str, &str)] = &{
+    let mut table = [("", ""); IMAGES.len()];
+    let mut i = 0;
+    while i < IMAGES.len() {
+        table[i] = (IMAGES[i].0, IMAGES[i].1);
+        i += 1;
+    }
+    table
+};
+
+/// The image of built-in guest `name`, a Multiboot 1 ELF32 file.
+pub fn builtin(name: &str) -> Option<&'static [u8]> {
+    IMAGES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|&(_, _, image)| image)
+}
