@@ -1,0 +1,229 @@
+//! The built-in images' structure: the ELF sections and symbols the writer produced, and the
+//! code decoded back with iced-x86 (every byte of `.text` decodes, branches stay inside it, calls
+//! land on routines, the UART and exit ports are used as the guest docs say).
+//! Running them is `tests/qemu.rs`'s job.
+
+use std::collections::BTreeSet;
+
+use guests::builtins::{EXERCISER_CHECKS, abi};
+use guests::{BUILTINS, builtin, multiboot};
+mod common;
+
+use common::{bytes, sections};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register,
+};
+
+/// What a guest's code does, as far as a linear decode tells.
+#[derive(Default)]
+struct Decoded {
+    mnemonics: BTreeSet<Mnemonic>,
+    /// (port, "in"/"out", operand size) for `in`/`out` through DX after `mov dx, imm16`, or
+    /// with an immediate port.
+    port_io: BTreeSet<(u16, &'static str, usize)>,
+}
+
+fn decode(name: &str) -> Decoded {
+    let image = builtin(name).unwrap();
+    let (sections, symbols) = sections(image);
+    let text = &sections[".text"];
+    let range = text.addr..text.addr + text.len as u32;
+    let mut decoder = Decoder::with_ip(
+        32,
+        bytes(image, text),
+        text.addr.into(),
+        DecoderOptions::NONE,
+    );
+    let mut decoded = Decoded::default();
+    let mut dx = None;
+    let mut instruction = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        let ip = instruction.ip32();
+        assert_ne!(
+            instruction.code(),
+            Code::INVALID,
+            "{name}: undecodable bytes at {ip:#x}"
+        );
+        decoded.mnemonics.insert(instruction.mnemonic());
+        match instruction.flow_control() {
+            FlowControl::UnconditionalBranch
+            | FlowControl::ConditionalBranch
+            | FlowControl::Call
+                if instruction.op0_kind() == OpKind::NearBranch32 =>
+            {
+                let target = instruction.near_branch32();
+                assert!(
+                    range.contains(&target),
+                    "{name}: branch at {ip:#x} leaves .text"
+                );
+                if instruction.flow_control() == FlowControl::Call {
+                    assert!(
+                        symbols.contains_key(&target),
+                        "{name}: call at {ip:#x} to no routine"
+                    );
+                }
+            }
+            FlowControl::IndirectBranch | FlowControl::IndirectCall => {
+                panic!("{name}: indirect branch at {ip:#x}")
+            }
+            _ => {}
+        }
+        if instruction.code() == Code::Mov_r16_imm16 && instruction.op0_register() == Register::DX {
+            dx = Some(instruction.immediate16());
+        }
+        let size = |register: Register| register.size();
+        match instruction.mnemonic() {
+            Mnemonic::In | Mnemonic::Out => {
+                let (data, port_op) = if instruction.mnemonic() == Mnemonic::In {
+                    (0, 1)
+                } else {
+                    (1, 0)
+                };
+                let port = match instruction.op_kind(port_op) {
+                    OpKind::Immediate8 => instruction.immediate8().into(),
+                    _ => dx.unwrap_or_else(|| panic!("{name}: port I/O at {ip:#x} without mov dx")),
+                };
+                let direction = if data == 0 { "in" } else { "out" };
+                decoded
+                    .port_io
+                    .insert((port, direction, size(instruction.op_register(data))));
+            }
+            _ => {}
+        }
+    }
+    // The file part must end before the BSS, and the code be small.
+    assert!(text.len <= 4096, "{name}: {} bytes of code", text.len);
+    let bss = &sections[".bss"];
+    let rodata = &sections[".rodata"];
+    assert_eq!(rodata.addr, range.end);
+    assert!(rodata.addr + rodata.len as u32 <= bss.addr);
+    assert_eq!(bss.kind, 8, "SHT_NOBITS");
+    decoded
+}
+
+fn rodata_has(name: &str, text: &str) -> bool {
+    let image = builtin(name).unwrap();
+    let rodata = bytes(image, &sections(image).0[".rodata"]);
+    let mut needle = text.as_bytes().to_vec();
+    needle.push(0);
+    rodata.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn the_builtins() {
+    let names: Vec<_> = BUILTINS.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, ["hello", "exerciser", "resetter", "spinner"]);
+    assert!(
+        BUILTINS
+            .iter()
+            .all(|(_, description)| !description.is_empty())
+    );
+    assert_eq!(builtin("nonesuch"), None);
+}
+
+#[test]
+fn every_builtin_is_a_multiboot_elf_entered_at_start() {
+    for (name, _) in BUILTINS {
+        let image = builtin(name).unwrap();
+        let parsed = multiboot::Image::parse(image).unwrap();
+        let (sections, symbols) = sections(image);
+        assert_eq!(symbols[&parsed.entry()], "_start", "{name}");
+        assert_eq!(sections[".text"].addr, parsed.entry(), "{name}");
+        assert_eq!(
+            sections[".multiboot"].addr,
+            multiboot::abi::IMAGE_BASE,
+            "{name}"
+        );
+        println!(
+            "{name}: image {} bytes, code {} bytes, data {} bytes",
+            image.len(),
+            sections[".text"].len,
+            sections[".rodata"].len
+        );
+    }
+}
+
+#[test]
+fn every_builtin_uses_the_uart_and_the_exit_port_only_as_documented() {
+    for (name, _) in BUILTINS {
+        let decoded = decode(name);
+        let io = &decoded.port_io;
+        assert!(io.contains(&(abi::UART_LSR, "in", 1)), "{name} polls LSR");
+        assert!(
+            io.contains(&(abi::UART_DATA, "out", 1)),
+            "{name} writes THR"
+        );
+        assert!(
+            io.contains(&(abi::DEBUG_EXIT_PORT, "out", 4)),
+            "{name} exits with a 32-bit out"
+        );
+        for m in [
+            Mnemonic::Lgdt,
+            Mnemonic::Lidt,
+            Mnemonic::Retf,
+            Mnemonic::Iretd,
+            Mnemonic::Hlt,
+        ] {
+            assert!(decoded.mnemonics.contains(&m), "{name}: no {m:?}");
+        }
+    }
+}
+
+#[test]
+fn hello_prints_its_greeting_and_command_line() {
+    let decoded = decode("hello");
+    assert_eq!(decoded.port_io.len(), 3, "{:?}", decoded.port_io);
+    assert!(rodata_has("hello", "Hello from a Hermitage guest!\n"));
+    assert!(rodata_has("hello", "cmdline: "));
+}
+
+#[test]
+fn exerciser_probes_cpuid_msrs_virtualization_instructions_and_ports() {
+    let decoded = decode("exerciser");
+    for m in [
+        Mnemonic::Cpuid,
+        Mnemonic::Rdmsr,
+        Mnemonic::Wrmsr,
+        Mnemonic::Vmmcall,
+        Mnemonic::Vmcall,
+        Mnemonic::Vmrun,
+    ] {
+        assert!(decoded.mnemonics.contains(&m), "no {m:?}");
+    }
+    for size in [1, 2, 4] {
+        assert!(decoded.port_io.contains(&(0x510, "in", size)));
+    }
+    assert!(EXERCISER_CHECKS.len() >= 15);
+    for check in EXERCISER_CHECKS {
+        assert!(rodata_has("exerciser", check), "{check}");
+    }
+    for text in ["PASS ", "FAIL ", ": ", "DONE pass=", " fail="] {
+        assert!(rodata_has("exerciser", text), "{text}");
+    }
+}
+
+#[test]
+fn resetter_knows_three_ways_to_reset() {
+    let decoded = decode("resetter");
+    assert!(decoded.port_io.contains(&(0xCF9, "out", 1)));
+    assert!(decoded.port_io.contains(&(0x64, "out", 1)));
+    assert!(decoded.mnemonics.contains(&Mnemonic::Ud2));
+    for text in ["boot=", "resetter: boot ", "resetter: still alive\n"] {
+        assert!(rodata_has("resetter", text), "{text}");
+    }
+    for path in ["cf9", "kbd", "triple-fault"] {
+        assert!(
+            rodata_has("resetter", &format!("resetter: reset via {path}\n")),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn spinner_ticks() {
+    let decoded = decode("spinner");
+    assert_eq!(decoded.port_io.len(), 3, "{:?}", decoded.port_io);
+    assert!(rodata_has("spinner", "ticks="));
+    assert!(rodata_has("spinner", "spinner: tick "));
+}

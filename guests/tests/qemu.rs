@@ -1,0 +1,266 @@
+//! Runs the built-in guests for real under QEMU's own Multiboot loader (`-kernel`, TCG, an
+//! isa-debug-exit device at 0xF4), checking their console output and exit codes. This checks the
+//! guests, not Hermitage: plain QEMU differs from Hermitage in what the exerciser probes (it
+//! advertises SVM, ignores unknown MSRs, has fw_cfg at 0x510), so for the exerciser only the
+//! output format and the checks that hold on any x86 machine are asserted.
+//!
+//! Skipped (with a note) when `qemu-system-x86_64` is not installed; `scripts/test` installs it.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use guests::builtin;
+use guests::builtins::{EXERCISER_CHECKS, abi};
+
+const QEMU: &str = "qemu-system-x86_64";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn have_qemu() -> bool {
+    let found = Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        println!("skipped: {QEMU} not installed");
+    }
+    found
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The guest wrote this code to the debug-exit port.
+    Exit(u32),
+    /// QEMU stopped on a guest reset (`-no-reboot`).
+    Reset,
+    /// We stopped it because `stop_when` held.
+    Stopped,
+}
+
+/// Boots `name` with `args` appended to its command line; returns the serial output and how
+/// the run ended. `stop_when` ends a run that would go on forever.
+fn run(name: &str, args: &str, stop_when: impl Fn(&str) -> bool) -> (String, End) {
+    run_image(name, builtin(name).unwrap(), args, stop_when)
+}
+
+fn run_image(
+    name: &str,
+    image: &[u8],
+    args: &str,
+    stop_when: impl Fn(&str) -> bool,
+) -> (String, End) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let kernel = dir.join(format!("{name}-{}.elf", std::process::id()));
+    std::fs::write(&kernel, image).unwrap();
+    let debug_exit = format!("isa-debug-exit,iobase={:#x},iosize=4", abi::DEBUG_EXIT_PORT);
+    let mut child = Command::new(QEMU)
+        .args([
+            "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64", "-m", "32", "-display", "none",
+        ])
+        .args([
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-device",
+            &debug_exit,
+        ])
+        .arg("-kernel")
+        .arg(&kernel)
+        .args(["-append", args])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let output = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let (output, mut stdout) = (output.clone(), child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buffer = [0; 256];
+            while let Ok(n @ 1..) = stdout.read(&mut buffer) {
+                output
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        })
+    };
+    let start = Instant::now();
+    let end = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            // isa-debug-exit makes QEMU exit with (code << 1) | 1; a reset under -no-reboot
+            // with 0.
+            let code = status.code().expect("QEMU killed by a signal");
+            break if code == 0 {
+                End::Reset
+            } else {
+                End::Exit((code as u32) >> 1)
+            };
+        }
+        if stop_when(&output.lock().unwrap()) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break End::Stopped;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "{name} {args}: no end after {TIMEOUT:?}: {:?}",
+            output.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    std::fs::remove_file(&kernel).ok();
+    let output = output.lock().unwrap().clone();
+    (output, end)
+}
+
+fn never(_: &str) -> bool {
+    false
+}
+
+#[test]
+fn hello_greets_and_echoes_its_command_line() {
+    if !have_qemu() {
+        return;
+    }
+    let (output, end) = run("hello", "hello a=1 b=two", never);
+    assert_eq!(end, End::Exit(abi::EXIT_OK));
+    let lines: Vec<_> = output.lines().collect();
+    assert_eq!(lines.len(), 2, "{output:?}");
+    assert_eq!(lines[0], "Hello from a Hermitage guest!");
+    // QEMU puts the kernel's path before the appended arguments.
+    assert!(
+        lines[1].starts_with("cmdline: ") && lines[1].ends_with(" hello a=1 b=two"),
+        "{output:?}"
+    );
+}
+
+#[test]
+fn spinner_ticks_k_times_or_forever() {
+    if !have_qemu() {
+        return;
+    }
+    assert_eq!(
+        run("spinner", "ticks=0", never),
+        (String::new(), End::Exit(abi::EXIT_OK))
+    );
+    let (output, end) = run("spinner", "x ticks=3 y", never);
+    assert_eq!(end, End::Exit(abi::EXIT_OK));
+    assert_eq!(
+        output,
+        "spinner: tick 1\nspinner: tick 2\nspinner: tick 3\n"
+    );
+    let (output, end) = run("spinner", "", |out| out.contains("tick 4\n"));
+    assert_eq!(end, End::Stopped);
+    assert!(
+        output.starts_with("spinner: tick 1\nspinner: tick 2\nspinner: tick 3\nspinner: tick 4\n"),
+        "{output:?}"
+    );
+}
+
+#[test]
+fn resetter_resets_through_each_path_in_turn() {
+    if !have_qemu() {
+        return;
+    }
+    for (boot, path) in [
+        (0, "cf9"),
+        (1, "kbd"),
+        (2, "triple-fault"),
+        (3, "cf9"),
+        (1234567, "kbd"),
+    ] {
+        let (output, end) = run("resetter", &format!("boot={boot}"), never);
+        assert_eq!(
+            output,
+            format!("resetter: boot {boot}\nresetter: reset via {path}\n")
+        );
+        assert_eq!(end, End::Reset, "boot={boot}");
+    }
+    let (output, end) = run("resetter", "", never);
+    assert!(
+        output.starts_with("resetter: boot 0\nresetter: reset via cf9\n"),
+        "{output:?}"
+    );
+    assert_eq!(end, End::Reset);
+}
+
+#[test]
+fn exerciser_reports_every_check_then_a_summary() {
+    if !have_qemu() {
+        return;
+    }
+    let (output, end) = run("exerciser", "", never);
+    let lines: Vec<_> = output.lines().collect();
+    assert_eq!(lines.len(), EXERCISER_CHECKS.len() + 1, "{output}");
+    let mut failed = 0;
+    for (line, check) in lines.iter().zip(EXERCISER_CHECKS) {
+        if line.starts_with("FAIL ") {
+            failed += 1;
+            assert!(
+                line.starts_with(&format!("FAIL {check}: ")) && line.len() > check.len() + 7,
+                "{line}"
+            );
+        } else {
+            assert_eq!(*line, format!("PASS {check}"));
+        }
+    }
+    let passed = EXERCISER_CHECKS.len() - failed;
+    assert_eq!(
+        lines[EXERCISER_CHECKS.len()],
+        format!("DONE pass={passed} fail={failed}")
+    );
+    let code = if failed == 0 {
+        abi::EXIT_OK
+    } else {
+        abi::EXIT_CHECKS_FAILED
+    };
+    assert_eq!(end, End::Exit(code));
+    // True on any x86 machine, plain QEMU included.
+    for check in [
+        "cpuid-vendor",
+        "msr-pat-read",
+        "msr-pat-roundtrip",
+        "msr-efer-read",
+        "msr-apic-base-read",
+        "vmmcall-ud",
+        "vmcall-ud",
+        "vmrun-ud",
+        "uart-lsr-idle",
+    ] {
+        assert!(
+            lines.contains(&format!("PASS {check}").as_str()),
+            "{check}: {output}"
+        );
+    }
+}
+
+#[test]
+fn an_unexpected_exception_is_reported_with_exit_code_2() {
+    if !have_qemu() {
+        return;
+    }
+    // hello with UD2 patched over the start of `main` (after the IDT is loaded).
+    let mut image = builtin("hello").unwrap().to_vec();
+    let (sections, symbols) = common::sections(&image);
+    let main = *symbols.iter().find(|(_, name)| *name == "main").unwrap().0;
+    let text = &sections[".text"];
+    let at = text.offset + (main - text.addr) as usize;
+    image[at..at + 2].copy_from_slice(&[0x0F, 0x0B]);
+    let (output, end) = run_image("hello", &image, "", never);
+    assert_eq!(
+        output,
+        format!("guest: unexpected exception 6 error=0x00000000 eip={main:#010x}\n")
+    );
+    assert_eq!(end, End::Exit(abi::EXIT_UNEXPECTED_EXCEPTION));
+}
