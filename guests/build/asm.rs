@@ -216,8 +216,8 @@ impl Asm {
         self.jmp("exit")
     }
 
-    /// `esi` = command line (or 0); `edi` = key; out: CF clear and `eax` = value of `key=N`,
-    /// or CF set and `eax` = 0.
+    /// Looks up `key` (e.g. `"boot="`) in the command line: CF clear and `eax` = N for a word
+    /// `keyN`, or CF set and `eax` = 0. Clobbers `esi` and `edi`.
     pub fn find_arg(&mut self, key: &str) -> Result {
         let key = self.str(key);
         self.a.mov(esi, dword_ptr(layout::VAR_CMDLINE))?;

@@ -1,7 +1,10 @@
 //! Guest images built into Hermitage, generated at build time (`build.rs`, `build/guests.rs`).
 //!
-//! Each is a Multiboot 1 ELF32 executable with one PT_LOAD segment at 1 MiB (file part under
-//! 4 KiB, then a 4 KiB BSS with the stack), for [`crate::multiboot::load`]. Each guest sets up its
+//! Each is a Multiboot 1 ELF32 executable with one PT_LOAD segment at 1 MiB, for
+//! [`crate::multiboot::load`]: multiboot header (16 bytes), code (under 4 KiB, checked at build
+//! time), read-only data (strings, GDT, IDT), and a 4 KiB BSS at 0x102000..0x103000 with the
+//! variables and the stack, so a guest needs RAM up to 0x103000. The ELF also has section
+//! headers (`.multiboot .text .rodata .bss`) and a symbol table, for `objdump -d`. Each guest sets up its
 //! own GDT, IDT (vectors 0..31) and stack, writes to the 16550 at 0x3F8 polling LSR.THRE, and
 //! stops the VM with a 32-bit `out` to port 0xF4 ([`abi::DEBUG_EXIT_PORT`]). Output lines end
 //! with `\n` alone. The command line is read as space-separated words; `key=N` takes decimal
@@ -21,8 +24,8 @@
 //! # `exerciser`
 //! Runs the checks named in [`EXERCISER_CHECKS`], in that order, printing one line each,
 //! `PASS <name>` or `FAIL <name>: <detail>`, then `DONE pass=<N> fail=<M>`, and exits with 0 if
-//! every check passed, 1 ([`abi::EXIT_CHECKS_FAILED`]) otherwise. The checks: CPUID.1:ECX[31]
-//! (hypervisor) set; CPUID.1:ECX[5] (VMX) clear; CPUID.80000001h:ECX[2] (SVM) clear; vendor
+//! every check passed, 1 ([`abi::EXIT_CHECKS_FAILED`]) otherwise. The checks: `CPUID.1:ECX[31]`
+//! (hypervisor) set; `CPUID.1:ECX[5]` (VMX) clear; `CPUID.80000001h:ECX[2]` (SVM) clear; vendor
 //! GenuineIntel or AuthenticAMD; CPUID.0Ah:EAX = 0 (no PMU); RDMSR of IA32_PAT works; IA32_PAT
 //! write/read-back of 0x0007010600070106 (the old value is restored); RDMSR of IA32_EFER and
 //! IA32_APIC_BASE work; RDMSR and WRMSR of MSR 0x400000FF (a range the SDM reserves, never
