@@ -35,12 +35,13 @@ pub enum CreateError {
     Vcpu,
 }
 
-/// The built-in images this file knows how to load.
+/// A built-in image: the multiboot guests of `guests/` (hello, exerciser, resetter, spinner),
+/// or one of the two flat test images of this file.
 fn image(name: &str) -> Option<&'static [u8]> {
     match name {
         "smoke" => Some(&SMOKE),
         "spin" => Some(&SPIN),
-        _ => None,
+        _ => guests::builtin(name),
     }
 }
 
@@ -92,6 +93,16 @@ fn load(vm_ram: &mut GuestRam, config: &VmConfig) -> Result<GuestMode, CreateErr
     let img = image(config.image.as_str()).ok_or(CreateError::NoSuchImage)?;
     let ram = vm_ram.as_mut_slice();
     ram.fill(0);
+    if img.starts_with(b"\x7fELF") {
+        // Multiboot 1 ELF32: entered as the specification says (EAX magic, EBX info).
+        let entry = guests::multiboot::load(img, ram, config.cmdline.as_str())
+            .map_err(|_| CreateError::NoSuchImage)?;
+        return Ok(GuestMode::Protected32 {
+            eip: entry.eip,
+            esp: 0,
+            multiboot_info: Some(entry.ebx),
+        });
+    }
     ram.get_mut(LOAD_GPA..LOAD_GPA + img.len())
         .ok_or(CreateError::NoMemory)?
         .copy_from_slice(img);
@@ -338,16 +349,23 @@ fn stop(vm: &mut Vm, reason: StopReason) {
     );
 }
 
-/// Copy new guest console output to the hypervisor console, one prefixed line at a time.
+/// Copy new guest console output to the hypervisor console, one prefixed line at a time. A
+/// line still being written waits for its newline (or until 256 bytes are pending).
 fn echo_console(vm: &mut Vm) {
     let mut buf = [0u8; 512];
     loop {
         let r = vm.rt.devices.console.read(vm.echoed, &mut buf);
-        if r.copied == 0 {
+        let pending = &buf[..r.copied];
+        let complete = match pending.iter().rposition(|&b| b == b'\n') {
+            Some(last) => last + 1,
+            None if pending.len() >= 256 => pending.len(),
+            None => 0,
+        };
+        if complete == 0 {
             break;
         }
-        vm.echoed = r.next_offset;
-        for line in buf[..r.copied]
+        vm.echoed = r.next_offset - (r.copied - complete) as u64;
+        for line in pending[..complete]
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
         {

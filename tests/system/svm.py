@@ -210,6 +210,19 @@ def test_spinning_guests_are_preempted_and_move_when_their_cpu_goes_offline():
         assert all(c["virt"] == "svm" for c in hv.get_json("/v1/cpus"))
 
 
+def test_multiboot_guests_from_guests_crate():
+    """The hello and exerciser guests (multiboot ELF32, built in guests/) run under SVM."""
+    with Hermitage(smp=2, append="vm=hello vm=exerciser") as hv:
+        hv.wait_for(r"vm 2 \(exerciser-2\) stopped: debug exit code", 60)
+        hv.wait_for(r"\[vm 2 exerciser-2\] DONE pass=", 10)
+        console = hv.console()
+        assert "[vm 1 hello-1] Hello from a Hermitage guest!" in console, console[-3000:]
+        assert "vm 1 (hello-1) stopped: debug exit code 0" in console, console[-3000:]
+        for check in ["cpuid-hypervisor-bit", "cpuid-svm-hidden", "cpuid-vmx-hidden", "msr-pat-roundtrip",
+                      "msr-unknown-rdmsr-gp", "vmmcall-ud", "vmrun-ud", "port-unemulated-dword", "uart-lsr-idle"]:
+            assert f"[vm 2 exerciser-2] PASS {check}" in console, (check, console[-3000:])
+
+
 TESTS = [test_boot_1_cpu, test_boot_2_cpus, test_boot_4_cpus, test_errors_are_json,
          test_keep_alive_connection_serves_many, test_curl_like_a_person,
          test_clean_shutdown_exit_code, test_bad_command_line_is_refused,
@@ -218,7 +231,8 @@ TESTS = [test_boot_1_cpu, test_boot_2_cpus, test_boot_4_cpus, test_errors_are_js
          test_reboot_turns_virtualization_off_everywhere_first,
          test_panic_path_shoots_down_every_cpu, test_reboot_comes_back_ready,
          test_guest_runs_under_svm_with_npt,
-         test_spinning_guests_are_preempted_and_move_when_their_cpu_goes_offline]
+         test_spinning_guests_are_preempted_and_move_when_their_cpu_goes_offline,
+         test_multiboot_guests_from_guests_crate]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("svm", TESTS, sys.argv[1:]) else 0)
