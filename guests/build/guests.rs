@@ -177,6 +177,9 @@ pub enum Probe {
     MsrRoundTrip { msr: u32, value: u64 },
     /// RDMSR `msr` raises exception `vector`.
     RdmsrFaults { msr: u32, vector: u32 },
+    /// RDMSR `msr` works when CPUID.`leaf`:EDX\[`bit`\] enumerates the feature that owns it and
+    /// raises #GP when it does not (an MSR of an absent feature does not exist).
+    RdmsrIffCpuidEdx { msr: u32, leaf: u32, bit: u32 },
     /// WRMSR `msr` (with 0) raises exception `vector`.
     WrmsrFaults { msr: u32, vector: u32 },
     /// These instruction bytes raise exception `vector`.
@@ -251,9 +254,13 @@ pub const CHECKS: &[(&str, Probe)] = &[
     ),
     ("msr-efer-read", Probe::RdmsrOk { msr: IA32_EFER }),
     (
-        "msr-apic-base-read",
-        Probe::RdmsrOk {
+        // Under Hermitage CPUID hides the APIC (no virtual APIC yet), so the MSR must #GP;
+        // on bare QEMU the APIC is there and the MSR reads.
+        "msr-apic-base-matches-cpuid",
+        Probe::RdmsrIffCpuidEdx {
             msr: IA32_APIC_BASE,
+            leaf: 1,
+            bit: 9,
         },
     ),
     (
@@ -508,6 +515,29 @@ impl Check<'_> {
                 self.fail(asm)?;
                 asm.print(&format!("RDMSR/WRMSR {msr:#x} raised exception "))?;
                 asm.call("report_vector")?;
+            }
+            Probe::RdmsrIffCpuidEdx { msr, leaf, bit } => {
+                let absent = format!("{}.absent", self.next);
+                cpuid(asm, leaf)?;
+                asm.a.bt(edx, bit)?;
+                asm.jnc(&absent)?;
+                asm.a.mov(ecx, msr)?;
+                asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+                self.pass_if_no_fault(asm)?;
+                self.fail(asm)?;
+                asm.print(&format!(
+                    "CPUID.{leaf:#x}:EDX[{bit}] set but RDMSR {msr:#x} raised exception "
+                ))?;
+                asm.call("report_vector")?;
+                asm.jmp(&self.next)?;
+                asm.here(&absent)?;
+                asm.a.mov(ecx, msr)?;
+                asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+                self.expect_vector(
+                    asm,
+                    GP,
+                    &format!("CPUID.{leaf:#x}:EDX[{bit}] clear, RDMSR {msr:#x}"),
+                )?;
             }
             Probe::RdmsrFaults { msr, vector } => {
                 asm.a.mov(ecx, msr)?;

@@ -497,17 +497,23 @@ fn elf_layout(bytes: &[u8]) -> Result<(Layout, u32), LoadError> {
     ))
 }
 
-/// Loads `image` into `mem` (guest RAM, index = guest-physical address) and writes the boot
-/// information with `cmdline` at [`abi::BOOT_INFO_ADDR`]. Everything is checked before the first
-/// byte of `mem` is written: on error `mem` is unchanged.
-///
-/// Only the segments and the boot information page are written; the rest of `mem` is left as
-/// it is (a fresh VM's RAM is zero; a reset that wants that again must clear it itself).
-pub fn load(image: &[u8], mem: &mut [u8], cmdline: &str) -> Result<Entry, LoadError> {
+/// Checks that [`load`] would succeed for `image` in `mem_len` bytes of guest RAM with
+/// `cmdline`, without touching any memory: for callers that must clear RAM before loading and
+/// want to refuse a bad image while the VM is still unchanged.
+pub fn check(image: &[u8], mem_len: usize, cmdline: &str) -> Result<(), LoadError> {
+    check_parsed(image, mem_len, cmdline).map(|_| ())
+}
+
+fn check_parsed<'a>(
+    image: &'a [u8],
+    mem_len: usize,
+    cmdline: &str,
+) -> Result<Image<'a>, LoadError> {
     let image = Image::parse(image)?;
-    if mem.len() < abi::HIGH_MEMORY_START as usize {
-        return Err(LoadError::MemoryTooSmall { bytes: mem.len() });
+    if mem_len < abi::HIGH_MEMORY_START as usize {
+        return Err(LoadError::MemoryTooSmall { bytes: mem_len });
     }
+
     if cmdline.len() > CMDLINE_MAX {
         return Err(LoadError::CmdlineTooLong { len: cmdline.len() });
     }
@@ -516,7 +522,7 @@ pub fn load(image: &[u8], mem: &mut [u8], cmdline: &str) -> Result<Entry, LoadEr
     }
     for segment in image.segments() {
         let error = |e: fn(u32, u32) -> LoadError| e(segment.addr, segment.mem_len);
-        if segment.end() > mem.len() as u64 {
+        if segment.end() > mem_len as u64 {
             return Err(error(|addr, len| LoadError::SegmentOutsideMemory {
                 addr,
                 len,
@@ -529,6 +535,17 @@ pub fn load(image: &[u8], mem: &mut [u8], cmdline: &str) -> Result<Entry, LoadEr
             }));
         }
     }
+    Ok(image)
+}
+
+/// Loads `image` into `mem` (guest RAM, index = guest-physical address) and writes the boot
+/// information with `cmdline` at [`abi::BOOT_INFO_ADDR`]. Everything is checked before the first
+/// byte of `mem` is written: on error `mem` is unchanged.
+///
+/// Only the segments and the boot information page are written; the rest of `mem` is left as
+/// it is (a fresh VM's RAM is zero; a reset that wants that again must clear it itself).
+pub fn load(image: &[u8], mem: &mut [u8], cmdline: &str) -> Result<Entry, LoadError> {
+    let image = check_parsed(image, mem.len(), cmdline)?;
 
     // From here on nothing can fail.
     for segment in image.segments() {

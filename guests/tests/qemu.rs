@@ -232,7 +232,7 @@ fn exerciser_reports_every_check_then_a_summary() {
         "msr-pat-read",
         "msr-pat-roundtrip",
         "msr-efer-read",
-        "msr-apic-base-read",
+        "msr-apic-base-matches-cpuid",
         "vmmcall-ud",
         "vmcall-ud",
         "vmrun-ud",

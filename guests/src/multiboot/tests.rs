@@ -744,3 +744,21 @@ fn corrupted_images_never_panic_or_write_on_error() {
         }
     }
 }
+
+#[test]
+fn check_agrees_with_load() {
+    let long = "x".repeat(CMDLINE_MAX + 1);
+    let cases: [(&[u8], usize, &str); 6] = [
+        (hello(), 2 * MIB, ""),
+        (hello(), MIB / 2, ""),
+        (hello(), MIB + 0x2000, ""),
+        (hello(), 2 * MIB, &long),
+        (b"\x7fELF not really", 2 * MIB, ""),
+        (&[0u8; 64], 2 * MIB, ""),
+    ];
+    for (image, len, cmdline) in cases {
+        let mut mem = vec![0xAA; len];
+        let loaded = load(image, &mut mem, cmdline).map(|_| ());
+        assert_eq!(check(image, len, cmdline), loaded, "len {len:#x}");
+    }
+}
