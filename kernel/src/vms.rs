@@ -26,14 +26,36 @@ use crate::hw::{self, GuestRam};
 /// Length of one time slice.
 const SLICE_US: u64 = 5_000;
 
-/// Why a VM could not be created.
+/// Why a VM operation was refused. Small and `Copy`; the endpoint maps it to a status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CreateError {
+pub enum VmError {
+    /// No VM has that id.
+    NotFound,
+    /// The lifecycle does not allow the operation in the VM's state.
+    State(hv::vm::TransitionError),
+    /// The configuration names no built-in image.
     NoSuchImage,
+    /// An image that cannot be loaded (why, from the multiboot loader).
+    BadImage(&'static str),
+    /// Guest RAM could not be allocated (or would leave the hypervisor too little heap).
     NoMemory,
+    /// The machine has no virtualization this build can run guests on.
     Unsupported,
+    /// Another VM has that name.
+    NameTaken,
+    /// The VM table is full.
+    TooMany,
+    /// The configuration pins the VM to a CPU that does not exist.
+    NoSuchCpu,
+    /// The vCPU could not be set up.
     Vcpu,
 }
+
+/// The most VMs at once (the run loop looks at up to this many per CPU).
+pub const MAX_VMS: usize = 64;
+/// Heap left to the hypervisor after a VM's RAM is allocated: the endpoint, the VM table and
+/// the vCPUs' own structures live there.
+const HEAP_RESERVE: usize = 16 << 20;
 
 /// A built-in image: the multiboot guests of `guests/` (hello, exerciser, resetter, spinner),
 /// or one of the two flat test images of this file.
@@ -76,6 +98,8 @@ pub struct Vm {
     last_run: u64,
     /// Paused because its CPU went offline and no other allowed CPU was online.
     parked_by_offline: bool,
+    /// The image uploaded through the API, when `config.image` is `Uploaded`.
+    uploaded: Option<Vec<u8>>,
 }
 
 impl core::fmt::Debug for Vm {
@@ -88,24 +112,55 @@ impl core::fmt::Debug for Vm {
 static VMS: SpinMutex<Vec<(u32, Arc<SpinMutex<Vm>>)>> = SpinMutex::new(Vec::new());
 static NEXT_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
 
+/// The bytes of the VM's image: a built-in one, or the upload.
+fn image_of<'a>(config: &VmConfig, uploaded: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    match config.image {
+        hv::vm::ImageRef::Uploaded => uploaded,
+        _ => image(config.image.as_str()),
+    }
+}
+
+/// The command line a multiboot guest gets: the configured one, plus `boot=N` with N the
+/// number of resets so far (the resetter guest picks its reset path from it).
+fn guest_cmdline(config: &VmConfig, boots: u64) -> heapless::String<320> {
+    let mut line = heapless::String::new();
+    let _ = line.push_str(config.cmdline.as_str());
+    if !line.is_empty() {
+        let _ = line.push(' ');
+    }
+    let _ = write!(line, "boot={boots}");
+    line
+}
+
 /// Load the image into zeroed RAM and return how the vCPU starts.
-fn load(vm_ram: &mut GuestRam, config: &VmConfig) -> Result<GuestMode, CreateError> {
-    let img = image(config.image.as_str()).ok_or(CreateError::NoSuchImage)?;
+fn load(
+    vm_ram: &mut GuestRam,
+    config: &VmConfig,
+    img: &[u8],
+    boots: u64,
+) -> Result<GuestMode, VmError> {
     let ram = vm_ram.as_mut_slice();
-    ram.fill(0);
-    if img.starts_with(b"\x7fELF") {
-        // Multiboot 1 ELF32: entered as the specification says (EAX magic, EBX info).
-        let entry = guests::multiboot::load(img, ram, config.cmdline.as_str())
-            .map_err(|_| CreateError::NoSuchImage)?;
+    if !matches!(config.image.as_str(), "smoke" | "spin") {
+        // Multiboot 1 (ELF32 or a.out kludge): entered as the specification says (EAX magic,
+        // EBX info). Checked before RAM is cleared, so a bad image changes nothing.
+        let cmdline = guest_cmdline(config, boots);
+        guests::multiboot::check(img, ram.len(), &cmdline)
+            .map_err(|e| VmError::BadImage(e.as_str()))?;
+        ram.fill(0);
+        let entry = guests::multiboot::load(img, ram, &cmdline)
+            .map_err(|e| VmError::BadImage(e.as_str()))?;
         return Ok(GuestMode::Protected32 {
             eip: entry.eip,
             esp: 0,
             multiboot_info: Some(entry.ebx),
         });
     }
-    ram.get_mut(LOAD_GPA..LOAD_GPA + img.len())
-        .ok_or(CreateError::NoMemory)?
-        .copy_from_slice(img);
+    let dest = LOAD_GPA..LOAD_GPA + img.len();
+    if dest.end > ram.len() {
+        return Err(VmError::NoMemory);
+    }
+    ram.fill(0);
+    ram[dest].copy_from_slice(img);
     Ok(GuestMode::Protected32 {
         eip: LOAD_GPA as u32,
         esp: 0x9_0000,
@@ -161,18 +216,75 @@ fn pmu_msr(vm: &mut Vm, exit: &hv::exit::Exit) -> Option<Action> {
     })
 }
 
-/// Create a VM (not started).
-pub fn create(config: VmConfig, cpu: usize) -> Result<u32, CreateError> {
-    if crate::backend::virt_kind() != hv::features::VirtKind::Svm {
-        return Err(CreateError::Unsupported);
+/// The CPUs in service now (all of them before the virt layer exists).
+fn online_cpus() -> hv::virt::CpuSet {
+    let all = (0..crate::cpus::count() as u32)
+        .map(hv::virt::CpuId)
+        .fold(hv::virt::CpuSet::EMPTY, hv::virt::CpuSet::with);
+    crate::virt::layer()
+        .as_ref()
+        .map_or(all, |l| l.online_cpus())
+}
+
+/// Running VMs per CPU, counting the endpoint's CPU 0 as one more when there are others, so
+/// that guests go elsewhere first. Takes each VM's lock in turn: call with none held.
+fn cpu_load(except: Option<u32>) -> [u32; crate::cpus::MAX_CPUS] {
+    let table: Vec<_> = VMS.lock().iter().map(|(_, v)| v.clone()).collect();
+    let mut load = [0u32; crate::cpus::MAX_CPUS];
+    if crate::cpus::count() > 1 {
+        load[0] = 1;
     }
-    image(config.image.as_str()).ok_or(CreateError::NoSuchImage)?;
-    let mut ram = GuestRam::new(config.memory_mib as usize).ok_or(CreateError::NoMemory)?;
-    let mut vcpu = SvmVcpu::new(&ram).map_err(|_| CreateError::Vcpu)?;
-    let mode = load(&mut ram, &config)?;
-    vcpu.reset(mode).map_err(|_| CreateError::Vcpu)?;
-    let pmu = VmPmu::new(PmuConfig::Off, guest_vendor()).map_err(|_| CreateError::Vcpu)?;
+    for v in &table {
+        let g = lock(v);
+        if Some(g.id) != except && matches!(g.state, VmState::Running | VmState::Created) {
+            load[g.cpu] += 1;
+        }
+    }
+    load
+}
+
+/// Create a VM from `config` with vPMU configuration `pmu`: RAM allocated, image loaded, vCPU
+/// built, placed on `cpu` or else the least loaded CPU it may use. Not started.
+pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u32, VmError> {
+    if crate::backend::virt_kind() != hv::features::VirtKind::Svm {
+        return Err(VmError::Unsupported);
+    }
+    if config
+        .cpu
+        .is_some_and(|c| c as usize >= crate::cpus::count())
+    {
+        return Err(VmError::NoSuchCpu);
+    }
+    let img = image_of(&config, None).ok_or(VmError::NoSuchImage)?;
+    {
+        let table = VMS.lock();
+        if table.len() >= MAX_VMS {
+            return Err(VmError::TooMany);
+        }
+        if table
+            .iter()
+            .any(|(_, v)| v.try_lock().is_some_and(|g| g.config.name == config.name))
+        {
+            return Err(VmError::NameTaken);
+        }
+    }
+    let bytes = (config.memory_mib as usize) << 20;
+    if crate::hw::probe_free_heap(bytes + HEAP_RESERVE) < bytes + HEAP_RESERVE {
+        return Err(VmError::NoMemory);
+    }
+    let pmu = VmPmu::new(pmu, guest_vendor()).map_err(|_| VmError::Vcpu)?;
+    let mut ram = GuestRam::new(config.memory_mib as usize).ok_or(VmError::NoMemory)?;
+    let mut vcpu = SvmVcpu::new(&ram).map_err(|_| VmError::Vcpu)?;
+    let mode = load(&mut ram, &config, img, 0)?;
+    vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
     let rt = Box::new(VmRuntime::new(cpuid_view(&pmu), config.on_crash));
+    let allowed = hv::vm::allowed_cpus(config.cpu);
+    let online = online_cpus();
+    let load = cpu_load(None);
+    let cpu = cpu.unwrap_or_else(|| {
+        hv::vm::place(allowed, online, &load[..crate::cpus::count()])
+            .map_or(config.cpu.unwrap_or(0) as usize, |c| c.index())
+    });
     let id = NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let vm = Vm {
         id,
@@ -187,17 +299,37 @@ pub fn create(config: VmConfig, cpu: usize) -> Result<u32, CreateError> {
         echoed: 0,
         last_run: 0,
         parked_by_offline: false,
+        uploaded: None,
     };
-    VMS.lock().push((id, Arc::new(SpinMutex::new(vm))));
+    let mut table = VMS.lock();
+    // Checked again under the lock: another request may have created one meanwhile.
+    if table.len() >= MAX_VMS {
+        return Err(VmError::TooMany);
+    }
+    table.push((id, Arc::new(SpinMutex::new(vm))));
     Ok(id)
 }
 
-/// Apply a lifecycle event to VM `id`.
-pub fn event(id: u32, ev: VmEvent) -> Result<(), hv::vm::TransitionError> {
-    let Some(vm) = find(id) else { return Ok(()) };
+/// Apply a lifecycle event to VM `id` (start, pause, resume, stop, reset).
+pub fn event(id: u32, ev: VmEvent) -> Result<(), VmError> {
+    let vm = find(id).ok_or(VmError::NotFound)?;
+    // Where it may run, decided before its lock is taken (the load count locks every VM).
+    let placement = match ev {
+        VmEvent::Start | VmEvent::Resume | VmEvent::Reset(_) => {
+            let allowed = hv::vm::allowed_cpus(lock(&vm).config.cpu);
+            let online = online_cpus();
+            let load = cpu_load(Some(id));
+            Some((
+                online,
+                hv::vm::place(allowed, online, &load[..crate::cpus::count()]),
+            ))
+        }
+        _ => None,
+    };
     let mut vm = lock(&vm);
-    let (state, effect) = hv::vm::apply(vm.state, ev)?;
+    let (state, effect) = hv::vm::apply(vm.state, ev).map_err(VmError::State)?;
     vm.state = state;
+    vm.parked_by_offline = false;
     if let hv::vm::Effect::ReloadAndRun = effect {
         let trigger = if let VmEvent::Reset(t) = ev {
             Some(t)
@@ -206,7 +338,127 @@ pub fn event(id: u32, ev: VmEvent) -> Result<(), hv::vm::TransitionError> {
         };
         reset(&mut vm, trigger);
     }
+    match placement {
+        _ if vm.state != VmState::Running => {}
+        // It stays where it was placed unless that CPU left service.
+        Some((online, Some(to))) if !online.contains(hv::virt::CpuId(vm.cpu as u32)) => {
+            vm.cpu = to.index();
+        }
+        // No CPU it may use is online: it waits, paused, until one comes back.
+        Some((_, None)) => {
+            if let Ok((s, _)) = hv::vm::apply(vm.state, VmEvent::Pause) {
+                vm.state = s;
+                vm.parked_by_offline = true;
+            }
+        }
+        _ => {}
+    }
     vm.idle = false;
+    Ok(())
+}
+
+/// Delete VM `id` (not while it runs: stop it first). Its memory is freed once no CPU holds it.
+pub fn delete(id: u32) -> Result<(), VmError> {
+    let vm = find(id).ok_or(VmError::NotFound)?;
+    {
+        let mut g = lock(&vm);
+        let (state, _) = hv::vm::apply(g.state, VmEvent::Delete).map_err(VmError::State)?;
+        g.state = state;
+    }
+    VMS.lock().retain(|(i, _)| *i != id);
+    Ok(())
+}
+
+/// What the API shows of one VM.
+#[derive(Clone, Debug)]
+pub struct VmView {
+    pub id: u32,
+    pub summary: hv::vm::VmSummary,
+    pub cmdline: hv::vm::Cmdline,
+    pub pmu: PmuConfig,
+    pub pending_pmu: Option<PmuConfig>,
+    /// The CPU it runs on, while it runs.
+    pub running_on: Option<u32>,
+}
+
+fn view_of(vm: &Vm) -> VmView {
+    VmView {
+        id: vm.id,
+        summary: hv::vm::VmSummary::new(&vm.config, vm.state, &vm.rt),
+        cmdline: vm.config.cmdline.clone(),
+        pmu: *vm.pmu.current(),
+        pending_pmu: vm.pmu.pending().copied(),
+        running_on: (vm.state == VmState::Running).then_some(vm.cpu as u32),
+    }
+}
+
+/// One VM as the API shows it.
+pub fn view(id: u32) -> Result<VmView, VmError> {
+    find(id)
+        .map(|v| view_of(&lock(&v)))
+        .ok_or(VmError::NotFound)
+}
+
+/// Every VM, in id order.
+pub fn each(mut f: impl FnMut(&VmView)) {
+    let table: Vec<_> = VMS.lock().iter().map(|(_, v)| v.clone()).collect();
+    for v in &table {
+        f(&view_of(&lock(v)));
+    }
+}
+
+/// How many VMs exist.
+pub fn count() -> usize {
+    VMS.lock().len()
+}
+
+/// Read VM `id`'s console from `offset` into `buf`.
+pub fn console(id: u32, offset: u64, buf: &mut [u8]) -> Result<hv::devices::ConsoleRead, VmError> {
+    let vm = find(id).ok_or(VmError::NotFound)?;
+    let g = lock(&vm);
+    Ok(g.rt.devices.console.read(offset, buf))
+}
+
+/// Set VM `id`'s vPMU configuration. It takes effect at the VM's next reset or start from
+/// stopped (never in the middle of a run); a VM that never ran gets it at once, rebuilt by the
+/// same constructor a reset uses.
+pub fn set_pmu(id: u32, config: PmuConfig) -> Result<(), VmError> {
+    let vm = find(id).ok_or(VmError::NotFound)?;
+    let mut g = lock(&vm);
+    g.pmu
+        .set_pending_config(config)
+        .map_err(|_| VmError::Vcpu)?;
+    if g.state == VmState::Created {
+        let vendor = guest_vendor();
+        g.pmu.reset(vendor);
+        g.rt.cpuid = cpuid_view(&g.pmu);
+    }
+    Ok(())
+}
+
+/// Replace VM `id`'s image with an uploaded multiboot image. Only while it does not run
+/// (created, stopped or crashed); a bad image is refused with the loader's reason and the VM is
+/// left as it was. A created VM is reloaded at once; a stopped one at its next start.
+pub fn upload(id: u32, bytes: Vec<u8>) -> Result<(), VmError> {
+    let vm = find(id).ok_or(VmError::NotFound)?;
+    let mut g = lock(&vm);
+    if matches!(g.state, VmState::Running | VmState::Paused) {
+        return Err(VmError::State(hv::vm::TransitionError::WrongState {
+            from: g.state,
+            event: VmEvent::Stop,
+        }));
+    }
+    let cmdline = guest_cmdline(&g.config, 0);
+    guests::multiboot::check(&bytes, g.ram.len(), &cmdline)
+        .map_err(|e| VmError::BadImage(e.as_str()))?;
+    g.config.image = hv::vm::ImageRef::Uploaded;
+    g.uploaded = Some(bytes);
+    if g.state == VmState::Created {
+        let g = &mut *g;
+        let img = g.uploaded.as_deref().unwrap_or_default();
+        let mode = load(&mut g.ram, &g.config, img, 0)?;
+        g.vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
+    }
     Ok(())
 }
 
@@ -237,7 +489,12 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
     // their one constructor: nothing of the previous run or configuration survives.
     vm.pmu.reset(guest_vendor());
     vm.rt.cpuid = cpuid_view(&vm.pmu);
-    let mode = match load(&mut vm.ram, &vm.config) {
+    let boots = vm.rt.stats.resets.iter().sum::<u64>();
+    let Some(img) = image_of(&vm.config, vm.uploaded.as_deref()) else {
+        vm.state = VmState::ended(StopReason::Requested);
+        return;
+    };
+    let mode = match load(&mut vm.ram, &vm.config, img, boots) {
         Ok(m) => m,
         Err(_) => {
             vm.state = VmState::ended(StopReason::Requested);
@@ -454,11 +711,9 @@ pub fn start_from_cmdline<'a>(names: impl Iterator<Item = &'a str>, cpus: usize)
                 continue;
             }
         };
-        match create(config, cpu).and_then(|id| {
-            event(id, VmEvent::Start)
-                .map(|()| id)
-                .map_err(|_| CreateError::Vcpu)
-        }) {
+        match create(config, PmuConfig::Off, Some(cpu))
+            .and_then(|id| event(id, VmEvent::Start).map(|()| id))
+        {
             Ok(id) => println!("hermitage: vm {id} ({vm_name}) started on cpu {cpu}"),
             Err(e) => println!("hermitage: vm={name}: not started: {e:?}"),
         }
