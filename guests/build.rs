@@ -102,7 +102,15 @@ fn main() -> asm::Result {
     for (name, _) in guests::CHECKS {
         writeln!(table, "    {name:?},")?;
     }
-    table.push_str("];\n");
+    table.push_str("];\n\n/// The PMU MSRs the `pmu` guest tries, in report order.\npub const PMU_MSRS: &[u32] = &[\n");
+    for msr in guests::pmu_msrs() {
+        writeln!(table, "    {msr:#x},")?;
+    }
+    writeln!(
+        table,
+        "];\n\n/// What the `pmu` guest writes to every PMU MSR it finds.\npub const PMU_DIRT: u32 = {:#x};",
+        guests::PMU_DIRT
+    )?;
     std::fs::write(out.join("builtins.rs"), table)?;
     Ok(())
 }

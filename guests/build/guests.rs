@@ -36,6 +36,11 @@ pub const GUESTS: &[Guest] = &[
         description: "burns CPU, printing a tick every 2^24 iterations; forever, or until ticks=K",
         program: spinner,
     },
+    Guest {
+        name: "pmu",
+        description: "reports the PMU it sees (CPUID leaves, every PMU MSR that exists and its value, RDPMC), dirties them, then resets until boot=boots",
+        program: pmu,
+    },
 ];
 
 fn hello(asm: &mut Asm) -> Result {
@@ -620,4 +625,137 @@ fn cpuid(asm: &mut Asm, leaf: u32) -> Result {
     asm.a.mov(eax, leaf)?;
     asm.a.xor(ecx, ecx)?;
     Ok(asm.a.cpuid()?)
+}
+
+/// The PMU MSRs of both vendors, in report order: AMD legacy PERF_CTL0-3 / PERF_CTR0-3 (APM
+/// vol. 2 §13.2.1), core extension PERF_CTL/CTR0-5 (§13.2.2), PerfMonV2 global registers
+/// (§13.2.3); Intel IA32_PMC0-7, IA32_PERFEVTSEL0-7, IA32_FIXED_CTR0-3, FIXED_CTR_CTRL,
+/// PERF_GLOBAL_STATUS / CTRL / OVF_CTRL (STATUS_RESET) / STATUS_SET, PERF_CAPABILITIES and the
+/// full-width IA32_A_PMC0-7 (SDM vol. 3B §20.2, vol. 4 table 2-2).
+pub fn pmu_msrs() -> Vec<u32> {
+    let mut v = Vec::new();
+    v.extend(0xC001_0000..=0xC001_0007);
+    v.extend(0xC001_0200..=0xC001_020B);
+    v.extend(0xC000_0300..=0xC000_0303);
+    v.extend(0xC1..=0xC8);
+    v.extend(0x186..=0x18D);
+    v.extend(0x309..=0x30C);
+    v.extend([0x38D, 0x38E, 0x38F, 0x390, 0x391, 0x345]);
+    v.extend(0x4C1..=0x4C8);
+    v
+}
+
+/// The value the `pmu` guest writes to every PMU MSR it finds, to leave state behind that a
+/// reset must clear: an event select without its enable bit, a counter value, overflow bits.
+pub const PMU_DIRT: u32 = 0x1234;
+
+fn pmu(asm: &mut Asm) -> Result {
+    const BOOT: u32 = layout::VAR_SCRATCH;
+    const BOOTS: u32 = layout::VAR_SCRATCH + 4;
+    const LO: u32 = layout::VAR_SCRATCH + 8;
+    const HI: u32 = layout::VAR_SCRATCH + 12;
+    const PRESENT: u32 = layout::VAR_SCRATCH + 16;
+    const NONZERO: u32 = layout::VAR_SCRATCH + 20;
+    const REGS: u32 = layout::VAR_SCRATCH + 24;
+
+    asm.find_arg("boot=")?;
+    asm.a.mov(dword_ptr(BOOT), eax)?;
+    asm.find_arg("boots=")?;
+    asm.a.mov(dword_ptr(BOOTS), eax)?;
+    asm.a.mov(dword_ptr(PRESENT), 0u32)?;
+    asm.a.mov(dword_ptr(NONZERO), 0u32)?;
+    asm.print("pmu: boot ")?;
+    asm.a.mov(eax, dword_ptr(BOOT))?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+
+    for leaf in [0xAu32, 0x8000_0001, 0x8000_0022] {
+        cpuid(asm, leaf)?;
+        for (i, reg) in [eax, ebx, ecx, edx].into_iter().enumerate() {
+            asm.a.mov(dword_ptr(REGS + 4 * i as u32), reg)?;
+        }
+        asm.print(&format!("pmu: cpuid {leaf:#x}"))?;
+        for (i, name) in ["eax", "ebx", "ecx", "edx"].into_iter().enumerate() {
+            asm.print(&format!(" {name}="))?;
+            asm.a.mov(eax, dword_ptr(REGS + 4 * i as u32))?;
+            asm.print_hex_eax()?;
+        }
+        asm.newline()?;
+    }
+
+    // RDPMC of counter 0: a value, or the #GP of a PMU without that counter.
+    asm.a.xor(ecx, ecx)?;
+    asm.guarded(|asm| Ok(asm.a.rdpmc()?))?;
+    asm.a
+        .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
+    asm.jne("rdpmc_fault")?;
+    asm.print("pmu: rdpmc 0 ok\n")?;
+    asm.jmp("scan")?;
+    asm.here("rdpmc_fault")?;
+    asm.print("pmu: rdpmc 0 fault\n")?;
+
+    // Every MSR of the table: report the ones that exist, then dirty them.
+    asm.here("scan")?;
+    let mut table: Vec<u8> = pmu_msrs().iter().flat_map(|m| m.to_le_bytes()).collect();
+    table.extend(0u32.to_le_bytes());
+    let table = asm.data("pmu_msrs", table);
+    asm.a.mov(edi, table)?;
+    asm.here("next_msr")?;
+    asm.a.mov(ecx, dword_ptr(edi))?;
+    asm.a.test(ecx, ecx)?;
+    asm.jz("scan_done")?;
+    asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+    asm.a
+        .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
+    asm.jne("msr_absent")?;
+    asm.a.mov(dword_ptr(LO), eax)?;
+    asm.a.mov(dword_ptr(HI), edx)?;
+    asm.a.inc(dword_ptr(PRESENT))?;
+    asm.a.or(eax, edx)?;
+    asm.jz("msr_report")?;
+    asm.a.inc(dword_ptr(NONZERO))?;
+    asm.here("msr_report")?;
+    asm.print("pmu: msr ")?;
+    asm.a.mov(eax, ecx)?;
+    asm.print_hex_eax()?;
+    asm.print(" = ")?;
+    asm.a.mov(eax, dword_ptr(HI))?;
+    asm.print_hex_eax()?;
+    asm.print(":")?;
+    asm.a.mov(eax, dword_ptr(LO))?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.a.mov(eax, PMU_DIRT)?;
+    asm.a.xor(edx, edx)?;
+    asm.guarded(|asm| Ok(asm.a.wrmsr()?))?;
+    asm.here("msr_absent")?;
+    asm.a.add(edi, 4)?;
+    asm.jmp("next_msr")?;
+
+    asm.here("scan_done")?;
+    asm.print("pmu: present=")?;
+    asm.a.mov(eax, dword_ptr(PRESENT))?;
+    asm.print_dec_eax()?;
+    asm.print(" nonzero=")?;
+    asm.a.mov(eax, dword_ptr(NONZERO))?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+
+    // Reset through 0xCF9 until boot=boots; then stop.
+    asm.a.mov(eax, dword_ptr(BOOT))?;
+    asm.a.cmp(eax, dword_ptr(BOOTS))?;
+    asm.jb("pmu_reset")?;
+    asm.print("pmu: done\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+    asm.here("pmu_reset")?;
+    asm.print("pmu: reset via cf9\n")?;
+    asm.a.mov(dx, 0xCF9u32)?;
+    asm.a.mov(al, 0x06)?;
+    asm.a.out(dx, al)?;
+    asm.a.mov(ecx, 1u32 << 20)?;
+    asm.here(".pmu_delay")?;
+    asm.a.dec(ecx)?;
+    asm.jnz(".pmu_delay")?;
+    asm.print("pmu: still alive\n")?;
+    asm.exit(gabi::EXIT_STILL_ALIVE)
 }

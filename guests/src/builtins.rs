@@ -49,6 +49,25 @@
 //! (at once for K = 0). It never halts or does I/O between ticks, so it shows whether the
 //! hypervisor preempts and shares CPUs fairly.
 //!
+//! # `pmu`
+//! Reports the performance-monitoring unit it sees, then leaves state behind for a reset to
+//! clear:
+//! ```text
+//! pmu: boot <N>
+//! pmu: cpuid 0xa eax=0x... ebx=0x... ecx=0x... edx=0x...
+//! pmu: cpuid 0x80000001 eax=... ebx=... ecx=... edx=...
+//! pmu: cpuid 0x80000022 eax=... ebx=... ecx=... edx=...
+//! pmu: rdpmc 0 ok|fault
+//! pmu: msr 0x<index> = 0x<high>:0x<low>      (one line per PMU MSR that exists)
+//! pmu: present=<count> nonzero=<count>
+//! pmu: reset via cf9 | pmu: done
+//! ```
+//! The MSRs tried are both vendors' PMU registers ([`PMU_MSRS`]); one that raises #GP on RDMSR
+//! does not exist and is not listed. After reading each one it writes [`PMU_DIRT`] to it
+//! (ignoring #GP). Then, while `boot=N` is below `boots=M` (0 if absent), it resets through
+//! port 0xCF9; otherwise it exits with 0. A hypervisor that rebuilds the vPMU on reset shows
+//! the reset values again on the next boot, never the dirt.
+//!
 //! # Adding a guest
 //! Write its program as a `fn(&mut Asm) -> Result` in `build/guests.rs` (the runtime gives
 //! `print`, `print_dec_eax`, `print_hex_eax`, `find_arg`, `guarded`, `exit`, named labels),

@@ -113,7 +113,7 @@ fn rodata_has(name: &str, text: &str) -> bool {
 #[test]
 fn the_builtins() {
     let names: Vec<_> = BUILTINS.iter().map(|(name, _)| *name).collect();
-    assert_eq!(names, ["hello", "exerciser", "resetter", "spinner"]);
+    assert_eq!(names, ["hello", "exerciser", "resetter", "spinner", "pmu"]);
     assert!(
         BUILTINS
             .iter()

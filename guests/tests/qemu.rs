@@ -264,3 +264,46 @@ fn an_unexpected_exception_is_reported_with_exit_code_2() {
     );
     assert_eq!(end, End::Exit(abi::EXIT_UNEXPECTED_EXCEPTION));
 }
+
+#[test]
+fn pmu_reports_what_it_sees_and_resets_until_boots() {
+    if !have_qemu() {
+        return;
+    }
+    let (output, end) = run("pmu", "boot=2 boots=2", never);
+    assert_eq!(end, End::Exit(abi::EXIT_OK), "{output}");
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines[0], "pmu: boot 2");
+    assert!(lines[1].starts_with("pmu: cpuid 0xa eax=0x"), "{output}");
+    assert!(
+        lines[2].starts_with("pmu: cpuid 0x80000001 eax=0x"),
+        "{output}"
+    );
+    assert!(
+        lines[3].starts_with("pmu: cpuid 0x80000022 eax=0x"),
+        "{output}"
+    );
+    assert!(lines[4].starts_with("pmu: rdpmc 0 "), "{output}");
+    let msrs: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("pmu: msr "))
+        .copied()
+        .collect();
+    for line in &msrs {
+        let index = u32::from_str_radix(&line[11..19], 16).unwrap();
+        assert!(guests::builtins::PMU_MSRS.contains(&index), "{line}");
+    }
+    let summary = lines
+        .iter()
+        .find(|l| l.starts_with("pmu: present="))
+        .unwrap();
+    assert!(
+        summary.starts_with(&format!("pmu: present={} ", msrs.len())),
+        "{output}"
+    );
+    assert_eq!(lines.last(), Some(&"pmu: done"));
+
+    let (output, end) = run("pmu", "boot=0 boots=1", never);
+    assert_eq!(end, End::Reset, "{output}");
+    assert!(output.ends_with("pmu: reset via cf9\n"), "{output}");
+}
