@@ -97,6 +97,13 @@ pub enum Exit {
         /// RIP after the instruction.
         next_rip: u64,
     },
+    /// RDPMC with ECX = `index`.
+    Rdpmc {
+        /// ECX.
+        index: u32,
+        /// RIP after the instruction.
+        next_rip: u64,
+    },
     /// Nested paging (NPT/EPT) refused an access.
     NestedPageFault {
         /// The guest-physical address.
@@ -139,7 +146,7 @@ impl Exit {
             Exit::Cpuid { .. } => ExitKind::Cpuid,
             Exit::Hlt { .. } => ExitKind::Hlt,
             Exit::Io { .. } => ExitKind::Io,
-            Exit::Msr { .. } => ExitKind::Msr,
+            Exit::Msr { .. } | Exit::Rdpmc { .. } => ExitKind::Msr,
             Exit::NestedPageFault { .. } => ExitKind::Npf,
             Exit::TripleFault => ExitKind::TripleFault,
             Exit::VirtInstruction => ExitKind::VirtInsn,
@@ -506,6 +513,9 @@ pub fn handle(exit: &Exit, regs: &GuestView, vm: &mut VmRuntime) -> Action {
             }
             Err(_) => gp0(),
         },
+        // Without a vPMU in the loop (see `VmPmu::handle_exit`) there are no counters: #GP, as
+        // RDPMC of a counter that does not exist raises (SDM vol. 2B RDPMC; APM vol. 3 RDPMC).
+        Exit::Rdpmc { .. } => gp0(),
         Exit::NestedPageFault { gpa, .. } => Action::Stop(StopReason::NptViolation { gpa }),
         Exit::TripleFault => match vm.on_crash {
             OnCrash::Reset => Action::Reset(ResetTrigger::TripleFault),

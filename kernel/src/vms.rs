@@ -16,7 +16,7 @@ use hermit_sync::SpinMutex;
 use hv::cpuid::CpuidView;
 use hv::exit::{Action, ResetTrigger, StopReason};
 use hv::vm::{OnCrash, VmConfig, VmEvent, VmRuntime, VmState};
-use hv::vpmu::{MsrResult, PmuConfig, VmPmu};
+use hv::vpmu::{PmuConfig, VmPmu};
 use svm::guest::GuestMode;
 
 use crate::arch::svm_vcpu::SvmVcpu;
@@ -178,42 +178,6 @@ fn cpuid_view(pmu: &VmPmu) -> CpuidView {
     let state = *pmu.state();
     let hook = move |leaf: u32, sub: u32, regs: [u32; 4]| state.cpuid(leaf, sub, regs);
     CpuidView::from_host(|l, s| svm::hw::cpuid(l, s), Some(&hook))
-}
-
-/// PMU MSRs go to the vPMU (which decides existence, masks and #GP); the rest to the handler.
-fn pmu_msr(vm: &mut Vm, exit: &hv::exit::Exit) -> Option<Action> {
-    let hv::exit::Exit::Msr {
-        index,
-        write,
-        next_rip,
-    } = *exit
-    else {
-        return None;
-    };
-    if !hv::vpmu::is_pmu_msr(index) {
-        return None;
-    }
-    let gp = Action::InjectException {
-        vector: hv::exit::VECTOR_GP,
-        error_code: Some(0),
-    };
-    Some(match write {
-        Some(value) => match vm.pmu.wrmsr(index, value) {
-            Ok(()) => Action::ResumeAt { rip: next_rip },
-            Err(_) => gp,
-        },
-        None => match vm.pmu.rdmsr(index) {
-            MsrResult::Value(v) => Action::ResumeWith {
-                rip: next_rip,
-                regs: hv::exit::RegUpdate {
-                    rax: Some(v & 0xFFFF_FFFF),
-                    rdx: Some(v >> 32),
-                    ..Default::default()
-                },
-            },
-            MsrResult::Gp => gp,
-        },
-    })
 }
 
 /// The CPUs in service now (all of them before the virt layer exists).
@@ -555,7 +519,7 @@ fn run_slice(vm: &mut Vm, cpu: usize, host_area: u64, nrips: bool) {
             }
         };
         let exit = vm.vcpu.neutral(&decoded);
-        let action = match pmu_msr(vm, &exit) {
+        let action = match vm.pmu.handle_exit(&exit) {
             Some(a) => {
                 vm.rt.stats.exits.record(exit.kind());
                 a

@@ -62,6 +62,7 @@ pub use model::{
 pub use msr::*;
 pub use state::{Gp, MsrResult, VpmuState};
 
+use crate::exit::{Action, Exit, RegUpdate, VECTOR_GP};
 use crate::features::Vendor;
 
 /// A VM's PMU: the configuration in force, a configuration waiting for the next reset, and the
@@ -135,6 +136,45 @@ impl VmPmu {
     /// Guest CPUID adjustment, see [`Model::cpuid`].
     pub fn cpuid(&self, leaf: u32, subleaf: u32, host: [u32; 4]) -> [u32; 4] {
         self.state.cpuid(leaf, subleaf, host)
+    }
+
+    /// The vPMU's part of exit handling: PMU MSR accesses and RDPMC are answered from this
+    /// model (value, or #GP where the hardware it describes would raise it); any other exit is
+    /// `None`, for [`crate::exit::handle`]. Counts nothing: the caller records the exit.
+    pub fn handle_exit(&mut self, exit: &Exit) -> Option<Action> {
+        let gp = Action::InjectException {
+            vector: VECTOR_GP,
+            error_code: Some(0),
+        };
+        let value = |rip: u64, v: u64| Action::ResumeWith {
+            rip,
+            regs: RegUpdate {
+                rax: Some(v & 0xFFFF_FFFF),
+                rdx: Some(v >> 32),
+                ..RegUpdate::default()
+            },
+        };
+        Some(match *exit {
+            Exit::Msr {
+                index,
+                write,
+                next_rip,
+            } if is_pmu_msr(index) => match write {
+                Some(v) => match self.wrmsr(index, v) {
+                    Ok(()) => Action::ResumeAt { rip: next_rip },
+                    Err(_) => gp,
+                },
+                None => match self.rdmsr(index) {
+                    MsrResult::Value(v) => value(next_rip, v),
+                    MsrResult::Gp => gp,
+                },
+            },
+            Exit::Rdpmc { index, next_rip } => match self.rdpmc(index) {
+                Ok(v) => value(next_rip, v),
+                Err(_) => gp,
+            },
+            _ => return None,
+        })
     }
 
     /// Guest reset (API call, triple fault, 0xCF9, keyboard-controller reset): apply the pending

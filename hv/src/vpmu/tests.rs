@@ -946,3 +946,59 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn exits_route_pmu_msrs_and_rdpmc_to_the_model_and_nothing_else() {
+    use crate::exit::{Action, Exit, VECTOR_GP};
+    let gp = Action::InjectException {
+        vector: VECTOR_GP,
+        error_code: Some(0),
+    };
+    let mut pmu = VmPmu::new(amd(AmdKind::Legacy, 4), Vendor::Amd).unwrap();
+    let rd = |index| Exit::Msr {
+        index,
+        write: None,
+        next_rip: 0x10,
+    };
+    // PERF_CTR0 written, then read back through the exit path; PERF_CTR of core-ext: #GP.
+    let wr = Exit::Msr {
+        index: 0xC001_0004,
+        write: Some(0x55),
+        next_rip: 0x10,
+    };
+    assert_eq!(pmu.handle_exit(&wr), Some(Action::ResumeAt { rip: 0x10 }));
+    let Some(Action::ResumeWith { rip, regs }) = pmu.handle_exit(&rd(0xC001_0004)) else {
+        panic!("PERF_CTR0 must read");
+    };
+    assert_eq!((rip, regs.rax, regs.rdx), (0x10, Some(0x55), Some(0)));
+    assert_eq!(pmu.handle_exit(&rd(0xC001_0201)), Some(gp));
+    // RDPMC 0 reads the same counter; index 4 does not exist with 4 counters.
+    let Some(Action::ResumeWith { regs, .. }) = pmu.handle_exit(&Exit::Rdpmc {
+        index: 0,
+        next_rip: 0x12,
+    }) else {
+        panic!("RDPMC 0 must read");
+    };
+    assert_eq!(regs.rax, Some(0x55));
+    assert_eq!(
+        pmu.handle_exit(&Exit::Rdpmc {
+            index: 4,
+            next_rip: 0x12
+        }),
+        Some(gp)
+    );
+    // Not the vPMU's: EFER, CPUID.
+    assert_eq!(pmu.handle_exit(&rd(0xC000_0080)), None);
+    let cpuid = Exit::Cpuid {
+        leaf: 0,
+        subleaf: 0,
+        next_rip: 0,
+    };
+    assert_eq!(pmu.handle_exit(&cpuid), None);
+    // After a reset the counter is 0 again.
+    pmu.reset(Vendor::Amd);
+    let Some(Action::ResumeWith { regs, .. }) = pmu.handle_exit(&rd(0xC001_0004)) else {
+        panic!("PERF_CTR0 must read");
+    };
+    assert_eq!(regs.rax, Some(0));
+}

@@ -227,6 +227,13 @@ impl SvmVcpu {
                 write: npf.write(),
                 exec: npf.exec(),
             },
+            S::Skip {
+                insn: svm::insn_len::SkipInsn::Rdpmc,
+                next_rip,
+            } => Exit::Rdpmc {
+                index: self.regs.rcx as u32,
+                next_rip,
+            },
             S::Shutdown => Exit::TripleFault,
             S::Vmmcall { .. } | S::SvmInstruction(_) => Exit::VirtInstruction,
             S::Intr | S::Nmi | S::Smi | S::Init | S::Vintr => Exit::ExternalInterrupt,
