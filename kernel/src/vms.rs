@@ -58,11 +58,12 @@ pub const MAX_VMS: usize = 64;
 const HEAP_RESERVE: usize = 16 << 20;
 
 /// A built-in image: the multiboot guests of `guests/` (hello, exerciser, resetter, spinner),
-/// or one of the two flat test images of this file.
+/// or one of the flat test images of this file (smoke, spin, wild).
 fn image(name: &str) -> Option<&'static [u8]> {
     match name {
         "smoke" => Some(&SMOKE),
         "spin" => Some(&SPIN),
+        "wild" => Some(&WILD),
         _ => guests::builtin(name),
     }
 }
@@ -74,6 +75,11 @@ fn image(name: &str) -> Option<&'static [u8]> {
 const SMOKE: [u8; 22] = [
     0x66, 0xBA, 0xF8, 0x03, 0xB0, 0x48, 0xEE, 0xB0, 0x69, 0xEE, 0xB0, 0x0A, 0xEE, 0xB8, 0x00, 0x00,
     0x00, 0x00, 0xE7, 0xF4, 0xF4, 0xF4,
+];
+/// A guest that writes outside its RAM: `mov dword [0x40000000], 1; hlt`. Nested paging
+/// refuses the access and the VM stops with `npt violation at GPA 0x40000000`.
+const WILD: [u8; 11] = [
+    0xC7, 0x05, 0x00, 0x00, 0x00, 0x40, 0x01, 0x00, 0x00, 0x00, 0xF4,
 ];
 /// A misbehaving guest: `cli; jmp $`. It never exits by itself; only the preemption tick takes
 /// its CPU back.
@@ -140,7 +146,7 @@ fn load(
     boots: u64,
 ) -> Result<GuestMode, VmError> {
     let ram = vm_ram.as_mut_slice();
-    if !matches!(config.image.as_str(), "smoke" | "spin") {
+    if !matches!(config.image.as_str(), "smoke" | "spin" | "wild") {
         // Multiboot 1 (ELF32 or a.out kludge): entered as the specification says (EAX magic,
         // EBX info). Checked before RAM is cleared, so a bad image changes nothing.
         let cmdline = guest_cmdline(config, boots);
@@ -219,7 +225,11 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
     {
         return Err(VmError::NoSuchCpu);
     }
-    let img = image_of(&config, None).ok_or(VmError::NoSuchImage)?;
+    // An `uploaded` VM starts empty and cannot start until `PUT .../image` gives it one.
+    let img = match config.image {
+        hv::vm::ImageRef::Uploaded => None,
+        _ => Some(image_of(&config, None).ok_or(VmError::NoSuchImage)?),
+    };
     {
         let table = VMS.lock();
         if table.len() >= MAX_VMS {
@@ -239,8 +249,10 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
     let pmu = VmPmu::new(pmu, guest_vendor()).map_err(|_| VmError::Vcpu)?;
     let mut ram = GuestRam::new(config.memory_mib as usize).ok_or(VmError::NoMemory)?;
     let mut vcpu = SvmVcpu::new(&ram).map_err(|_| VmError::Vcpu)?;
-    let mode = load(&mut ram, &config, img, 0)?;
-    vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
+    if let Some(img) = img {
+        let mode = load(&mut ram, &config, img, 0)?;
+        vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
+    }
     let rt = Box::new(VmRuntime::new(cpuid_view(&pmu), config.on_crash));
     let allowed = hv::vm::allowed_cpus(config.cpu);
     let online = online_cpus();
@@ -291,6 +303,10 @@ pub fn event(id: u32, ev: VmEvent) -> Result<(), VmError> {
         _ => None,
     };
     let mut vm = lock(&vm);
+    let runs = matches!(ev, VmEvent::Start | VmEvent::Reset(_));
+    if runs && image_of(&vm.config, vm.uploaded.as_deref()).is_none() {
+        return Err(VmError::BadImage("no image uploaded yet"));
+    }
     let (state, effect) = hv::vm::apply(vm.state, ev).map_err(VmError::State)?;
     vm.state = state;
     vm.parked_by_offline = false;
