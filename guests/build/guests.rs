@@ -38,7 +38,7 @@ pub const GUESTS: &[Guest] = &[
     },
     Guest {
         name: "pmu",
-        description: "reports the PMU it sees (CPUID leaves, every PMU MSR that exists and its value, RDPMC), dirties them, then resets until boot=boots",
+        description: "reports the PMU it sees (CPUID leaves, every PMU MSR that exists and its value, RDPMC), dirties them, then resets through 0xCF9 in cycles of cycle=K boots",
         program: pmu,
     },
 ];
@@ -651,7 +651,7 @@ pub const PMU_DIRT: u32 = 0x1234;
 
 fn pmu(asm: &mut Asm) -> Result {
     const BOOT: u32 = layout::VAR_SCRATCH;
-    const BOOTS: u32 = layout::VAR_SCRATCH + 4;
+    const CYCLE: u32 = layout::VAR_SCRATCH + 4;
     const LO: u32 = layout::VAR_SCRATCH + 8;
     const HI: u32 = layout::VAR_SCRATCH + 12;
     const PRESENT: u32 = layout::VAR_SCRATCH + 16;
@@ -660,8 +660,8 @@ fn pmu(asm: &mut Asm) -> Result {
 
     asm.find_arg("boot=")?;
     asm.a.mov(dword_ptr(BOOT), eax)?;
-    asm.find_arg("boots=")?;
-    asm.a.mov(dword_ptr(BOOTS), eax)?;
+    asm.find_arg("cycle=")?;
+    asm.a.mov(dword_ptr(CYCLE), eax)?;
     asm.a.mov(dword_ptr(PRESENT), 0u32)?;
     asm.a.mov(dword_ptr(NONZERO), 0u32)?;
     asm.print("pmu: boot ")?;
@@ -741,10 +741,18 @@ fn pmu(asm: &mut Asm) -> Result {
     asm.print_dec_eax()?;
     asm.newline()?;
 
-    // Reset through 0xCF9 until boot=boots; then stop.
+    // With cycle=K, boots run in cycles of K: reset through 0xCF9 unless this is the last boot
+    // of a cycle (boot % K == K - 1); without it, stop at once.
+    asm.a.mov(ecx, dword_ptr(CYCLE))?;
+    asm.a.test(ecx, ecx)?;
+    asm.jz("pmu_done")?;
     asm.a.mov(eax, dword_ptr(BOOT))?;
-    asm.a.cmp(eax, dword_ptr(BOOTS))?;
-    asm.jb("pmu_reset")?;
+    asm.a.xor(edx, edx)?;
+    asm.a.div(ecx)?;
+    asm.a.inc(edx)?;
+    asm.a.cmp(edx, ecx)?;
+    asm.jne("pmu_reset")?;
+    asm.here("pmu_done")?;
     asm.print("pmu: done\n")?;
     asm.exit(gabi::EXIT_OK)?;
     asm.here("pmu_reset")?;

@@ -64,8 +64,9 @@
 //! ```
 //! The MSRs tried are both vendors' PMU registers ([`PMU_MSRS`]); one that raises #GP on RDMSR
 //! does not exist and is not listed. After reading each one it writes [`PMU_DIRT`] to it
-//! (ignoring #GP). Then, while `boot=N` is below `boots=M` (0 if absent), it resets through
-//! port 0xCF9; otherwise it exits with 0. A hypervisor that rebuilds the vPMU on reset shows
+//! (ignoring #GP). Then, with `cycle=K`, it resets through port 0xCF9 unless `boot=N` is the
+//! last boot of a cycle of K (N % K == K - 1), where it prints `pmu: done` and exits with 0; without
+//! `cycle=`, it is done at once. A hypervisor that rebuilds the vPMU on reset shows
 //! the reset values again on the next boot, never the dirt.
 //!
 //! # Adding a guest

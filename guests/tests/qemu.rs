@@ -266,14 +266,14 @@ fn an_unexpected_exception_is_reported_with_exit_code_2() {
 }
 
 #[test]
-fn pmu_reports_what_it_sees_and_resets_until_boots() {
+fn pmu_reports_what_it_sees_and_resets_in_cycles() {
     if !have_qemu() {
         return;
     }
-    let (output, end) = run("pmu", "boot=2 boots=2", never);
+    let (output, end) = run("pmu", "boot=5 cycle=3", never);
     assert_eq!(end, End::Exit(abi::EXIT_OK), "{output}");
     let lines: Vec<&str> = output.lines().collect();
-    assert_eq!(lines[0], "pmu: boot 2");
+    assert_eq!(lines[0], "pmu: boot 5");
     assert!(lines[1].starts_with("pmu: cpuid 0xa eax=0x"), "{output}");
     assert!(
         lines[2].starts_with("pmu: cpuid 0x80000001 eax=0x"),
@@ -303,7 +303,18 @@ fn pmu_reports_what_it_sees_and_resets_until_boots() {
     );
     assert_eq!(lines.last(), Some(&"pmu: done"));
 
-    let (output, end) = run("pmu", "boot=0 boots=1", never);
-    assert_eq!(end, End::Reset, "{output}");
-    assert!(output.ends_with("pmu: reset via cf9\n"), "{output}");
+    for (args, resets) in [
+        ("boot=0 cycle=3", true),
+        ("boot=4 cycle=3", true),
+        ("boot=7", false),
+    ] {
+        let (output, end) = run("pmu", args, never);
+        if resets {
+            assert_eq!(end, End::Reset, "{args}: {output}");
+            assert!(output.ends_with("pmu: reset via cf9\n"), "{output}");
+        } else {
+            assert_eq!(end, End::Exit(abi::EXIT_OK), "{args}: {output}");
+            assert!(output.ends_with("pmu: done\n"), "{output}");
+        }
+    }
 }
