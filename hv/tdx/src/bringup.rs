@@ -544,11 +544,10 @@ impl Tdx {
         plan: Option<&ModulePlan>,
     ) -> Result<ModuleState, BringupError> {
         loop {
-            match self.step(virt, sc, plan)? {
-                s @ (ModuleState::Ready | ModuleState::Off | ModuleState::ShutDown) => {
-                    return Ok(s);
-                }
-                _ => {}
+            if let s @ (ModuleState::Ready | ModuleState::Off | ModuleState::ShutDown) =
+                self.step(virt, sc, plan)?
+            {
+                return Ok(s);
             }
         }
     }
