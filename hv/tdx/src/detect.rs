@@ -12,10 +12,10 @@
 //! | step | reads                                    | only when                                   |
 //! |------|------------------------------------------|---------------------------------------------|
 //! | 1    | CPUID 0, 1, 7.0                          | always (7.0 only if the max basic leaf ≥ 7) |
-//! | 2    | IA32_FEATURE_CONTROL (0x3A)              | CPUID.1:ECX[5] (VMX), SDM Vol. 3C §24.7     |
-//! | 3    | IA32_TME_ACTIVATE (0x982)                | CPUID.7.0:ECX[13] (TME), Intel *Architecture Memory Encryption Technologies Specification* ch. 4 |
-//! | 4    | IA32_MTRRCAP (0xFE)                      | CPUID.1:EDX[12] (MTRR), SDM Vol. 3A §12.11.1 |
-//! | 5    | IA32_SEAMRR_PHYS_BASE/MASK (0x1400/0x1401) | IA32_MTRRCAP[15] (SEAMRR)                 |
+//! | 2    | IA32_FEATURE_CONTROL (0x3A)              | CPUID.1:ECX\[5\] (VMX), SDM Vol. 3C §24.7     |
+//! | 3    | IA32_TME_ACTIVATE (0x982)                | CPUID.7.0:ECX\[13\] (TME), Intel *Architecture Memory Encryption Technologies Specification* ch. 4 |
+//! | 4    | IA32_MTRRCAP (0xFE)                      | CPUID.1:EDX\[12\] (MTRR), SDM Vol. 3A §12.11.1 |
+//! | 5    | IA32_SEAMRR_PHYS_BASE/MASK (0x1400/0x1401) | IA32_MTRRCAP\[15\] (SEAMRR)                 |
 //! | 6    | IA32_MKTME_KEYID_PARTITIONING (0x87)     | TME enumerated *and* IA32_TME_ACTIVATE locked with MK-TME KeyID bits > 0 |
 //!
 //! Step 6 is deliberately stricter than any single enumeration bit: the partitioning MSR reports
@@ -25,7 +25,7 @@
 //! enumeration condition of MSR 0x87 here, so we only read it when all of those hold, which
 //! every TDX-enabled platform satisfies.
 //!
-//! Running under a hypervisor (CPUID.1:ECX[31]) is refused before any MSR is read: a host of
+//! Running under a hypervisor (CPUID.1:ECX\[31\]) is refused before any MSR is read: a host of
 //! TD guests must own SEAM, and a nested hypervisor may fault on MSRs its CPUID advertises.
 //!
 //! Key ID arithmetic (same spec): bits 31:0 of MSR 0x87 are the number of MK-TME KeyIDs, bits
@@ -53,32 +53,32 @@ pub mod msr {
     pub const IA32_SEAMRR_PHYS_MASK: u32 = 0x1401;
 }
 
-/// CPUID.1:ECX[5] VMX.
+/// CPUID.1:ECX\[5\] VMX.
 pub const CPUID_1_ECX_VMX: u32 = 1 << 5;
-/// CPUID.1:ECX[31] hypervisor present.
+/// CPUID.1:ECX\[31\] hypervisor present.
 pub const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// CPUID.1:EDX[12] MTRR.
+/// CPUID.1:EDX\[12\] MTRR.
 pub const CPUID_1_EDX_MTRR: u32 = 1 << 12;
-/// CPUID.(EAX=7,ECX=0):ECX[13] TME_EN: IA32_TME_CAPABILITY/ACTIVATE exist.
+/// CPUID.(EAX=7,ECX=0):ECX\[13\] TME_EN: IA32_TME_CAPABILITY/ACTIVATE exist.
 pub const CPUID_7_ECX_TME: u32 = 1 << 13;
 
-/// IA32_FEATURE_CONTROL[0] lock.
+/// IA32_FEATURE_CONTROL\[0\] lock.
 pub const FEATURE_CONTROL_LOCK: u64 = 1 << 0;
-/// IA32_FEATURE_CONTROL[2] VMX outside SMX.
+/// IA32_FEATURE_CONTROL\[2\] VMX outside SMX.
 pub const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
-/// IA32_TME_ACTIVATE[0] lock (read-only once set by firmware).
+/// IA32_TME_ACTIVATE\[0\] lock (read-only once set by firmware).
 pub const TME_ACTIVATE_LOCK: u64 = 1 << 0;
-/// IA32_TME_ACTIVATE[1] TME enable.
+/// IA32_TME_ACTIVATE\[1\] TME enable.
 pub const TME_ACTIVATE_ENABLE: u64 = 1 << 1;
-/// IA32_TME_ACTIVATE[35:32] MK_TME_KEYID_BITS: physical-address bits used for KeyIDs.
+/// IA32_TME_ACTIVATE\[35:32\] MK_TME_KEYID_BITS: physical-address bits used for KeyIDs.
 pub const TME_ACTIVATE_KEYID_BITS_SHIFT: u32 = 32;
-/// IA32_MTRRCAP[15] SEAMRR supported.
+/// IA32_MTRRCAP\[15\] SEAMRR supported.
 pub const MTRRCAP_SEAMRR: u64 = 1 << 15;
-/// IA32_SEAMRR_PHYS_BASE[3] configured by firmware.
+/// IA32_SEAMRR_PHYS_BASE\[3\] configured by firmware.
 pub const SEAMRR_BASE_CONFIGURED: u64 = 1 << 3;
-/// IA32_SEAMRR_PHYS_MASK[10] locked.
+/// IA32_SEAMRR_PHYS_MASK\[10\] locked.
 pub const SEAMRR_MASK_LOCKED: u64 = 1 << 10;
-/// IA32_SEAMRR_PHYS_MASK[11] enabled.
+/// IA32_SEAMRR_PHYS_MASK\[11\] enabled.
 pub const SEAMRR_MASK_ENABLED: u64 = 1 << 11;
 
 /// The CPUID values detection needs, read by the caller (STYLE.md point 5).
@@ -175,19 +175,19 @@ impl KeyIdRange {
 pub enum TdxAbsence {
     /// The CPU is not Intel.
     NotIntel,
-    /// CPUID.1:ECX[31]: we run under another hypervisor; TDX hosting needs the bare machine.
+    /// CPUID.1:ECX\[31\]: we run under another hypervisor; TDX hosting needs the bare machine.
     RunningAsGuest,
-    /// CPUID.1:ECX[5] clear.
+    /// CPUID.1:ECX\[5\] clear.
     NoVmx,
     /// IA32_FEATURE_CONTROL locked without VMX outside SMX.
     VmxDisabledByFirmware,
-    /// CPUID.7.0:ECX[13] clear: no Total Memory Encryption, on which TDX is built.
+    /// CPUID.7.0:ECX\[13\] clear: no Total Memory Encryption, on which TDX is built.
     NoTme,
     /// IA32_TME_ACTIVATE not locked, or TME not enabled, by firmware.
     TmeNotActivated,
-    /// No MTRRs, or IA32_MTRRCAP[15] clear: no SEAM range register.
+    /// No MTRRs, or IA32_MTRRCAP\[15\] clear: no SEAM range register.
     NoSeamrr,
-    /// IA32_SEAMRR_PHYS_BASE[3] clear: firmware did not configure the SEAM range.
+    /// IA32_SEAMRR_PHYS_BASE\[3\] clear: firmware did not configure the SEAM range.
     SeamrrNotConfigured,
     /// IA32_SEAMRR_PHYS_MASK lock/enable clear: SEAM range not enabled.
     SeamrrNotEnabled,

@@ -18,7 +18,7 @@
 //! `cargo test` against a simulated TDX module. The one instruction, SEAMCALL, is the kernel's
 //! `arch/seamcall.rs`, behind the [`Seamcall`] trait.
 //!
-//! - [`detect`]: CPUID + MSRs (only those enumerated) → [`TdxSupport`]; `tdx=` request →
+//! - [`detect`](mod@detect): CPUID + MSRs (only those enumerated) → [`TdxSupport`]; `tdx=` request →
 //!   [`Decision`], never fatal.
 //! - [`seamcall`]: leaf numbers, register block, status codes, the [`Seamcall`] trait.
 //! - [`bringup`]: the module state machine ([`Tdx`]), per-CPU init through the virt layer,
