@@ -11,8 +11,34 @@
 //! | `exit_after_boot`         | power off once every CPU is up (for tests)      | off          |
 //! | `crash_test`              | take the panic path once every CPU is up (tests)| off          |
 //! | `vm=IMAGE`                | create and start a VM from a built-in image (repeatable, up to 16) | none |
+//! | `tdx=on\|off\|auto`        | bring the TDX module up (`on` logs why not when the machine cannot) | `off` |
 
 use core::fmt;
+
+/// What the command line asked for (`tdx=on|off|auto`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TdxRequest {
+    /// Do not touch TDX (the default: no TD guests exist yet).
+    #[default]
+    Off,
+    /// Bring TDX up; if the machine cannot, log why and carry on without it.
+    On,
+    /// Bring TDX up when the machine supports it, quietly skip otherwise.
+    Auto,
+}
+
+impl TdxRequest {
+    /// Parses the value of `tdx=`; `None` for anything else (the caller logs and uses the
+    /// default).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "on" | "1" | "yes" => Some(TdxRequest::On),
+            "off" | "0" | "no" => Some(TdxRequest::Off),
+            "auto" => Some(TdxRequest::Auto),
+            _ => None,
+        }
+    }
+}
 
 /// How the endpoint's interface gets its address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +60,8 @@ pub struct BootConfig {
     pub crash_test: bool,
     /// Built-in images to start as VMs at boot, in order.
     pub vms: heapless::Vec<heapless::String<32>, 16>,
+    /// Whether to bring the TDX module up (never fatal when the machine has no TDX).
+    pub tdx: TdxRequest,
 }
 
 impl Default for BootConfig {
@@ -44,6 +72,7 @@ impl Default for BootConfig {
             exit_after_boot: false,
             crash_test: false,
             vms: heapless::Vec::new(),
+            tdx: TdxRequest::Off,
         }
     }
 }
@@ -95,6 +124,7 @@ impl BootConfig {
                     };
                 }
                 ("gw", Some(v)) => gateway = Some(parse_ipv4(v).ok_or_else(bad)?),
+                ("tdx", Some(v)) => c.tdx = TdxRequest::parse(v).ok_or_else(bad)?,
                 ("exit_after_boot", None) => c.exit_after_boot = true,
                 ("crash_test", None) => c.crash_test = true,
                 ("vm", Some(v)) => {
@@ -103,7 +133,7 @@ impl BootConfig {
                         return Err(bad());
                     }
                 }
-                ("port" | "ip" | "gw" | "vm", None)
+                ("port" | "ip" | "gw" | "vm" | "tdx", None)
                 | ("exit_after_boot" | "crash_test", Some(_)) => {
                     return Err(bad());
                 }
@@ -164,6 +194,18 @@ mod tests {
             }
         );
         assert!(c.exit_after_boot);
+    }
+
+    #[test]
+    fn tdx_request() {
+        assert_eq!(BootConfig::parse([]).unwrap().tdx, TdxRequest::Off);
+        assert_eq!(BootConfig::parse(["tdx=on"]).unwrap().tdx, TdxRequest::On);
+        assert_eq!(
+            BootConfig::parse(["tdx=auto"]).unwrap().tdx,
+            TdxRequest::Auto
+        );
+        assert!(BootConfig::parse(["tdx=maybe"]).is_err());
+        assert!(BootConfig::parse(["tdx"]).is_err());
     }
 
     #[test]

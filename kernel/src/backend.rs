@@ -104,6 +104,9 @@ impl Backend for Hypervisor {
             OnlineError::Rebooting => CpuError::Conflict(Conflict::Rebooting),
             OnlineError::Enable(_) => CpuError::Failed(Failure::VirtEnable),
         });
+        if result.is_ok() {
+            crate::tdx::on_online(CpuId(id), l);
+        }
         drop(guard);
         result?;
         crate::vms::restore(id as usize);
@@ -117,7 +120,8 @@ impl Backend for Hypervisor {
     fn cpu_offline(&mut self, id: u32) -> Result<CpuInfo<'_>, CpuError> {
         let mut guard = layer();
         let l = guard.as_mut().ok_or(CpuError::NotFound)?;
-        l.offline(CpuId(id), &EndpointCpu).map_err(|e| match e {
+        let vetoes: [&dyn virt::OfflineVeto; 2] = [&EndpointCpu, &crate::tdx::TdxVeto];
+        l.offline(CpuId(id), &vetoes).map_err(|e| match e {
             OfflineError::NoSuchCpu => CpuError::NotFound,
             OfflineError::AlreadyOffline => CpuError::Conflict(Conflict::AlreadyOffline),
             OfflineError::LastOnlineCpu => CpuError::Conflict(Conflict::LastOnline),

@@ -17,6 +17,7 @@ mod endpoint;
 mod hw;
 mod nic;
 mod percpu;
+mod tdx;
 mod virt;
 mod vms;
 
@@ -52,6 +53,7 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
     );
     backend::init(features);
     virt::init(features.virt);
+    tdx::init(config.tdx);
 
     vms::start_from_cmdline(config.vms.iter().map(|s| s.as_str()), cpus::count());
     if config.crash_test {

@@ -176,6 +176,8 @@ pub fn emergency_disable_all() -> usize {
     match LAYER.try_lock() {
         Some(mut guard) => {
             if let Some(layer) = guard.as_mut() {
+                // TDX lets go first: it runs on top of VMX.
+                crate::tdx::shutdown(layer);
                 let faulted = layer.begin_reboot();
                 if !faulted.is_empty() {
                     println!(

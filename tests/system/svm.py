@@ -223,6 +223,18 @@ def test_multiboot_guests_from_guests_crate():
             assert f"[vm 2 exerciser-2] PASS {check}" in console, (check, console[-3000:])
 
 
+def test_tdx_on_without_tdx_is_not_fatal():
+    """tdx=on on a machine without TDX (an AMD CPU, and a guest of QEMU): the image says why,
+    carries on, and reports it under GET /v1/host."""
+    with Hermitage(smp=2, append="tdx=on") as hv:
+        console = hv.console()
+        assert re.search(r"tdx: requested but unavailable: .+ \((not_intel|running_as_guest)\); continuing without TDX",
+                         console), console[-3000:]
+        host = hv.get_json("/v1/host")
+        assert host["tdx"]["supported"] is False and host["tdx"]["reason"] in ("not_intel", "running_as_guest"), host
+        assert hv.get_json("/v1/health")["status"] == "ok"
+
+
 TESTS = [test_boot_1_cpu, test_boot_2_cpus, test_boot_4_cpus, test_errors_are_json,
          test_keep_alive_connection_serves_many, test_curl_like_a_person,
          test_clean_shutdown_exit_code, test_bad_command_line_is_refused,
@@ -232,7 +244,7 @@ TESTS = [test_boot_1_cpu, test_boot_2_cpus, test_boot_4_cpus, test_errors_are_js
          test_panic_path_shoots_down_every_cpu, test_reboot_comes_back_ready,
          test_guest_runs_under_svm_with_npt,
          test_spinning_guests_are_preempted_and_move_when_their_cpu_goes_offline,
-         test_multiboot_guests_from_guests_crate]
+         test_multiboot_guests_from_guests_crate, test_tdx_on_without_tdx_is_not_fatal]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("svm", TESTS, sys.argv[1:]) else 0)

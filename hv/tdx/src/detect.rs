@@ -389,30 +389,9 @@ fn detect_keyids(c: &CpuidFacts, msrs: &mut impl MsrReader) -> Result<KeyIdRange
     })
 }
 
-/// What the command line asked for (`tdx=on|off|auto`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum TdxRequest {
-    /// Do not touch TDX (the default: no TD guests exist yet).
-    #[default]
-    Off,
-    /// Bring TDX up; if the machine cannot, log why and carry on without it.
-    On,
-    /// Bring TDX up when the machine supports it, quietly skip otherwise.
-    Auto,
-}
-
-impl TdxRequest {
-    /// Parses the value of `tdx=`; `None` for anything else (the caller logs and uses the
-    /// default).
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "on" | "1" | "yes" => Some(TdxRequest::On),
-            "off" | "0" | "no" => Some(TdxRequest::Off),
-            "auto" => Some(TdxRequest::Auto),
-            _ => None,
-        }
-    }
-}
+/// What the command line asked for (`tdx=on|off|auto`): parsed with the rest of the command
+/// line in [`hv::config`].
+pub use hv::config::TdxRequest;
 
 /// What to do about TDX at boot. Never fatal: the hypervisor runs either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

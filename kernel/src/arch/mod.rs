@@ -4,6 +4,7 @@
 
 mod frames;
 pub mod nmi;
+pub mod seamcall;
 pub mod svm;
 pub mod svm_vcpu;
 pub mod timer;
@@ -20,6 +21,11 @@ pub enum Job {
     EmergencyDisable,
     IsEnabled,
     SelfTest,
+    /// SEAMCALL into the TDX module on this CPU (refused unless TDX was detected and VMX is on).
+    Seamcall {
+        leaf: tdx::seamcall::Leaf,
+        args: tdx::seamcall::Regs,
+    },
 }
 
 /// Why the self-test failed. Hardware detail is data.
@@ -69,6 +75,7 @@ pub enum Reply {
     Done,
     IsEnabled(bool),
     SelfTest(Result<SelfTestReport, SelfTestError>),
+    Seamcall(Result<tdx::seamcall::Regs, tdx::seamcall::TdxError>),
 }
 
 /// Turn off whatever virtualization is on on this CPU, for the reboot and crash paths.
@@ -79,6 +86,9 @@ pub fn emergency_off_here() {
 
 /// Run `job` here, on CPU `cpu`, for the host's virtualization kind.
 pub fn execute(kind: VirtKind, cpu: usize, job: Job) -> Reply {
+    if let Job::Seamcall { leaf, args } = job {
+        return Reply::Seamcall(seamcall::execute_here(leaf, args));
+    }
     match kind {
         VirtKind::Svm => svm::execute(cpu, job),
         VirtKind::Vmx => vmx::execute(cpu, job),
@@ -88,6 +98,7 @@ pub fn execute(kind: VirtKind, cpu: usize, job: Job) -> Reply {
             Job::EmergencyDisable => Reply::Done,
             Job::IsEnabled => Reply::IsEnabled(false),
             Job::SelfTest => Reply::SelfTest(Err(SelfTestError::Unsupported)),
+            Job::Seamcall { .. } => Reply::Seamcall(Err(tdx::seamcall::TdxError::VMFAIL_INVALID)),
         },
     }
 }

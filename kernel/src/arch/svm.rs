@@ -51,6 +51,8 @@ pub fn execute(cpu: usize, job: Job) -> Reply {
         }
         Job::IsEnabled => Reply::IsEnabled(is_enabled()),
         Job::SelfTest => Reply::SelfTest(self_test(cpu)),
+        // Answered by `arch::execute` before it gets here.
+        Job::Seamcall { leaf, args } => Reply::Seamcall(super::seamcall::execute_here(leaf, args)),
     }
 }
 
