@@ -76,8 +76,10 @@
 extern crate alloc;
 
 pub mod api;
+pub mod body;
 pub mod error;
 pub mod http;
+pub mod json;
 pub mod router;
 pub mod server;
 
