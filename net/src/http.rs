@@ -25,8 +25,17 @@
 //! * Not supported (yet): `Expect: 100-continue` (curl only sends it for bodies over 1 KiB and
 //!   then sends the body anyway after a second), `HEAD`, absolute-form targets, percent-decoding.
 //!
-//! Memory: a [`Conn`] allocates its input buffer once, `max_head_bytes + max_body_bytes` long,
-//! and never grows it; parsing allocates nothing.
+//! * Bodies have two limits: [`Limits::max_body_bytes`] for every route but the image upload
+//!   (JSON documents, 64 KiB), and [`Limits::max_upload_bytes`] (4 MiB) for the routes whose
+//!   [`crate::router::BodyKind`] is `Upload`. Which one applies is decided from the request
+//!   head, before any of the body is buffered: an oversized `Content-Length` is answered 413 at
+//!   once.
+//!
+//! Memory: a [`Conn`] allocates its input buffer once, `max_head_bytes + max_body_bytes` long.
+//! It grows past that only while the request at the front is an upload whose head has been
+//! parsed and accepted, to exactly that request's size, and shrinks back once it is answered:
+//! an idle connection never holds an upload-sized buffer, and neither does one that only sends
+//! heads. Parsing allocates nothing.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -48,7 +57,10 @@ pub struct Limits {
     /// (default 8 KiB). More: 431.
     pub max_head_bytes: usize,
     /// Most bytes in a request body, as announced by `Content-Length` (default 64 KiB). More: 413.
+    /// Applies to every route but uploads.
     pub max_body_bytes: usize,
+    /// Most bytes in an upload body (`PUT /v1/vms/{id}/image`; default 4 MiB). More: 413.
+    pub max_upload_bytes: usize,
     /// Most bytes in one response, head included (default 256 KiB). A reply that would not fit
     /// is replaced by a `500 response_too_large` error. [`crate::serve`] also stops answering
     /// pipelined requests once this many bytes are waiting in its output, until they are sent.
@@ -56,11 +68,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The documented defaults: 32 headers, 8 KiB head, 64 KiB body, 256 KiB response.
+    /// The documented defaults: 32 headers, 8 KiB head, 64 KiB body, 4 MiB upload, 256 KiB
+    /// response.
     pub const DEFAULT: Limits = Limits {
         max_headers: 32,
         max_head_bytes: 8 * 1024,
         max_body_bytes: 64 * 1024,
+        max_upload_bytes: 4 * 1024 * 1024,
         max_response_bytes: 256 * 1024,
     };
 
@@ -70,6 +84,14 @@ impl Limits {
 
     fn buffer_capacity(&self) -> usize {
         self.max_head_bytes.saturating_add(self.max_body_bytes)
+    }
+
+    /// The body limit for a request to `method path`.
+    pub fn body_limit(&self, method: Method, path: &str) -> usize {
+        match crate::router::body_kind(method, path) {
+            crate::router::BodyKind::Upload => self.max_upload_bytes,
+            _ => self.max_body_bytes,
+        }
     }
 }
 
@@ -193,8 +215,12 @@ impl fmt::Display for Methods {
 pub enum Status {
     /// 200
     Ok,
+    /// 201
+    Created,
     /// 202
     Accepted,
+    /// 204
+    NoContent,
     /// 400
     BadRequest,
     /// 401
@@ -203,6 +229,8 @@ pub enum Status {
     NotFound,
     /// 405
     MethodNotAllowed,
+    /// 408
+    RequestTimeout,
     /// 409
     Conflict,
     /// 411
@@ -221,18 +249,51 @@ pub enum Status {
     ServiceUnavailable,
     /// 505
     HttpVersionNotSupported,
+    /// 507
+    InsufficientStorage,
 }
 
 impl Status {
+    /// Every status, in code order (for counters indexed by [`Status::index`]).
+    pub const ALL: [Status; 19] = [
+        Status::Ok,
+        Status::Created,
+        Status::Accepted,
+        Status::NoContent,
+        Status::BadRequest,
+        Status::Unauthorized,
+        Status::NotFound,
+        Status::MethodNotAllowed,
+        Status::RequestTimeout,
+        Status::Conflict,
+        Status::LengthRequired,
+        Status::ContentTooLarge,
+        Status::UnsupportedMediaType,
+        Status::HeaderFieldsTooLarge,
+        Status::InternalServerError,
+        Status::NotImplemented,
+        Status::ServiceUnavailable,
+        Status::HttpVersionNotSupported,
+        Status::InsufficientStorage,
+    ];
+
+    /// Position in [`Status::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The numeric code.
     pub const fn code(self) -> u16 {
         match self {
             Status::Ok => 200,
+            Status::Created => 201,
             Status::Accepted => 202,
+            Status::NoContent => 204,
             Status::BadRequest => 400,
             Status::Unauthorized => 401,
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
+            Status::RequestTimeout => 408,
             Status::Conflict => 409,
             Status::LengthRequired => 411,
             Status::ContentTooLarge => 413,
@@ -242,6 +303,7 @@ impl Status {
             Status::NotImplemented => 501,
             Status::ServiceUnavailable => 503,
             Status::HttpVersionNotSupported => 505,
+            Status::InsufficientStorage => 507,
         }
     }
 
@@ -249,11 +311,14 @@ impl Status {
     pub const fn reason(self) -> &'static str {
         match self {
             Status::Ok => "OK",
+            Status::Created => "Created",
             Status::Accepted => "Accepted",
+            Status::NoContent => "No Content",
             Status::BadRequest => "Bad Request",
             Status::Unauthorized => "Unauthorized",
             Status::NotFound => "Not Found",
             Status::MethodNotAllowed => "Method Not Allowed",
+            Status::RequestTimeout => "Request Timeout",
             Status::Conflict => "Conflict",
             Status::LengthRequired => "Length Required",
             Status::ContentTooLarge => "Content Too Large",
@@ -263,6 +328,7 @@ impl Status {
             Status::NotImplemented => "Not Implemented",
             Status::ServiceUnavailable => "Service Unavailable",
             Status::HttpVersionNotSupported => "HTTP Version Not Supported",
+            Status::InsufficientStorage => "Insufficient Storage",
         }
     }
 }
@@ -394,6 +460,9 @@ pub struct Conn {
     /// fixed at construction.
     buf: Vec<u8>,
     consumed: usize,
+    /// Bytes the request at the front needs in all, once its head is parsed and it is larger
+    /// than the default buffer (an upload); 0 otherwise.
+    want: usize,
     state: State,
 }
 
@@ -411,6 +480,7 @@ impl Conn {
             limits,
             buf: Vec::with_capacity(limits.buffer_capacity()),
             consumed: 0,
+            want: 0,
             state: State::Open,
         }
     }
@@ -418,7 +488,9 @@ impl Conn {
     /// Makes this a fresh connection again, keeping the buffer (for connection pools).
     pub fn reset(&mut self) {
         self.buf.clear();
+        self.buf.shrink_to(self.limits.buffer_capacity());
         self.consumed = 0;
+        self.want = 0;
         self.state = State::Open;
     }
 
@@ -451,8 +523,10 @@ impl Conn {
         if self.consumed > 0 {
             self.buf.drain(..self.consumed);
             self.consumed = 0;
+            // Give back what an upload took.
+            self.buf.shrink_to(self.limits.buffer_capacity());
         }
-        let room = self.limits.buffer_capacity() - self.buf.len();
+        let room = self.limits.buffer_capacity().max(self.want) - self.buf.len();
         let n = bytes.len().min(room);
         self.buf.extend_from_slice(&bytes[..n]);
         n
@@ -469,14 +543,23 @@ impl Conn {
         let limits = self.limits;
         let input = &self.buf[self.consumed..];
         match parse(&limits, input) {
-            Ok(Some((req, len))) => {
+            Ok(Parsed::Done(req, len)) => {
                 self.consumed += len;
+                self.want = 0;
                 if !req.keep_alive {
                     self.state = State::Closed;
                 }
                 Next::Request(req)
             }
-            Ok(None) => Next::NeedMore,
+            Ok(Parsed::Need(total)) => {
+                // Beyond the default buffer only for a request whose head was accepted.
+                self.want = if total > limits.buffer_capacity() {
+                    total
+                } else {
+                    0
+                };
+                Next::NeedMore
+            }
             Err(e) => {
                 self.state = State::Closed;
                 Next::Error(e)
@@ -485,9 +568,16 @@ impl Conn {
     }
 }
 
-/// Parses one request from the front of `input`: the request and how many bytes it spans, or
-/// `None` if more bytes are needed.
-fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, ParseError> {
+/// What [`parse`] found at the front of the input.
+enum Parsed<'a> {
+    /// A request and how many bytes it spans.
+    Done(Request<'a>, usize),
+    /// More bytes are needed: the request's total size when its head is complete, else 0.
+    Need(usize),
+}
+
+/// Parses one request from the front of `input`.
+fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Parsed<'a>, ParseError> {
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let mut head = httparse::Request::new(&mut slots[..limits.header_slots()]);
     // Only the first `max_head_bytes` are ever parsed as head, so that the outcome does not
@@ -497,7 +587,7 @@ fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, us
     let head_len = match head.parse(window) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if full => return Err(ParseError::HeadTooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Need(0)),
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
         // httparse reports any unexpected byte in the version as soon as it sees it; wait for
         // the whole request line to tell `HTTP/2.0` (505) from garbage (400).
@@ -505,7 +595,7 @@ fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, us
             Some(line) if is_other_version(line) => return Err(ParseError::UnsupportedVersion),
             Some(_) => return Err(ParseError::Malformed),
             None if full => return Err(ParseError::HeadTooLarge),
-            None => return Ok(None),
+            None => return Ok(Parsed::Need(0)),
         },
         Err(_) => return Err(ParseError::Malformed),
     };
@@ -564,21 +654,22 @@ fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, us
     }
 
     let body_len = content_length.unwrap_or(0);
-    if body_len > limits.max_body_bytes as u64 {
+    let method = Method::from_token(method);
+    if body_len > limits.body_limit(method, path) as u64 {
         return Err(ParseError::BodyTooLarge);
     }
-    // Fits in usize: bounded by max_body_bytes.
+    // Fits in usize: bounded by the body limit.
     let total = head_len + body_len as usize;
     if input.len() < total {
-        return Ok(None);
+        return Ok(Parsed::Need(total));
     }
     let keep_alive = match minor_version {
         0 => keep_alive_token && !close,
         _ => !close,
     };
-    Ok(Some((
+    Ok(Parsed::Done(
         Request {
-            method: Method::from_token(method),
+            method,
             path,
             query,
             minor_version,
@@ -588,7 +679,7 @@ fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, us
             keep_alive,
         },
         total,
-    )))
+    ))
 }
 
 /// `Content-Length = 1*DIGIT` (RFC 9110 §8.6). Values too large for u64 are certainly over the
@@ -644,28 +735,91 @@ fn is_other_version(line: &[u8]) -> bool {
             if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
-/// Writes a response head into `out`: status line, `Content-Type: application/json`,
-/// `Content-Length`, `Connection`, and `Allow` when given.
-pub fn write_head(
-    out: &mut Vec<u8>,
-    status: Status,
-    content_length: usize,
-    keep_alive: bool,
-    allow: Methods,
-) {
+/// A header value: a number or text (text must be a valid field value: visible ASCII and
+/// spaces, no CR or LF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderValue<'a> {
+    /// A decimal number.
+    Num(u64),
+    /// Text, written as is.
+    Text(&'a str),
+}
+
+impl fmt::Display for HeaderValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderValue::Num(n) => write!(f, "{n}"),
+            HeaderValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// `Content-Type` of JSON bodies.
+pub const JSON: &str = "application/json";
+
+/// A response head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head<'a> {
+    /// The status.
+    pub status: Status,
+    /// `Content-Type`; `None` for a response without a body (204).
+    pub content_type: Option<&'a str>,
+    /// `Content-Length`; `None` for 204, which must not send one (RFC 9110 §8.6).
+    pub content_length: Option<usize>,
+    /// `Connection: keep-alive` or `close`.
+    pub keep_alive: bool,
+    /// `Allow`, when not empty (405).
+    pub allow: Methods,
+    /// More headers, in order.
+    pub extra: &'a [(&'a str, HeaderValue<'a>)],
+}
+
+impl<'a> Head<'a> {
+    /// A JSON response of `content_length` bytes.
+    pub const fn json(status: Status, content_length: usize, keep_alive: bool) -> Self {
+        Head {
+            status,
+            content_type: Some(JSON),
+            content_length: Some(content_length),
+            keep_alive,
+            allow: Methods::EMPTY,
+            extra: &[],
+        }
+    }
+}
+
+/// Writes a response head into `out`: status line, `Content-Type`, `Content-Length`,
+/// `Connection`, `Allow` when given, then the extra headers and the blank line.
+pub fn write_head(out: &mut Vec<u8>, head: &Head<'_>) {
     use fmt::Write as _;
     let mut w = VecWriter(out);
     // Writing into a Vec cannot fail.
     let _ = write!(
         w,
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n",
-        status.code(),
-        status.reason(),
-        content_length,
-        if keep_alive { "keep-alive" } else { "close" },
+        "HTTP/1.1 {} {}\r\n",
+        head.status.code(),
+        head.status.reason()
     );
-    if !allow.is_empty() {
-        let _ = write!(w, "Allow: {allow}\r\n");
+    if let Some(t) = head.content_type {
+        let _ = write!(w, "Content-Type: {t}\r\n");
+    }
+    if let Some(n) = head.content_length {
+        let _ = write!(w, "Content-Length: {n}\r\n");
+    }
+    let _ = write!(
+        w,
+        "Connection: {}\r\n",
+        if head.keep_alive {
+            "keep-alive"
+        } else {
+            "close"
+        }
+    );
+    if !head.allow.is_empty() {
+        let _ = write!(w, "Allow: {}\r\n", head.allow);
+    }
+    for (name, value) in head.extra {
+        let _ = write!(w, "{name}: {value}\r\n");
     }
     w.0.extend_from_slice(b"\r\n");
 }

@@ -76,14 +76,16 @@
 extern crate alloc;
 
 pub mod api;
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod http;
 pub mod json;
+pub mod metrics;
 pub mod router;
 pub mod server;
 
 pub use api::Backend;
 pub use error::ApiError;
 pub use http::{Conn, Limits, Next, Request};
-pub use server::{Flow, handle, serve};
+pub use server::{Endpoint, Flow, Settings, handle, serve};

@@ -141,6 +141,7 @@ fn small_limits() -> impl Strategy<Value = Limits> {
             max_headers: h,
             max_head_bytes: head,
             max_body_bytes: body,
+            max_upload_bytes: body * 3,
             max_response_bytes: resp,
         }
     })
