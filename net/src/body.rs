@@ -218,8 +218,22 @@ fn parse_with<T>(
     let mut diag = Diag::default();
     let mut de = serde_json_core::de::Deserializer::new(body, Some(&mut unescape));
     let result = f(&mut de, &mut diag).and_then(|v| de.end().map(|_| v));
-    result.map_err(|_| match (diag.error, diag.reading) {
+    use serde_json_core::de::Error as E;
+    result.map_err(|e| match (diag.error, diag.reading) {
         (Some(e), _) => e,
+        // A body cut short is a syntax error, whatever field it was cut in.
+        (None, _)
+            if matches!(
+                e,
+                E::EofWhileParsingList
+                    | E::EofWhileParsingObject
+                    | E::EofWhileParsingString
+                    | E::EofWhileParsingNumber
+                    | E::EofWhileParsingValue
+            ) =>
+        {
+            BodyError::Syntax
+        }
         (None, Some((field, expected))) => BodyError::Invalid { field, expected },
         (None, None) => BodyError::Syntax,
     })
@@ -274,6 +288,7 @@ fn value<'de, A: MapAccess<'de>, T: de::Deserialize<'de>>(
     bit: u32,
     field: &'static str,
     expected: &'static str,
+    numeric: bool,
 ) -> Result<T, A::Error> {
     if *seen & bit != 0 {
         return fail(diag, BodyError::Duplicate(field));
@@ -281,8 +296,11 @@ fn value<'de, A: MapAccess<'de>, T: de::Deserialize<'de>>(
     *seen |= bit;
     diag.reading = Some((field, expected));
     let v = map.next_value()?;
-    // Stays set until the next key is read: serde-json-core takes the `1` of `1.5` as a whole
-    // integer and stumbles only on the `.` after it, which must still be blamed on this field.
+    // A number stays blamed until the next key is read: serde-json-core takes the `1` of `1.5`
+    // as a whole integer and stumbles only on the `.` after it. Other values end cleanly.
+    if !numeric {
+        diag.reading = None;
+    }
     Ok(v)
 }
 
@@ -345,6 +363,7 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                         1,
                         "name",
                         VmConfigError::Name.expected(),
+                        false,
                     )?)
                 }
                 "image" => {
@@ -355,6 +374,7 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                         2,
                         "image",
                         VmConfigError::Image.expected(),
+                        false,
                     )?)
                 }
                 "memory_mib" => {
@@ -365,6 +385,7 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                         4,
                         "memory_mib",
                         VmConfigError::MemoryMib.expected(),
+                        true,
                     )?)
                 }
                 "cpu" => {
@@ -375,6 +396,7 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                         8,
                         "cpu",
                         "a CPU number from 0 to 63, or null",
+                        true,
                     )?)
                 }
                 "cmdline" => {
@@ -385,6 +407,7 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                         16,
                         "cmdline",
                         VmConfigError::Cmdline.expected(),
+                        false,
                     )?)
                 }
                 "on_crash" => {
@@ -395,6 +418,7 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                         32,
                         "on_crash",
                         ON_CRASH_EXPECTED,
+                        false,
                     )?)
                 }
                 "pmu" => {
@@ -407,7 +431,15 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                     pmu = Some(p);
                 }
                 "start" => {
-                    start = Some(value(&mut map, d, &mut seen, 128, "start", BOOL_EXPECTED)?)
+                    start = Some(value(
+                        &mut map,
+                        d,
+                        &mut seen,
+                        128,
+                        "start",
+                        BOOL_EXPECTED,
+                        false,
+                    )?)
                 }
                 _ => return fail(d, BodyError::Unknown { prefix: "", key }),
             }
@@ -612,19 +644,25 @@ impl<'de> Visitor<'de> for PmuVisitor<'_> {
             let (name, exp) = (prefix.field(f), f.expected());
             match f {
                 PmuField::Vendor => {
-                    vendor = Some(value(&mut map, d, &mut seen, f.bit(), name, exp)?)
+                    vendor = Some(value(&mut map, d, &mut seen, f.bit(), name, exp, false)?)
                 }
-                PmuField::Kind => kind = Some(value(&mut map, d, &mut seen, f.bit(), name, exp)?),
+                PmuField::Kind => {
+                    kind = Some(value(&mut map, d, &mut seen, f.bit(), name, exp, false)?)
+                }
                 PmuField::Version => {
-                    nums[0] = Some(value(&mut map, d, &mut seen, f.bit(), name, exp)?)
+                    nums[0] = Some(value(&mut map, d, &mut seen, f.bit(), name, exp, true)?)
                 }
-                PmuField::Gp => nums[1] = Some(value(&mut map, d, &mut seen, f.bit(), name, exp)?),
+                PmuField::Gp => {
+                    nums[1] = Some(value(&mut map, d, &mut seen, f.bit(), name, exp, true)?)
+                }
                 PmuField::Fixed => {
-                    nums[2] = Some(value(&mut map, d, &mut seen, f.bit(), name, exp)?)
+                    nums[2] = Some(value(&mut map, d, &mut seen, f.bit(), name, exp, true)?)
                 }
-                PmuField::Width => width = Some(value(&mut map, d, &mut seen, f.bit(), name, exp)?),
+                PmuField::Width => {
+                    width = Some(value(&mut map, d, &mut seen, f.bit(), name, exp, true)?)
+                }
                 PmuField::FullWidth => {
-                    full_width = Some(value(&mut map, d, &mut seen, f.bit(), name, exp)?)
+                    full_width = Some(value(&mut map, d, &mut seen, f.bit(), name, exp, false)?)
                 }
             }
         }

@@ -47,7 +47,6 @@ pub enum Flow {
 /// Everything configurable about the endpoint. Build with [`Settings::default`] or
 /// [`Settings::from_boot_config`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Settings {
     /// Per-connection limits ([`Limits::DEFAULT`]).
     pub limits: Limits,
