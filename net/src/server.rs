@@ -139,7 +139,7 @@ impl Endpoint {
         out: &mut Vec<u8>,
     ) -> Flow {
         let token = self.settings.token.as_ref();
-        serve_with(conn, backend, out, token, &mut self.stats)
+        serve_with(conn, backend, out, token, Some(&mut self.stats))
     }
 
     /// Appends the 503 `too_many_connections` answer for a connection the transport will not
@@ -164,8 +164,10 @@ impl Endpoint {
 ///
 /// Stops early, with [`Flow::Continue`], once `out` holds [`Limits::max_response_bytes`] or more,
 /// so that pipelined requests cannot make the output grow without bound.
+///
+/// `GET /v1/metrics` then reports no HTTP responses: there is nowhere to keep them.
 pub fn serve<B: Backend + ?Sized>(conn: &mut Conn, backend: &mut B, out: &mut Vec<u8>) -> Flow {
-    serve_with(conn, backend, out, None, &mut HttpStats::default())
+    serve_with(conn, backend, out, None, None)
 }
 
 fn serve_with<B: Backend + ?Sized>(
@@ -173,17 +175,24 @@ fn serve_with<B: Backend + ?Sized>(
     backend: &mut B,
     out: &mut Vec<u8>,
     token: Option<&ApiToken>,
-    stats: &mut HttpStats,
+    mut stats: Option<&mut HttpStats>,
 ) -> Flow {
     let limits = *conn.limits();
+    let none = HttpStats::default();
     while out.len() < limits.max_response_bytes {
         match conn.next_request() {
             Next::Request(req) => {
-                let status = answer(backend, &req, &limits, out, token, stats);
-                stats.record(status);
+                let seen = stats.as_deref().unwrap_or(&none);
+                let status = answer(backend, &req, &limits, out, token, seen);
+                if let Some(s) = stats.as_deref_mut() {
+                    s.record(status);
+                }
             }
             Next::Error(e) => {
-                stats.record(write_error(out, ApiError::Parse(e), None, false));
+                let status = write_error(out, ApiError::Parse(e), None, false);
+                if let Some(s) = stats {
+                    s.record(status);
+                }
                 return Flow::Close;
             }
             Next::NeedMore => return Flow::Continue,
