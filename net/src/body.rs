@@ -3,7 +3,7 @@
 //! Why a hand-written visitor over serde-json-core instead of `#[derive(Deserialize)]`: a
 //! client that sends `{"memory_mib": 4096}` should read `memory_mib: expected an integer from
 //! 1 to 1024`, not "invalid type". serde-json-core's errors carry no position and no field, so
-//! the visitor records which field it is reading ([`Diag`]) and the error is built from that
+//! the visitor records which field it is reading (`Diag`) and the error is built from that
 //! and from hv's own validation ([`hv::vm::VmConfigError::expected`],
 //! [`hv::vpmu::ConfigError`]). The JSON grammar itself is still serde-json-core's.
 //!

@@ -8,7 +8,7 @@
 //! authentication and without counters (for callers that compose their own flow, and tests).
 //!
 //! Per request, in order: authentication (401) -> route (404/405/501/400) -> `Content-Type`
-//! of the body against the route's [`BodyKind`] (415) -> body or query (400) -> backend ->
+//! of the body against the route's [`router::BodyKind`] (415) -> body or query (400) -> backend ->
 //! response.
 //!
 //! Responses are appended to a caller's `Vec<u8>`. Each is bounded by
