@@ -129,6 +129,7 @@ impl ApiError {
                 ParseError::ChunkedBody => "length_required",
                 ParseError::UnsupportedTransferCoding => "unsupported_transfer_coding",
                 ParseError::UnsupportedVersion => "http_version_not_supported",
+                ParseError::Unauthorized => "unauthorized",
             },
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -274,6 +275,7 @@ impl fmt::Display for Message<'_, '_> {
                 ParseError::UnsupportedVersion => {
                     f.write_str("HTTP version not supported; use HTTP/1.1")
                 }
+                ParseError::Unauthorized => f.write_str("missing or wrong bearer token"),
             },
             ApiError::NotFound => write!(f, "no route for {method} {path}"),
             ApiError::MethodNotAllowed(allow) => {

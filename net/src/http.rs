@@ -35,10 +35,15 @@
 //! It grows past that only while the request at the front is an upload whose head has been
 //! parsed and accepted, to exactly that request's size, and shrinks back once it is answered:
 //! an idle connection never holds an upload-sized buffer, and neither does one that only sends
-//! heads. Parsing allocates nothing.
+//! heads. With a bearer token configured ([`Conn::with_token`]) it grows only for a request
+//! that carries the token: an upload without it is answered 401 from its head alone (and the
+//! connection closed), so unauthenticated clients cannot make the endpoint hold upload-sized
+//! buffers. Parsing allocates nothing.
 
 use alloc::vec::Vec;
 use core::fmt;
+
+use hv::config::ApiToken;
 
 /// How many header slots the parser is given at most; [`Limits::max_headers`] is clamped to it.
 ///
@@ -356,6 +361,9 @@ pub enum ParseError {
     UnsupportedTransferCoding,
     /// A well-formed version that is not HTTP/1.0 or HTTP/1.1, such as `HTTP/2.0` (505).
     UnsupportedVersion,
+    /// A body larger than the default buffer (an upload) without the bearer token: refused
+    /// from the head, before the body is buffered (401).
+    Unauthorized,
 }
 
 /// The headers [`ParseError::BadHeader`] can name.
@@ -395,6 +403,7 @@ impl ParseError {
             ParseError::ChunkedBody => Status::LengthRequired,
             ParseError::UnsupportedTransferCoding => Status::NotImplemented,
             ParseError::UnsupportedVersion => Status::HttpVersionNotSupported,
+            ParseError::Unauthorized => Status::Unauthorized,
         }
     }
 }
@@ -463,6 +472,8 @@ pub struct Conn {
     /// Bytes the request at the front needs in all, once its head is parsed and it is larger
     /// than the default buffer (an upload); 0 otherwise.
     want: usize,
+    /// Uploads beyond the default buffer need this token.
+    token: Option<ApiToken>,
     state: State,
 }
 
@@ -476,11 +487,18 @@ enum State {
 impl Conn {
     /// A fresh connection; allocates its input buffer (`max_head_bytes + max_body_bytes`) once.
     pub fn new(limits: Limits) -> Conn {
+        Conn::with_token(limits, None)
+    }
+
+    /// A fresh connection that grows its buffer for an upload only when the request carries
+    /// `token` (see the module docs); [`crate::Endpoint::conn`] makes these.
+    pub fn with_token(limits: Limits, token: Option<ApiToken>) -> Conn {
         Conn {
             limits,
             buf: Vec::with_capacity(limits.buffer_capacity()),
             consumed: 0,
             want: 0,
+            token,
             state: State::Open,
         }
     }
@@ -542,7 +560,7 @@ impl Conn {
         }
         let limits = self.limits;
         let input = &self.buf[self.consumed..];
-        match parse(&limits, input) {
+        match parse(&limits, self.token.as_ref(), input) {
             Ok(Parsed::Done(req, len)) => {
                 self.consumed += len;
                 self.want = 0;
@@ -577,7 +595,11 @@ enum Parsed<'a> {
 }
 
 /// Parses one request from the front of `input`.
-fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Parsed<'a>, ParseError> {
+fn parse<'a>(
+    limits: &Limits,
+    token: Option<&ApiToken>,
+    input: &'a [u8],
+) -> Result<Parsed<'a>, ParseError> {
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let mut head = httparse::Request::new(&mut slots[..limits.header_slots()]);
     // Only the first `max_head_bytes` are ever parsed as head, so that the outcome does not
@@ -660,6 +682,11 @@ fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Parsed<'a>, ParseError>
     }
     // Fits in usize: bounded by the body limit.
     let total = head_len + body_len as usize;
+    if total > limits.buffer_capacity()
+        && token.is_some_and(|t| !crate::auth::authorized(t, authorization))
+    {
+        return Err(ParseError::Unauthorized);
+    }
     if input.len() < total {
         return Ok(Parsed::Need(total));
     }

@@ -127,7 +127,7 @@ impl Endpoint {
 
     /// A fresh connection with the endpoint's limits.
     pub fn conn(&self) -> Conn {
-        Conn::new(self.settings.limits)
+        Conn::with_token(self.settings.limits, self.settings.token.clone())
     }
 
     /// Answers every complete request buffered in `conn` ([`serve`], with authentication and
@@ -495,7 +495,7 @@ pub fn write_error(
         allow: error.allow(),
         ..Head::json(error.status(), 0, keep_alive)
     };
-    let extra: &[(&str, HeaderValue<'_>)] = if error == ApiError::Unauthorized {
+    let extra: &[(&str, HeaderValue<'_>)] = if error.status() == Status::Unauthorized {
         &[("WWW-Authenticate", HeaderValue::Text("Bearer"))]
     } else {
         &[]

@@ -683,6 +683,49 @@ fn bearer_auth() {
 }
 
 #[test]
+fn unauthenticated_uploads_do_not_grow_the_buffer() {
+    let mut fake = Fake::new(1);
+    create(&mut fake, r#"{"name":"a","image":"hello"}"#);
+    let mut ep = authed("s3cret");
+    let big = 200 * 1024;
+    // The head alone is answered: 401, closed, nothing buffered beyond the default.
+    let head = format!(
+        "PUT /v1/vms/1/image HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: {big}\r\n\r\n"
+    );
+    let (r, flow) = exchange_ep(&mut ep, &mut fake, head.as_bytes());
+    assert_eq!(
+        (r[0].status, r[0].code(), flow),
+        (401, "unauthorized", Flow::Close)
+    );
+    assert_eq!(r[0].header("www-authenticate"), Some("Bearer"));
+    // With the token the upload goes through.
+    let mut body = b"\x7fELF".to_vec();
+    body.resize(big, 0);
+    let req = [
+        format!(
+            "PUT /v1/vms/1/image HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/octet-stream\r\nContent-Length: {big}\r\n\r\n"
+        )
+        .into_bytes(),
+        body,
+    ]
+    .concat();
+    let (r, _) = exchange_ep(&mut ep, &mut fake, &req);
+    assert_eq!(r[0].status, 200);
+    // Small bodies are read and then answered 401 as usual, keeping the connection.
+    let (r, flow) = exchange_ep(
+        &mut ep,
+        &mut fake,
+        &request(
+            "PUT",
+            "/v1/vms/1/image",
+            Some("application/octet-stream"),
+            b"\x7fELF",
+        ),
+    );
+    assert_eq!((r[0].status, flow), (401, Flow::Continue));
+}
+
+#[test]
 fn transport_answers() {
     let mut ep = Endpoint::new(Settings::default());
     let mut out = Vec::new();

@@ -459,6 +459,9 @@ def cases_auth(ep):
         for m, p in (("GET", "/v1/health"), ("GET", "/v1/vms"), ("GET", "/v1/nope"), ("POST", "/v1/host/reboot"),
                      ("DELETE", "/v1/vms/1"), ("GET", "/v1/vms/abc")):
             expect(ep, req(m, p, extra=auth), 401, "unauthorized")
+    # An upload without the token is refused from its head (the body is never buffered).
+    expect(ep, b"PUT /v1/vms/1/image HTTP/1.1\r\nContent-Type: application/octet-stream\r\n"
+               b"Content-Length: 60000\r\n\r\n", 401, "unauthorized", closes=True)
     # Two Authorization headers: refused as a bad header.
     expect(ep, req("GET", "/v1/health", extra=AUTH + AUTH), 400, "bad_header")
     # The right token, in any case of the scheme.
