@@ -544,7 +544,11 @@ impl Conn {
             // Give back what an upload took.
             self.buf.shrink_to(self.limits.buffer_capacity());
         }
-        let room = self.limits.buffer_capacity().max(self.want) - self.buf.len();
+        let room = self
+            .limits
+            .buffer_capacity()
+            .max(self.want)
+            .saturating_sub(self.buf.len());
         let n = bytes.len().min(room);
         self.buf.extend_from_slice(&bytes[..n]);
         n
