@@ -466,7 +466,7 @@ pub enum Next<'a> {
 pub struct Conn {
     limits: Limits,
     /// Received bytes; `buf[..consumed]` belongs to requests already yielded. Its capacity is
-    /// fixed at construction.
+    /// the default (head + body limit) except while an accepted upload is being received.
     buf: Vec<u8>,
     consumed: usize,
     /// Bytes the request at the front needs in all, once its head is parsed and it is larger
@@ -485,7 +485,8 @@ enum State {
 }
 
 impl Conn {
-    /// A fresh connection; allocates its input buffer (`max_head_bytes + max_body_bytes`) once.
+    /// A fresh connection without a token; allocates its input buffer
+    /// (`max_head_bytes + max_body_bytes`) once.
     pub fn new(limits: Limits) -> Conn {
         Conn::with_token(limits, None)
     }
