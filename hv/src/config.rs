@@ -12,6 +12,16 @@
 //! | `crash_test`              | take the panic path once every CPU is up (tests)| off          |
 //! | `vm=IMAGE`                | create and start a VM from a built-in image (repeatable, up to 16) | none |
 //! | `tdx=on\|off\|auto`        | bring the TDX module up (`on` logs why not when the machine cannot) | `off` |
+//! | `api_token=TOKEN`         | require `Authorization: Bearer TOKEN` on every API request (1 to 128 of `A-Z a-z 0-9 - . _ ~ + /`, then `=`s) | none: no auth |
+//! | `http_max_headers=N`      | most header fields in a request, 1..=64 (more: 431) | `32`     |
+//! | `http_max_head_bytes=N`   | most bytes in a request head, 256..=65536 (more: 431) | `8192` |
+//! | `http_max_body_bytes=N`   | most bytes in a JSON request body, 0..=1048576 (more: 413) | `65536` |
+//! | `http_max_upload_bytes=N` | most bytes in an image upload, 0..=67108864 (more: 413) | `4194304` |
+//! | `http_max_conns=N`        | most open API connections, 1..=1024 (more: 503, then closed) | `16` |
+//! | `http_idle_ms=N`          | close an API connection idle this long, 100..=3600000 ms (408) | `30000` |
+//!
+//! The `http_*` values are `None` in [`BootConfig`] when not given; the `net` crate's
+//! `Settings::from_boot_config` applies its documented defaults (the ones above).
 
 use core::fmt;
 
@@ -62,7 +72,67 @@ pub struct BootConfig {
     pub vms: heapless::Vec<heapless::String<32>, 16>,
     /// Whether to bring the TDX module up (never fatal when the machine has no TDX).
     pub tdx: TdxRequest,
+    /// The API's bearer token; `None`: no authentication.
+    pub api_token: Option<ApiToken>,
+    /// `http_*` limits; `None` where not given.
+    pub http: HttpConfig,
 }
+
+/// Longest API token.
+pub const API_TOKEN_MAX: usize = 128;
+
+/// A bearer token (RFC 6750 §2.1 `b64token`). Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(heapless::String<API_TOKEN_MAX>);
+
+impl ApiToken {
+    /// A token if `s` is 1 to [`API_TOKEN_MAX`] of `A-Z a-z 0-9 - . _ ~ + /` followed by
+    /// any number of `=`.
+    pub fn new(s: &str) -> Option<ApiToken> {
+        let body = s.trim_end_matches('=');
+        let ok = !body.is_empty()
+            && s.len() <= API_TOKEN_MAX
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+        if !ok {
+            return None;
+        }
+        heapless::String::try_from(s).ok().map(ApiToken)
+    }
+
+    /// The token.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(..)")
+    }
+}
+
+/// The control endpoint's limits from the command line; `None`: the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub max_headers: Option<u32>,
+    pub max_head_bytes: Option<u32>,
+    pub max_body_bytes: Option<u32>,
+    pub max_upload_bytes: Option<u32>,
+    pub max_conns: Option<u32>,
+    pub idle_ms: Option<u32>,
+}
+
+/// The allowed ranges of the `http_*` keys, in the order of [`HttpConfig`]'s fields.
+pub const HTTP_RANGES: [(&str, u32, u32); 6] = [
+    ("http_max_headers", 1, 64),
+    ("http_max_head_bytes", 256, 65536),
+    ("http_max_body_bytes", 0, 1 << 20),
+    ("http_max_upload_bytes", 0, 64 << 20),
+    ("http_max_conns", 1, 1024),
+    ("http_idle_ms", 100, 3_600_000),
+];
 
 impl Default for BootConfig {
     fn default() -> Self {
@@ -73,6 +143,8 @@ impl Default for BootConfig {
             crash_test: false,
             vms: heapless::Vec::new(),
             tdx: TdxRequest::Off,
+            api_token: None,
+            http: HttpConfig::default(),
         }
     }
 }
@@ -127,13 +199,35 @@ impl BootConfig {
                 ("tdx", Some(v)) => c.tdx = TdxRequest::parse(v).ok_or_else(bad)?,
                 ("exit_after_boot", None) => c.exit_after_boot = true,
                 ("crash_test", None) => c.crash_test = true,
+                ("api_token", Some(v)) => c.api_token = Some(ApiToken::new(v).ok_or_else(bad)?),
+                (k, Some(v)) if k.starts_with("http_") => {
+                    let Some(i) = HTTP_RANGES.iter().position(|r| r.0 == k) else {
+                        return Err(ConfigError::UnknownKey(key));
+                    };
+                    let (_, min, max) = HTTP_RANGES[i];
+                    let n: u32 = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (min..=max).contains(n) && !v.starts_with('+'))
+                        .ok_or_else(bad)?;
+                    let h = &mut c.http;
+                    *[
+                        &mut h.max_headers,
+                        &mut h.max_head_bytes,
+                        &mut h.max_body_bytes,
+                        &mut h.max_upload_bytes,
+                        &mut h.max_conns,
+                        &mut h.idle_ms,
+                    ][i] = Some(n);
+                }
                 ("vm", Some(v)) => {
                     let name = heapless::String::try_from(v).map_err(|_| bad())?;
                     if v.is_empty() || c.vms.push(name).is_err() {
                         return Err(bad());
                     }
                 }
-                ("port" | "ip" | "gw" | "vm" | "tdx", None)
+                (k, None) if HTTP_RANGES.iter().any(|r| r.0 == k) => return Err(bad()),
+                ("port" | "ip" | "gw" | "vm" | "tdx" | "api_token", None)
                 | ("exit_after_boot" | "crash_test", Some(_)) => {
                     return Err(bad());
                 }
@@ -275,6 +369,93 @@ mod tests {
                 key: "exit_after_boot",
                 value: "1"
             })
+        );
+    }
+
+    #[test]
+    fn api_token() {
+        let c = BootConfig::parse(["api_token=s3cr3t-Tok.en_~+/=="]).unwrap();
+        assert_eq!(
+            c.api_token.as_ref().unwrap().as_str(),
+            "s3cr3t-Tok.en_~+/=="
+        );
+        assert_eq!(format!("{:?}", c.api_token), "Some(ApiToken(..))");
+        assert_eq!(BootConfig::parse([]).unwrap().api_token, None);
+        let long = format!("api_token={}", "a".repeat(API_TOKEN_MAX + 1));
+        for bad in [
+            "api_token=",
+            "api_token==",
+            "api_token=a b",
+            "api_token=a=b",
+            "api_token=\u{e9}",
+            &long,
+        ] {
+            let key = "api_token";
+            assert!(
+                matches!(BootConfig::parse([bad]), Err(ConfigError::BadValue { key: k, .. }) if k == key),
+                "{bad}"
+            );
+        }
+        assert!(BootConfig::parse(["api_token"]).is_err());
+        let max = format!("api_token={}", "a".repeat(API_TOKEN_MAX));
+        assert!(BootConfig::parse([max.as_str()]).is_ok());
+    }
+
+    #[test]
+    fn http_limits() {
+        let c = BootConfig::parse([
+            "http_max_headers=10",
+            "http_max_head_bytes=4096",
+            "http_max_body_bytes=0",
+            "http_max_upload_bytes=1048576",
+            "http_max_conns=4",
+            "http_idle_ms=5000",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.http,
+            HttpConfig {
+                max_headers: Some(10),
+                max_head_bytes: Some(4096),
+                max_body_bytes: Some(0),
+                max_upload_bytes: Some(1 << 20),
+                max_conns: Some(4),
+                idle_ms: Some(5000),
+            }
+        );
+        assert_eq!(BootConfig::parse([]).unwrap().http, HttpConfig::default());
+        for (key, min, max) in HTTP_RANGES {
+            let ok = [format!("{key}={min}"), format!("{key}={max}")];
+            for w in &ok {
+                assert!(BootConfig::parse([w.as_str()]).is_ok(), "{w}");
+            }
+            let bad = [
+                format!("{key}={}", u64::from(max) + 1),
+                format!("{key}=-1"),
+                format!("{key}=+1"),
+                format!("{key}=x"),
+                format!("{key}="),
+                format!("{key}=99999999999999999999"),
+            ];
+            for w in &bad {
+                assert_eq!(
+                    BootConfig::parse([w.as_str()]),
+                    Err(ConfigError::BadValue {
+                        key,
+                        value: w.split_once('=').unwrap().1
+                    }),
+                    "{w}"
+                );
+            }
+            if min > 0 {
+                let w = format!("{key}={}", min - 1);
+                assert!(BootConfig::parse([w.as_str()]).is_err(), "{w}");
+            }
+            assert!(BootConfig::parse([key]).is_err());
+        }
+        assert_eq!(
+            BootConfig::parse(["http_colour=1"]),
+            Err(ConfigError::UnknownKey("http_colour"))
         );
     }
 

@@ -519,6 +519,8 @@ pub struct VmSummary {
     pub cpu: Option<u32>,
     /// Triple-fault policy.
     pub on_crash: OnCrash,
+    /// Command line passed to the guest.
+    pub cmdline: Cmdline,
     /// Console bytes written since creation (the offset a reader is at when caught up).
     pub console_bytes: u64,
     /// Counters.
@@ -535,6 +537,7 @@ impl VmSummary {
             memory_mib: config.memory_mib,
             cpu: config.cpu,
             on_crash: config.on_crash,
+            cmdline: config.cmdline.clone(),
             console_bytes: runtime.devices.console.total_written(),
             stats: runtime.stats,
         }

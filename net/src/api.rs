@@ -206,11 +206,330 @@ pub trait Backend {
     /// (virtualization off on every CPU, then a machine reset). `Conflict(Rebooting)` if one
     /// is already under way.
     fn reboot(&mut self) -> Result<(), CpuError>;
+
+    /// `GET /v1/host`. The default reports unknown features and only the CPU count of
+    /// [`Backend::health`]; the kernel overrides it.
+    fn host(&self) -> HostInfo {
+        let mut h = HostInfo::new(UNKNOWN_FEATURES, TdxInfo::unsupported("not reported"));
+        h.cpus = self.health().cpus;
+        h
+    }
+
+    // VMs. Every method has a default that refuses with [`VmError::Unsupported`] (and lists
+    // nothing), so that a backend without VMs still builds; the kernel overrides them all.
+
+    /// `GET /v1/vms` (and the VM series of `GET /v1/metrics`): calls `each` once per VM, in
+    /// id order.
+    fn vms(&self, each: &mut dyn FnMut(&VmInfo)) {
+        let _ = each;
+    }
+
+    /// `GET /v1/vms/{id}` and `GET /v1/vms/{id}/stats`.
+    fn vm(&self, id: u32) -> Result<VmInfo, VmError> {
+        let _ = id;
+        Err(VmError::NotFound)
+    }
+
+    /// `POST /v1/vms`: create a VM from a validated configuration (memory allocated, image
+    /// loaded, state created) and, if `start`, start it. `pmu` is validated too
+    /// ([`hv::vpmu::PmuConfig::validate`]); the backend still refuses one the host cannot
+    /// provide ([`VmError::Unsupported`]). Errors: `NameTaken`, `TooMany`, `NoMemory`,
+    /// `UnknownImage`, `Unsupported`, `Failed`.
+    fn vm_create(
+        &mut self,
+        config: hv::vm::VmConfig,
+        pmu: hv::vpmu::PmuConfig,
+        start: bool,
+    ) -> Result<VmInfo, VmError> {
+        let _ = (config, pmu, start);
+        Err(VmError::Unsupported(NO_VMS))
+    }
+
+    /// `POST /v1/vms/{id}/{start,pause,resume,stop,reset}`: feed [`VmAction::event`] to
+    /// [`hv::vm::apply`] and carry out the effect; the VM after. A refused transition is
+    /// [`VmError::InvalidState`] (`From<TransitionError>` exists).
+    fn vm_action(&mut self, id: u32, action: VmAction) -> Result<VmInfo, VmError> {
+        let _ = (id, action);
+        Err(VmError::Unsupported(NO_VMS))
+    }
+
+    /// `DELETE /v1/vms/{id}`: [`hv::vm::VmEvent::Delete`] (refused while running), memory
+    /// freed, id forgotten.
+    fn vm_delete(&mut self, id: u32) -> Result<(), VmError> {
+        let _ = id;
+        Err(VmError::Unsupported(NO_VMS))
+    }
+
+    /// `GET /v1/vms/{id}/console?offset=N`: copy console bytes from absolute `offset` into
+    /// `buf` ([`hv::devices::ConsoleRing::read`] does exactly this).
+    fn vm_console(&self, id: u32, offset: u64, buf: &mut [u8]) -> Result<ConsoleRead, VmError> {
+        let _ = (id, offset, buf);
+        Err(VmError::Unsupported(NO_VMS))
+    }
+
+    /// `PUT /v1/vms/{id}/pmu`: store a validated PMU configuration; it takes effect at the
+    /// VM's next start or reset (the vPMU is rebuilt from the configuration then, never
+    /// changed under a running guest). Allowed in every state; `Unsupported` if the host
+    /// cannot provide it.
+    fn vm_set_pmu(&mut self, id: u32, pmu: hv::vpmu::PmuConfig) -> Result<VmInfo, VmError> {
+        let _ = (id, pmu);
+        Err(VmError::Unsupported(NO_VMS))
+    }
+
+    /// `PUT /v1/vms/{id}/image`: check `image` (a Multiboot ELF32; `BadImage(reason)` if
+    /// refused, VM unchanged), keep a copy as the VM's image (`image` becomes `"uploaded"`)
+    /// and load it at the next start or reset. Refused with `InvalidState` while the VM runs.
+    fn vm_image(&mut self, id: u32, image: &[u8]) -> Result<VmInfo, VmError> {
+        let _ = (id, image);
+        Err(VmError::Unsupported(NO_VMS))
+    }
 }
+
+const NO_VMS: &str = "this hypervisor does not run VMs";
+
+/// Features of a host that reported none: what the default [`Backend::host`] shows.
+pub const UNKNOWN_FEATURES: hv::features::HostFeatures = hv::features::HostFeatures {
+    vendor: hv::features::Vendor::Other,
+    virt: hv::features::VirtKind::None,
+    virt_unusable: None,
+    nested_paging: false,
+    nrips: false,
+    asids: 0,
+    vpid: false,
+    svm_revision: 0,
+    x2apic: false,
+    under_hypervisor: false,
+    tme: false,
+    pmu: hv::features::PmuInfo {
+        version: 0,
+        gp_counters: 0,
+        gp_width: 0,
+        fixed_counters: 0,
+        fixed_width: 0,
+        amd_core_ext: false,
+        amd_perfmon_v2: false,
+    },
+};
 
 /// `POST /v1/host/reboot` answers `202` with `{"status":"rebooting"}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Rebooting {
     /// Always `"rebooting"`.
     pub status: &'static str,
+}
+
+// ---------------------------------------------------------------------------------------------
+// VMs
+// ---------------------------------------------------------------------------------------------
+
+/// A VM command without arguments: `POST /v1/vms/{id}/{action}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VmAction {
+    /// Start a created VM, or restart a stopped or crashed one from a freshly loaded image.
+    Start,
+    /// Park the running vCPU, keeping its state.
+    Pause,
+    /// Run a paused VM again.
+    Resume,
+    /// Stop the vCPU for good (memory and console stay).
+    Stop,
+    /// Reset vCPU, devices and vPMU, reload the image, run.
+    Reset,
+}
+
+impl VmAction {
+    /// Every action, in path order.
+    pub const ALL: [VmAction; 5] = [
+        VmAction::Start,
+        VmAction::Pause,
+        VmAction::Resume,
+        VmAction::Stop,
+        VmAction::Reset,
+    ];
+
+    /// The path segment and word: `"start"`, `"pause"`...
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VmAction::Start => "start",
+            VmAction::Pause => "pause",
+            VmAction::Resume => "resume",
+            VmAction::Stop => "stop",
+            VmAction::Reset => "reset",
+        }
+    }
+
+    /// The lifecycle event this action feeds to [`hv::vm::apply`] (a reset by the API is
+    /// [`ResetTrigger::Api`](hv::exit::ResetTrigger::Api)).
+    pub const fn event(self) -> hv::vm::VmEvent {
+        use hv::vm::VmEvent as E;
+        match self {
+            VmAction::Start => E::Start,
+            VmAction::Pause => E::Pause,
+            VmAction::Resume => E::Resume,
+            VmAction::Stop => E::Stop,
+            VmAction::Reset => E::Reset(hv::exit::ResetTrigger::Api),
+        }
+    }
+}
+
+/// One VM as the API shows it: the reply of every VM command but delete and console.
+///
+/// Owned (about 600 bytes): the kernel builds it under its VM lock and hands it over, so no
+/// lock is held while the JSON is written. Serialized by [`crate::json`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VmInfo {
+    /// The id the API uses (`/v1/vms/{id}`); assigned by the kernel, never reused while the
+    /// hypervisor runs.
+    pub id: u32,
+    /// Configuration, state, console size and counters ([`hv::vm::VmSummary::new`]).
+    pub summary: hv::vm::VmSummary,
+    /// The PMU the guest sees from its next start or reset on.
+    pub pmu: hv::vpmu::PmuConfig,
+    /// The CPU its vCPU is on right now, if it is on one.
+    pub running_on: Option<u32>,
+}
+
+impl VmInfo {
+    /// A VM with no PMU that runs nowhere.
+    pub fn new(id: u32, summary: hv::vm::VmSummary) -> Self {
+        VmInfo {
+            id,
+            summary,
+            pmu: hv::vpmu::PmuConfig::Off,
+            running_on: None,
+        }
+    }
+}
+
+/// Why a VM command failed. `Copy`, no owned strings: the HTTP layer maps it to a status, a
+/// code and a message ([`crate::error`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VmError {
+    /// No VM has that id: 404 `vm_not_found`.
+    NotFound,
+    /// The lifecycle refuses the command in the VM's state ([`hv::vm::apply`]): 409
+    /// `invalid_state`, message "cannot pause a VM that is stopped".
+    InvalidState {
+        /// The state the VM is in (and stays in).
+        from: hv::vm::VmState,
+        /// The refused event.
+        event: hv::vm::VmEvent,
+    },
+    /// Another VM has that name: 409 `name_taken`.
+    NameTaken,
+    /// The hypervisor holds as many VMs as it can: 409 `too_many_vms`.
+    TooMany,
+    /// Not enough free memory for the guest: 507 `insufficient_storage`.
+    NoMemory,
+    /// No built-in image has that name: 400 `unknown_image`.
+    UnknownImage,
+    /// The configuration is valid but this host cannot provide it (a PMU of the other vendor,
+    /// a pinned CPU that does not exist): 400 `unsupported`, the words as the message.
+    Unsupported(&'static str),
+    /// An uploaded image was refused (the Multiboot loader's reason as the message): 400
+    /// `bad_image`. The VM is unchanged.
+    BadImage(&'static str),
+    /// The command was tried and failed on the way: 500 `vm_failed`, the words as the message.
+    Failed(&'static str),
+}
+
+impl From<hv::vm::TransitionError> for VmError {
+    fn from(e: hv::vm::TransitionError) -> Self {
+        match e {
+            hv::vm::TransitionError::WrongState { from, event } => {
+                VmError::InvalidState { from, event }
+            }
+        }
+    }
+}
+
+/// What [`Backend::vm_console`] copied: the bytes are in the caller's buffer.
+pub use hv::devices::ConsoleRead;
+
+// ---------------------------------------------------------------------------------------------
+// Host
+// ---------------------------------------------------------------------------------------------
+
+/// TDX as the host sees it: `{"supported":false,"reason":"..."}` or
+/// `{"supported":true,"state":"..."}` (`null` fields are left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TdxInfo {
+    /// Whether the host can run TDX guests at all.
+    pub supported: bool,
+    /// The TDX module's bring-up state when supported (`"initialized"`, `"off"`...).
+    pub state: Option<&'static str>,
+    /// Why it is not supported (`"not an Intel CPU"`, `"TME not enumerated"`...).
+    pub reason: Option<&'static str>,
+}
+
+impl TdxInfo {
+    /// Not supported, for `reason`.
+    pub const fn unsupported(reason: &'static str) -> Self {
+        TdxInfo {
+            supported: false,
+            state: None,
+            reason: Some(reason),
+        }
+    }
+
+    /// Supported, in `state`.
+    pub const fn supported(state: &'static str) -> Self {
+        TdxInfo {
+            supported: true,
+            state: Some(state),
+            reason: None,
+        }
+    }
+}
+
+/// `GET /v1/host`: what the hypervisor runs on. Serialized by [`crate::json`]:
+///
+/// ```json
+/// {"version":"0.1.0","vendor":"amd","virt":"svm",
+///  "features":{"npt":true,"ept":false,"nrips":true,"vpid":false,"asids":16,"x2apic":true,
+///              "pmu_version":2,"pmu_gp_counters":6,"pmu_fixed_counters":0,
+///              "under_hypervisor":true,"tme":false},
+///  "tdx":{"supported":false,"reason":"not an Intel CPU"},
+///  "memory":{"total_bytes":268435456,"free_bytes":200000000},
+///  "uptime_ms":1234,"cpus":4,"vms":2}
+/// ```
+///
+/// `vendor` is `"unknown"` for a CPU that is neither; `npt` and `ept` are the nested paging
+/// flag on the respective vendor (one of them is always false).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostInfo {
+    /// The hypervisor's version ([`VERSION`]).
+    pub version: &'static str,
+    /// What the boot CPU's CPUID said.
+    pub features: hv::features::HostFeatures,
+    /// TDX.
+    pub tdx: TdxInfo,
+    /// Memory the hypervisor manages, bytes.
+    pub memory_total_bytes: u64,
+    /// Of which free, bytes.
+    pub memory_free_bytes: u64,
+    /// Milliseconds since boot.
+    pub uptime_ms: u64,
+    /// CPUs the hypervisor manages.
+    pub cpus: u32,
+    /// VMs that exist (any state).
+    pub vms: u32,
+}
+
+impl HostInfo {
+    /// A host reply with [`VERSION`], no memory, no uptime, no CPUs and no VMs counted.
+    pub const fn new(features: hv::features::HostFeatures, tdx: TdxInfo) -> Self {
+        HostInfo {
+            version: VERSION,
+            features,
+            tdx,
+            memory_total_bytes: 0,
+            memory_free_bytes: 0,
+            uptime_ms: 0,
+            cpus: 0,
+            vms: 0,
+        }
+    }
 }

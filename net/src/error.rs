@@ -15,7 +15,8 @@ use core::fmt;
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::api::CpuError;
+use crate::api::{CpuError, VmError};
+use crate::body::BodyError;
 use crate::http::{Method, Methods, ParseError, Status};
 
 /// At most this many bytes of a request path are echoed in an error message.
@@ -36,6 +37,24 @@ pub enum ApiError {
     InvalidId,
     /// The backend refused or failed a CPU command.
     Cpu(CpuError),
+    /// The backend refused or failed a VM command.
+    Vm(VmError),
+    /// The JSON body is not what the route takes: 400 `invalid_body`, naming the field.
+    Body(BodyError),
+    /// The body's `Content-Type` is missing or not the one the route takes (given here): 415
+    /// `unsupported_media_type`.
+    UnsupportedMediaType(&'static str),
+    /// The query string is not what the route takes: 400 `invalid_query`.
+    InvalidQuery,
+    /// A bearer token is configured and the request did not carry it: 401 `unauthorized`,
+    /// with `WWW-Authenticate: Bearer`.
+    Unauthorized,
+    /// The transport has no room for another connection: 503 `too_many_connections`, sent by
+    /// the transport before it closes (see [`crate::server::Endpoint::reject`]).
+    TooManyConnections,
+    /// The connection was idle for too long: 408 `request_timeout`, sent by the transport
+    /// before it closes (see [`crate::server::Endpoint::timeout`]).
+    RequestTimeout,
     /// The reply would exceed [`crate::http::Limits::max_response_bytes`]: 500
     /// `response_too_large`.
     ResponseTooLarge,
@@ -44,6 +63,18 @@ pub enum ApiError {
 impl From<ParseError> for ApiError {
     fn from(e: ParseError) -> Self {
         ApiError::Parse(e)
+    }
+}
+
+impl From<VmError> for ApiError {
+    fn from(e: VmError) -> Self {
+        ApiError::Vm(e)
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        ApiError::Body(e)
     }
 }
 
@@ -58,10 +89,26 @@ impl ApiError {
     pub const fn status(&self) -> Status {
         match self {
             ApiError::Parse(e) => e.status(),
-            ApiError::NotFound | ApiError::Cpu(CpuError::NotFound) => Status::NotFound,
+            ApiError::NotFound
+            | ApiError::Cpu(CpuError::NotFound)
+            | ApiError::Vm(VmError::NotFound) => Status::NotFound,
             ApiError::MethodNotAllowed(_) => Status::MethodNotAllowed,
             ApiError::MethodNotImplemented => Status::NotImplemented,
-            ApiError::InvalidId => Status::BadRequest,
+            ApiError::InvalidId
+            | ApiError::Body(_)
+            | ApiError::InvalidQuery
+            | ApiError::Vm(
+                VmError::UnknownImage | VmError::Unsupported(_) | VmError::BadImage(_),
+            ) => Status::BadRequest,
+            ApiError::Vm(VmError::InvalidState { .. } | VmError::NameTaken | VmError::TooMany) => {
+                Status::Conflict
+            }
+            ApiError::Vm(VmError::NoMemory) => Status::InsufficientStorage,
+            ApiError::Vm(VmError::Failed(_)) => Status::InternalServerError,
+            ApiError::UnsupportedMediaType(_) => Status::UnsupportedMediaType,
+            ApiError::Unauthorized => Status::Unauthorized,
+            ApiError::TooManyConnections => Status::ServiceUnavailable,
+            ApiError::RequestTimeout => Status::RequestTimeout,
             ApiError::Cpu(CpuError::Conflict(_)) => Status::Conflict,
             ApiError::Cpu(CpuError::Failed(_)) | ApiError::ResponseTooLarge => {
                 Status::InternalServerError
@@ -82,6 +129,7 @@ impl ApiError {
                 ParseError::ChunkedBody => "length_required",
                 ParseError::UnsupportedTransferCoding => "unsupported_transfer_coding",
                 ParseError::UnsupportedVersion => "http_version_not_supported",
+                ParseError::Unauthorized => "unauthorized",
             },
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -90,6 +138,23 @@ impl ApiError {
             ApiError::Cpu(CpuError::NotFound) => "cpu_not_found",
             ApiError::Cpu(CpuError::Conflict(_)) => "conflict",
             ApiError::Cpu(CpuError::Failed(_)) => "cpu_failed",
+            ApiError::Vm(e) => match e {
+                VmError::NotFound => "vm_not_found",
+                VmError::InvalidState { .. } => "invalid_state",
+                VmError::NameTaken => "name_taken",
+                VmError::TooMany => "too_many_vms",
+                VmError::NoMemory => "insufficient_storage",
+                VmError::UnknownImage => "unknown_image",
+                VmError::Unsupported(_) => "unsupported",
+                VmError::BadImage(_) => "bad_image",
+                VmError::Failed(_) => "vm_failed",
+            },
+            ApiError::Body(_) => "invalid_body",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::InvalidQuery => "invalid_query",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::TooManyConnections => "too_many_connections",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::ResponseTooLarge => "response_too_large",
         }
     }
@@ -111,9 +176,13 @@ impl ApiError {
         }
     }
 
-    /// Whether the connection must close after this error's response (framing errors).
+    /// Whether the connection must close after this error's response: framing errors, and
+    /// the two the transport sends before closing.
     pub const fn closes_connection(&self) -> bool {
-        matches!(self, ApiError::Parse(_))
+        matches!(
+            self,
+            ApiError::Parse(_) | ApiError::TooManyConnections | ApiError::RequestTimeout
+        )
     }
 }
 
@@ -206,13 +275,14 @@ impl fmt::Display for Message<'_, '_> {
                 ParseError::UnsupportedVersion => {
                     f.write_str("HTTP version not supported; use HTTP/1.1")
                 }
+                ParseError::Unauthorized => f.write_str("missing or wrong bearer token"),
             },
             ApiError::NotFound => write!(f, "no route for {method} {path}"),
             ApiError::MethodNotAllowed(allow) => {
                 write!(f, "{method} not allowed on {path}; allowed: {allow}")
             }
             ApiError::MethodNotImplemented => f.write_str("request method not implemented"),
-            ApiError::InvalidId => write!(f, "cpu id must be a decimal u32 in {path}"),
+            ApiError::InvalidId => write!(f, "id must be a decimal u32 in {path}"),
             ApiError::Cpu(CpuError::NotFound) => write!(f, "no such cpu: {path}"),
             ApiError::Cpu(CpuError::Conflict(c)) => {
                 use crate::api::Conflict as C;
@@ -236,6 +306,29 @@ impl fmt::Display for Message<'_, '_> {
                     F::Timeout => "the cpu did not answer in time",
                 })
             }
+            ApiError::Vm(e) => match e {
+                VmError::NotFound => write!(f, "no such vm: {path}"),
+                VmError::InvalidState { from, event } => {
+                    hv::vm::TransitionError::WrongState { from, event }.fmt(f)
+                }
+                VmError::NameTaken => f.write_str("a vm with that name exists"),
+                VmError::TooMany => f.write_str("no room for another vm"),
+                VmError::NoMemory => f.write_str("not enough free memory for the vm"),
+                VmError::UnknownImage => f.write_str("no built-in image has that name"),
+                VmError::Unsupported(why) | VmError::BadImage(why) | VmError::Failed(why) => {
+                    f.write_str(why)
+                }
+            },
+            ApiError::Body(e) => e.fmt(f),
+            ApiError::UnsupportedMediaType(want) => {
+                write!(f, "Content-Type must be {want}")
+            }
+            ApiError::InvalidQuery => {
+                f.write_str("invalid query: expected offset=N (a decimal u64) or nothing")
+            }
+            ApiError::Unauthorized => f.write_str("missing or wrong bearer token"),
+            ApiError::TooManyConnections => f.write_str("too many connections; try again later"),
+            ApiError::RequestTimeout => f.write_str("connection idle for too long"),
             ApiError::ResponseTooLarge => f.write_str("response too large"),
         }
     }
@@ -322,11 +415,35 @@ mod tests {
             ApiError::Cpu(CpuError::NotFound),
             ApiError::Cpu(CpuError::Conflict(Conflict::Rebooting)),
             ApiError::Cpu(CpuError::Failed(crate::api::Failure::Timeout)),
+            ApiError::Vm(VmError::NotFound),
+            ApiError::Vm(VmError::InvalidState {
+                from: hv::vm::VmState::Running,
+                event: hv::vm::VmEvent::Delete,
+            }),
+            ApiError::Vm(VmError::NameTaken),
+            ApiError::Vm(VmError::TooMany),
+            ApiError::Vm(VmError::NoMemory),
+            ApiError::Vm(VmError::UnknownImage),
+            ApiError::Vm(VmError::Unsupported("x")),
+            ApiError::Vm(VmError::BadImage("x")),
+            ApiError::Vm(VmError::Failed("x")),
+            ApiError::Body(BodyError::Syntax),
+            ApiError::UnsupportedMediaType("application/json"),
+            ApiError::InvalidQuery,
+            ApiError::Unauthorized,
+            ApiError::TooManyConnections,
+            ApiError::RequestTimeout,
             ApiError::ResponseTooLarge,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(a.status().code() >= 400);
-            assert_eq!(a.closes_connection(), matches!(a, ApiError::Parse(_)));
+            assert_eq!(
+                a.closes_connection(),
+                matches!(
+                    a,
+                    ApiError::Parse(_) | ApiError::TooManyConnections | ApiError::RequestTimeout
+                )
+            );
             for b in &all[i + 1..] {
                 assert_ne!(a.code(), b.code(), "{a:?} and {b:?}");
             }

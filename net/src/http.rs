@@ -25,11 +25,25 @@
 //! * Not supported (yet): `Expect: 100-continue` (curl only sends it for bodies over 1 KiB and
 //!   then sends the body anyway after a second), `HEAD`, absolute-form targets, percent-decoding.
 //!
-//! Memory: a [`Conn`] allocates its input buffer once, `max_head_bytes + max_body_bytes` long,
-//! and never grows it; parsing allocates nothing.
+//! * Bodies have two limits: [`Limits::max_body_bytes`] for every route but the image upload
+//!   (JSON documents, 64 KiB), and [`Limits::max_upload_bytes`] (4 MiB) for the routes whose
+//!   [`crate::router::BodyKind`] is `Upload`. Which one applies is decided from the request
+//!   head, before any of the body is buffered: an oversized `Content-Length` is answered 413 at
+//!   once.
+//!
+//! Memory: a [`Conn`] allocates its input buffer once, `max_head_bytes + max_body_bytes` long.
+//! It grows past that only while the request at the front is an upload whose head has been
+//! parsed and accepted, to exactly that request's size, and shrinks back once it is answered:
+//! an idle connection never holds an upload-sized buffer, and neither does one that only sends
+//! heads. With a bearer token configured ([`Conn::with_token`]) it grows only for a request
+//! that carries the token: an upload without it is answered 401 from its head alone (and the
+//! connection closed), so unauthenticated clients cannot make the endpoint hold upload-sized
+//! buffers. Parsing allocates nothing.
 
 use alloc::vec::Vec;
 use core::fmt;
+
+use hv::config::ApiToken;
 
 /// How many header slots the parser is given at most; [`Limits::max_headers`] is clamped to it.
 ///
@@ -48,7 +62,10 @@ pub struct Limits {
     /// (default 8 KiB). More: 431.
     pub max_head_bytes: usize,
     /// Most bytes in a request body, as announced by `Content-Length` (default 64 KiB). More: 413.
+    /// Applies to every route but uploads.
     pub max_body_bytes: usize,
+    /// Most bytes in an upload body (`PUT /v1/vms/{id}/image`; default 4 MiB). More: 413.
+    pub max_upload_bytes: usize,
     /// Most bytes in one response, head included (default 256 KiB). A reply that would not fit
     /// is replaced by a `500 response_too_large` error. [`crate::serve`] also stops answering
     /// pipelined requests once this many bytes are waiting in its output, until they are sent.
@@ -56,11 +73,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The documented defaults: 32 headers, 8 KiB head, 64 KiB body, 256 KiB response.
+    /// The documented defaults: 32 headers, 8 KiB head, 64 KiB body, 4 MiB upload, 256 KiB
+    /// response.
     pub const DEFAULT: Limits = Limits {
         max_headers: 32,
         max_head_bytes: 8 * 1024,
         max_body_bytes: 64 * 1024,
+        max_upload_bytes: 4 * 1024 * 1024,
         max_response_bytes: 256 * 1024,
     };
 
@@ -70,6 +89,14 @@ impl Limits {
 
     fn buffer_capacity(&self) -> usize {
         self.max_head_bytes.saturating_add(self.max_body_bytes)
+    }
+
+    /// The body limit for a request to `method path`.
+    pub fn body_limit(&self, method: Method, path: &str) -> usize {
+        match crate::router::body_kind(method, path) {
+            crate::router::BodyKind::Upload => self.max_upload_bytes,
+            _ => self.max_body_bytes,
+        }
     }
 }
 
@@ -193,8 +220,12 @@ impl fmt::Display for Methods {
 pub enum Status {
     /// 200
     Ok,
+    /// 201
+    Created,
     /// 202
     Accepted,
+    /// 204
+    NoContent,
     /// 400
     BadRequest,
     /// 401
@@ -203,6 +234,8 @@ pub enum Status {
     NotFound,
     /// 405
     MethodNotAllowed,
+    /// 408
+    RequestTimeout,
     /// 409
     Conflict,
     /// 411
@@ -221,18 +254,51 @@ pub enum Status {
     ServiceUnavailable,
     /// 505
     HttpVersionNotSupported,
+    /// 507
+    InsufficientStorage,
 }
 
 impl Status {
+    /// Every status, in code order (for counters indexed by [`Status::index`]).
+    pub const ALL: [Status; 19] = [
+        Status::Ok,
+        Status::Created,
+        Status::Accepted,
+        Status::NoContent,
+        Status::BadRequest,
+        Status::Unauthorized,
+        Status::NotFound,
+        Status::MethodNotAllowed,
+        Status::RequestTimeout,
+        Status::Conflict,
+        Status::LengthRequired,
+        Status::ContentTooLarge,
+        Status::UnsupportedMediaType,
+        Status::HeaderFieldsTooLarge,
+        Status::InternalServerError,
+        Status::NotImplemented,
+        Status::ServiceUnavailable,
+        Status::HttpVersionNotSupported,
+        Status::InsufficientStorage,
+    ];
+
+    /// Position in [`Status::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The numeric code.
     pub const fn code(self) -> u16 {
         match self {
             Status::Ok => 200,
+            Status::Created => 201,
             Status::Accepted => 202,
+            Status::NoContent => 204,
             Status::BadRequest => 400,
             Status::Unauthorized => 401,
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
+            Status::RequestTimeout => 408,
             Status::Conflict => 409,
             Status::LengthRequired => 411,
             Status::ContentTooLarge => 413,
@@ -242,6 +308,7 @@ impl Status {
             Status::NotImplemented => 501,
             Status::ServiceUnavailable => 503,
             Status::HttpVersionNotSupported => 505,
+            Status::InsufficientStorage => 507,
         }
     }
 
@@ -249,11 +316,14 @@ impl Status {
     pub const fn reason(self) -> &'static str {
         match self {
             Status::Ok => "OK",
+            Status::Created => "Created",
             Status::Accepted => "Accepted",
+            Status::NoContent => "No Content",
             Status::BadRequest => "Bad Request",
             Status::Unauthorized => "Unauthorized",
             Status::NotFound => "Not Found",
             Status::MethodNotAllowed => "Method Not Allowed",
+            Status::RequestTimeout => "Request Timeout",
             Status::Conflict => "Conflict",
             Status::LengthRequired => "Length Required",
             Status::ContentTooLarge => "Content Too Large",
@@ -263,6 +333,7 @@ impl Status {
             Status::NotImplemented => "Not Implemented",
             Status::ServiceUnavailable => "Service Unavailable",
             Status::HttpVersionNotSupported => "HTTP Version Not Supported",
+            Status::InsufficientStorage => "Insufficient Storage",
         }
     }
 }
@@ -290,6 +361,9 @@ pub enum ParseError {
     UnsupportedTransferCoding,
     /// A well-formed version that is not HTTP/1.0 or HTTP/1.1, such as `HTTP/2.0` (505).
     UnsupportedVersion,
+    /// A body larger than the default buffer (an upload) without the bearer token: refused
+    /// from the head, before the body is buffered (401).
+    Unauthorized,
 }
 
 /// The headers [`ParseError::BadHeader`] can name.
@@ -329,6 +403,7 @@ impl ParseError {
             ParseError::ChunkedBody => Status::LengthRequired,
             ParseError::UnsupportedTransferCoding => Status::NotImplemented,
             ParseError::UnsupportedVersion => Status::HttpVersionNotSupported,
+            ParseError::Unauthorized => Status::Unauthorized,
         }
     }
 }
@@ -391,9 +466,14 @@ pub enum Next<'a> {
 pub struct Conn {
     limits: Limits,
     /// Received bytes; `buf[..consumed]` belongs to requests already yielded. Its capacity is
-    /// fixed at construction.
+    /// the default (head + body limit) except while an accepted upload is being received.
     buf: Vec<u8>,
     consumed: usize,
+    /// Bytes the request at the front needs in all, once its head is parsed and it is larger
+    /// than the default buffer (an upload); 0 otherwise.
+    want: usize,
+    /// Uploads beyond the default buffer need this token.
+    token: Option<ApiToken>,
     state: State,
 }
 
@@ -405,12 +485,21 @@ enum State {
 }
 
 impl Conn {
-    /// A fresh connection; allocates its input buffer (`max_head_bytes + max_body_bytes`) once.
+    /// A fresh connection without a token; allocates its input buffer
+    /// (`max_head_bytes + max_body_bytes`) once.
     pub fn new(limits: Limits) -> Conn {
+        Conn::with_token(limits, None)
+    }
+
+    /// A fresh connection that grows its buffer for an upload only when the request carries
+    /// `token` (see the module docs); [`crate::Endpoint::conn`] makes these.
+    pub fn with_token(limits: Limits, token: Option<ApiToken>) -> Conn {
         Conn {
             limits,
             buf: Vec::with_capacity(limits.buffer_capacity()),
             consumed: 0,
+            want: 0,
+            token,
             state: State::Open,
         }
     }
@@ -418,7 +507,9 @@ impl Conn {
     /// Makes this a fresh connection again, keeping the buffer (for connection pools).
     pub fn reset(&mut self) {
         self.buf.clear();
+        self.buf.shrink_to(self.limits.buffer_capacity());
         self.consumed = 0;
+        self.want = 0;
         self.state = State::Open;
     }
 
@@ -451,8 +542,14 @@ impl Conn {
         if self.consumed > 0 {
             self.buf.drain(..self.consumed);
             self.consumed = 0;
+            // Give back what an upload took.
+            self.buf.shrink_to(self.limits.buffer_capacity());
         }
-        let room = self.limits.buffer_capacity() - self.buf.len();
+        let room = self
+            .limits
+            .buffer_capacity()
+            .max(self.want)
+            .saturating_sub(self.buf.len());
         let n = bytes.len().min(room);
         self.buf.extend_from_slice(&bytes[..n]);
         n
@@ -468,15 +565,24 @@ impl Conn {
         }
         let limits = self.limits;
         let input = &self.buf[self.consumed..];
-        match parse(&limits, input) {
-            Ok(Some((req, len))) => {
+        match parse(&limits, self.token.as_ref(), input) {
+            Ok(Parsed::Done(req, len)) => {
                 self.consumed += len;
+                self.want = 0;
                 if !req.keep_alive {
                     self.state = State::Closed;
                 }
                 Next::Request(req)
             }
-            Ok(None) => Next::NeedMore,
+            Ok(Parsed::Need(total)) => {
+                // Beyond the default buffer only for a request whose head was accepted.
+                self.want = if total > limits.buffer_capacity() {
+                    total
+                } else {
+                    0
+                };
+                Next::NeedMore
+            }
             Err(e) => {
                 self.state = State::Closed;
                 Next::Error(e)
@@ -485,9 +591,20 @@ impl Conn {
     }
 }
 
-/// Parses one request from the front of `input`: the request and how many bytes it spans, or
-/// `None` if more bytes are needed.
-fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, usize)>, ParseError> {
+/// What [`parse`] found at the front of the input.
+enum Parsed<'a> {
+    /// A request and how many bytes it spans.
+    Done(Request<'a>, usize),
+    /// More bytes are needed: the request's total size when its head is complete, else 0.
+    Need(usize),
+}
+
+/// Parses one request from the front of `input`.
+fn parse<'a>(
+    limits: &Limits,
+    token: Option<&ApiToken>,
+    input: &'a [u8],
+) -> Result<Parsed<'a>, ParseError> {
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let mut head = httparse::Request::new(&mut slots[..limits.header_slots()]);
     // Only the first `max_head_bytes` are ever parsed as head, so that the outcome does not
@@ -497,7 +614,7 @@ fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, us
     let head_len = match head.parse(window) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if full => return Err(ParseError::HeadTooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Need(0)),
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
         // httparse reports any unexpected byte in the version as soon as it sees it; wait for
         // the whole request line to tell `HTTP/2.0` (505) from garbage (400).
@@ -505,7 +622,7 @@ fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, us
             Some(line) if is_other_version(line) => return Err(ParseError::UnsupportedVersion),
             Some(_) => return Err(ParseError::Malformed),
             None if full => return Err(ParseError::HeadTooLarge),
-            None => return Ok(None),
+            None => return Ok(Parsed::Need(0)),
         },
         Err(_) => return Err(ParseError::Malformed),
     };
@@ -564,21 +681,27 @@ fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, us
     }
 
     let body_len = content_length.unwrap_or(0);
-    if body_len > limits.max_body_bytes as u64 {
+    let method = Method::from_token(method);
+    if body_len > limits.body_limit(method, path) as u64 {
         return Err(ParseError::BodyTooLarge);
     }
-    // Fits in usize: bounded by max_body_bytes.
+    // Fits in usize: bounded by the body limit.
     let total = head_len + body_len as usize;
+    if total > limits.buffer_capacity()
+        && token.is_some_and(|t| !crate::auth::authorized(t, authorization))
+    {
+        return Err(ParseError::Unauthorized);
+    }
     if input.len() < total {
-        return Ok(None);
+        return Ok(Parsed::Need(total));
     }
     let keep_alive = match minor_version {
         0 => keep_alive_token && !close,
         _ => !close,
     };
-    Ok(Some((
+    Ok(Parsed::Done(
         Request {
-            method: Method::from_token(method),
+            method,
             path,
             query,
             minor_version,
@@ -588,7 +711,7 @@ fn parse<'a>(limits: &Limits, input: &'a [u8]) -> Result<Option<(Request<'a>, us
             keep_alive,
         },
         total,
-    )))
+    ))
 }
 
 /// `Content-Length = 1*DIGIT` (RFC 9110 §8.6). Values too large for u64 are certainly over the
@@ -644,28 +767,91 @@ fn is_other_version(line: &[u8]) -> bool {
             if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
-/// Writes a response head into `out`: status line, `Content-Type: application/json`,
-/// `Content-Length`, `Connection`, and `Allow` when given.
-pub fn write_head(
-    out: &mut Vec<u8>,
-    status: Status,
-    content_length: usize,
-    keep_alive: bool,
-    allow: Methods,
-) {
+/// A header value: a number or text (text must be a valid field value: visible ASCII and
+/// spaces, no CR or LF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderValue<'a> {
+    /// A decimal number.
+    Num(u64),
+    /// Text, written as is.
+    Text(&'a str),
+}
+
+impl fmt::Display for HeaderValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderValue::Num(n) => write!(f, "{n}"),
+            HeaderValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// `Content-Type` of JSON bodies.
+pub const JSON: &str = "application/json";
+
+/// A response head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head<'a> {
+    /// The status.
+    pub status: Status,
+    /// `Content-Type`; `None` for a response without a body (204).
+    pub content_type: Option<&'a str>,
+    /// `Content-Length`; `None` for 204, which must not send one (RFC 9110 §8.6).
+    pub content_length: Option<usize>,
+    /// `Connection: keep-alive` or `close`.
+    pub keep_alive: bool,
+    /// `Allow`, when not empty (405).
+    pub allow: Methods,
+    /// More headers, in order.
+    pub extra: &'a [(&'a str, HeaderValue<'a>)],
+}
+
+impl<'a> Head<'a> {
+    /// A JSON response of `content_length` bytes.
+    pub const fn json(status: Status, content_length: usize, keep_alive: bool) -> Self {
+        Head {
+            status,
+            content_type: Some(JSON),
+            content_length: Some(content_length),
+            keep_alive,
+            allow: Methods::EMPTY,
+            extra: &[],
+        }
+    }
+}
+
+/// Writes a response head into `out`: status line, `Content-Type`, `Content-Length`,
+/// `Connection`, `Allow` when given, then the extra headers and the blank line.
+pub fn write_head(out: &mut Vec<u8>, head: &Head<'_>) {
     use fmt::Write as _;
     let mut w = VecWriter(out);
     // Writing into a Vec cannot fail.
     let _ = write!(
         w,
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n",
-        status.code(),
-        status.reason(),
-        content_length,
-        if keep_alive { "keep-alive" } else { "close" },
+        "HTTP/1.1 {} {}\r\n",
+        head.status.code(),
+        head.status.reason()
     );
-    if !allow.is_empty() {
-        let _ = write!(w, "Allow: {allow}\r\n");
+    if let Some(t) = head.content_type {
+        let _ = write!(w, "Content-Type: {t}\r\n");
+    }
+    if let Some(n) = head.content_length {
+        let _ = write!(w, "Content-Length: {n}\r\n");
+    }
+    let _ = write!(
+        w,
+        "Connection: {}\r\n",
+        if head.keep_alive {
+            "keep-alive"
+        } else {
+            "close"
+        }
+    );
+    if !head.allow.is_empty() {
+        let _ = write!(w, "Allow: {}\r\n", head.allow);
+    }
+    for (name, value) in head.extra {
+        let _ = write!(w, "{name}: {value}\r\n");
     }
     w.0.extend_from_slice(b"\r\n");
 }

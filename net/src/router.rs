@@ -15,8 +15,11 @@
 //! * An `{id}` that is not a decimal `u32` (`/v1/cpus/abc`, `/v1/cpus/-1`, `/v1/cpus/99999999999`):
 //!   400 `invalid_id`. The path has the right shape, so 404 would suggest a wrong URL; 400 says
 //!   the parameter is malformed, which is what an OpenAPI `uint32` parameter check reports. A
-//!   well-formed id that names no CPU is the backend's 404 `cpu_not_found`.
+//!   well-formed id that names no CPU is the backend's 404 `cpu_not_found` (`vm_not_found`).
+//! * Each route says what body it takes ([`BodyKind`]): the HTTP layer picks the body limit from
+//!   it (uploads have their own), and the server checks `Content-Type` against it (415).
 
+use crate::api::VmAction;
 use crate::error::ApiError;
 use crate::http::{Method, Methods};
 
@@ -35,6 +38,51 @@ pub enum Command {
     CpuOnline(u32),
     /// `POST /v1/host/reboot`
     Reboot,
+    /// `GET /v1/host`
+    Host,
+    /// `GET /v1/metrics`
+    Metrics,
+    /// `GET /v1/vms`
+    ListVms,
+    /// `POST /v1/vms` (JSON body)
+    CreateVm,
+    /// `GET /v1/vms/{id}`
+    GetVm(u32),
+    /// `DELETE /v1/vms/{id}`
+    DeleteVm(u32),
+    /// `POST /v1/vms/{id}/{start,pause,resume,stop,reset}`
+    VmAction(u32, VmAction),
+    /// `GET /v1/vms/{id}/console?offset=N`
+    VmConsole(u32),
+    /// `GET /v1/vms/{id}/stats`
+    VmStats(u32),
+    /// `PUT /v1/vms/{id}/pmu` (JSON body)
+    SetVmPmu(u32),
+    /// `PUT /v1/vms/{id}/image` (octet-stream body)
+    UploadVmImage(u32),
+}
+
+/// What body a route takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BodyKind {
+    /// None: any body sent is read (within [`crate::Limits::max_body_bytes`]) and ignored.
+    None,
+    /// A JSON document: `Content-Type: application/json`, at most `max_body_bytes`.
+    Json,
+    /// Raw bytes: `Content-Type: application/octet-stream`, at most
+    /// [`crate::Limits::max_upload_bytes`].
+    Upload,
+}
+
+impl BodyKind {
+    /// The media type the body must have, if any.
+    pub const fn media_type(self) -> Option<&'static str> {
+        match self {
+            BodyKind::None => None,
+            BodyKind::Json => Some("application/json"),
+            BodyKind::Upload => Some("application/octet-stream"),
+        }
+    }
 }
 
 /// An operation of the API: a [`Command`] without its arguments.
@@ -52,6 +100,36 @@ pub enum Op {
     CpuOnline,
     /// [`Command::Reboot`]
     Reboot,
+    /// [`Command::Host`]
+    Host,
+    /// [`Command::Metrics`]
+    Metrics,
+    /// [`Command::ListVms`]
+    ListVms,
+    /// [`Command::CreateVm`]
+    CreateVm,
+    /// [`Command::GetVm`]
+    GetVm,
+    /// [`Command::DeleteVm`]
+    DeleteVm,
+    /// [`Command::VmAction`] with [`VmAction::Start`]
+    StartVm,
+    /// [`Command::VmAction`] with [`VmAction::Pause`]
+    PauseVm,
+    /// [`Command::VmAction`] with [`VmAction::Resume`]
+    ResumeVm,
+    /// [`Command::VmAction`] with [`VmAction::Stop`]
+    StopVm,
+    /// [`Command::VmAction`] with [`VmAction::Reset`]
+    ResetVm,
+    /// [`Command::VmConsole`]
+    VmConsole,
+    /// [`Command::VmStats`]
+    VmStats,
+    /// [`Command::SetVmPmu`]
+    SetVmPmu,
+    /// [`Command::UploadVmImage`]
+    UploadVmImage,
 }
 
 impl Op {
@@ -64,6 +142,21 @@ impl Op {
             Op::CpuOffline => "offlineCpu",
             Op::CpuOnline => "onlineCpu",
             Op::Reboot => "rebootHost",
+            Op::Host => "getHost",
+            Op::Metrics => "getMetrics",
+            Op::ListVms => "listVms",
+            Op::CreateVm => "createVm",
+            Op::GetVm => "getVm",
+            Op::DeleteVm => "deleteVm",
+            Op::StartVm => "startVm",
+            Op::PauseVm => "pauseVm",
+            Op::ResumeVm => "resumeVm",
+            Op::StopVm => "stopVm",
+            Op::ResetVm => "resetVm",
+            Op::VmConsole => "getVmConsole",
+            Op::VmStats => "getVmStats",
+            Op::SetVmPmu => "setVmPmu",
+            Op::UploadVmImage => "uploadVmImage",
         }
     }
 
@@ -78,13 +171,62 @@ impl Op {
             Op::CpuOffline => Command::CpuOffline(id),
             Op::CpuOnline => Command::CpuOnline(id),
             Op::Reboot => Command::Reboot,
+            Op::Host => Command::Host,
+            Op::Metrics => Command::Metrics,
+            Op::ListVms => Command::ListVms,
+            Op::CreateVm => Command::CreateVm,
+            Op::GetVm => Command::GetVm(id),
+            Op::DeleteVm => Command::DeleteVm(id),
+            Op::StartVm => Command::VmAction(id, VmAction::Start),
+            Op::PauseVm => Command::VmAction(id, VmAction::Pause),
+            Op::ResumeVm => Command::VmAction(id, VmAction::Resume),
+            Op::StopVm => Command::VmAction(id, VmAction::Stop),
+            Op::ResetVm => Command::VmAction(id, VmAction::Reset),
+            Op::VmConsole => Command::VmConsole(id),
+            Op::VmStats => Command::VmStats(id),
+            Op::SetVmPmu => Command::SetVmPmu(id),
+            Op::UploadVmImage => Command::UploadVmImage(id),
         }
     }
 
     /// Whether the operation's path has an `{id}`.
     pub const fn takes_id(self) -> bool {
-        matches!(self, Op::GetCpu | Op::CpuOffline | Op::CpuOnline)
+        !matches!(
+            self,
+            Op::Health
+                | Op::ListCpus
+                | Op::Reboot
+                | Op::Host
+                | Op::Metrics
+                | Op::ListVms
+                | Op::CreateVm
+        )
     }
+
+    /// Every operation.
+    pub const ALL: [Op; 21] = [
+        Op::Health,
+        Op::ListCpus,
+        Op::GetCpu,
+        Op::CpuOffline,
+        Op::CpuOnline,
+        Op::Reboot,
+        Op::Host,
+        Op::Metrics,
+        Op::ListVms,
+        Op::CreateVm,
+        Op::GetVm,
+        Op::DeleteVm,
+        Op::StartVm,
+        Op::PauseVm,
+        Op::ResumeVm,
+        Op::StopVm,
+        Op::ResetVm,
+        Op::VmConsole,
+        Op::VmStats,
+        Op::SetVmPmu,
+        Op::UploadVmImage,
+    ];
 }
 
 /// One entry of the route table.
@@ -96,6 +238,8 @@ pub struct Route {
     pub pattern: &'static str,
     /// What it does.
     pub op: Op,
+    /// What body it takes.
+    pub body: BodyKind,
 }
 
 /// The route table.
@@ -104,36 +248,177 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         pattern: "/v1/health",
         op: Op::Health,
+        body: BodyKind::None,
     },
     Route {
         method: Method::Get,
         pattern: "/v1/cpus",
         op: Op::ListCpus,
+        body: BodyKind::None,
     },
     Route {
         method: Method::Get,
         pattern: "/v1/cpus/{id}",
         op: Op::GetCpu,
+        body: BodyKind::None,
     },
     Route {
         method: Method::Post,
         pattern: "/v1/cpus/{id}/offline",
         op: Op::CpuOffline,
+        body: BodyKind::None,
     },
     Route {
         method: Method::Post,
         pattern: "/v1/cpus/{id}/online",
         op: Op::CpuOnline,
+        body: BodyKind::None,
     },
     Route {
         method: Method::Post,
         pattern: "/v1/host/reboot",
         op: Op::Reboot,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Get,
+        pattern: "/v1/host",
+        op: Op::Host,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Get,
+        pattern: "/v1/metrics",
+        op: Op::Metrics,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Get,
+        pattern: "/v1/vms",
+        op: Op::ListVms,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Post,
+        pattern: "/v1/vms",
+        op: Op::CreateVm,
+        body: BodyKind::Json,
+    },
+    Route {
+        method: Method::Get,
+        pattern: "/v1/vms/{id}",
+        op: Op::GetVm,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Delete,
+        pattern: "/v1/vms/{id}",
+        op: Op::DeleteVm,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Post,
+        pattern: "/v1/vms/{id}/start",
+        op: Op::StartVm,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Post,
+        pattern: "/v1/vms/{id}/pause",
+        op: Op::PauseVm,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Post,
+        pattern: "/v1/vms/{id}/resume",
+        op: Op::ResumeVm,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Post,
+        pattern: "/v1/vms/{id}/stop",
+        op: Op::StopVm,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Post,
+        pattern: "/v1/vms/{id}/reset",
+        op: Op::ResetVm,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Get,
+        pattern: "/v1/vms/{id}/console",
+        op: Op::VmConsole,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Get,
+        pattern: "/v1/vms/{id}/stats",
+        op: Op::VmStats,
+        body: BodyKind::None,
+    },
+    Route {
+        method: Method::Put,
+        pattern: "/v1/vms/{id}/pmu",
+        op: Op::SetVmPmu,
+        body: BodyKind::Json,
+    },
+    Route {
+        method: Method::Put,
+        pattern: "/v1/vms/{id}/image",
+        op: Op::UploadVmImage,
+        body: BodyKind::Upload,
     },
 ];
 
 /// The capture name in patterns.
 const ID: &str = "{id}";
+
+/// The body a request to `method path` may carry: that of its route, [`BodyKind::None`] when
+/// no route matches (the request will be refused anyway). Used by the HTTP layer to pick the
+/// body limit from the head alone.
+pub fn body_kind(method: Method, path: &str) -> BodyKind {
+    ROUTES
+        .iter()
+        .find(|r| r.method == method && match_pattern(r.pattern, path).is_some())
+        .map_or(BodyKind::None, |r| r.body)
+}
+
+/// The route a command came from.
+pub fn route_of(op: Op) -> &'static Route {
+    // Every op has exactly one route (checked by `table_is_consistent`).
+    ROUTES.iter().find(|r| r.op == op).unwrap_or(&ROUTES[0])
+}
+
+impl Command {
+    /// The operation of this command.
+    pub const fn op(self) -> Op {
+        match self {
+            Command::Health => Op::Health,
+            Command::ListCpus => Op::ListCpus,
+            Command::GetCpu(_) => Op::GetCpu,
+            Command::CpuOffline(_) => Op::CpuOffline,
+            Command::CpuOnline(_) => Op::CpuOnline,
+            Command::Reboot => Op::Reboot,
+            Command::Host => Op::Host,
+            Command::Metrics => Op::Metrics,
+            Command::ListVms => Op::ListVms,
+            Command::CreateVm => Op::CreateVm,
+            Command::GetVm(_) => Op::GetVm,
+            Command::DeleteVm(_) => Op::DeleteVm,
+            Command::VmAction(_, VmAction::Start) => Op::StartVm,
+            Command::VmAction(_, VmAction::Pause) => Op::PauseVm,
+            Command::VmAction(_, VmAction::Resume) => Op::ResumeVm,
+            Command::VmAction(_, VmAction::Stop) => Op::StopVm,
+            Command::VmAction(_, VmAction::Reset) => Op::ResetVm,
+            Command::VmConsole(_) => Op::VmConsole,
+            Command::VmStats(_) => Op::VmStats,
+            Command::SetVmPmu(_) => Op::SetVmPmu,
+            Command::UploadVmImage(_) => Op::UploadVmImage,
+        }
+    }
+}
 
 /// Routes a request through [`ROUTES`].
 pub fn route(method: Method, path: &str) -> Result<Command, ApiError> {
@@ -202,6 +487,41 @@ mod tests {
             ),
             (Method::Post, "/v1/cpus/0/offline", Command::CpuOffline(0)),
             (Method::Post, "/v1/cpus/17/online", Command::CpuOnline(17)),
+            (Method::Get, "/v1/host", Command::Host),
+            (Method::Get, "/v1/metrics", Command::Metrics),
+            (Method::Get, "/v1/vms", Command::ListVms),
+            (Method::Post, "/v1/vms", Command::CreateVm),
+            (Method::Get, "/v1/vms/7", Command::GetVm(7)),
+            (Method::Delete, "/v1/vms/7", Command::DeleteVm(7)),
+            (
+                Method::Post,
+                "/v1/vms/1/start",
+                Command::VmAction(1, VmAction::Start),
+            ),
+            (
+                Method::Post,
+                "/v1/vms/1/pause",
+                Command::VmAction(1, VmAction::Pause),
+            ),
+            (
+                Method::Post,
+                "/v1/vms/1/resume",
+                Command::VmAction(1, VmAction::Resume),
+            ),
+            (
+                Method::Post,
+                "/v1/vms/1/stop",
+                Command::VmAction(1, VmAction::Stop),
+            ),
+            (
+                Method::Post,
+                "/v1/vms/1/reset",
+                Command::VmAction(1, VmAction::Reset),
+            ),
+            (Method::Get, "/v1/vms/2/console", Command::VmConsole(2)),
+            (Method::Get, "/v1/vms/2/stats", Command::VmStats(2)),
+            (Method::Put, "/v1/vms/2/pmu", Command::SetVmPmu(2)),
+            (Method::Put, "/v1/vms/2/image", Command::UploadVmImage(2)),
         ];
         for (m, p, c) in cases {
             assert_eq!(route(m, p), Ok(c), "{m} {p}");
@@ -286,7 +606,26 @@ mod tests {
     }
 
     #[test]
+    fn body_kinds() {
+        assert_eq!(body_kind(Method::Put, "/v1/vms/3/image"), BodyKind::Upload);
+        assert_eq!(body_kind(Method::Post, "/v1/vms/3/image"), BodyKind::None);
+        assert_eq!(body_kind(Method::Put, "/v1/vms/x/image"), BodyKind::Upload);
+        assert_eq!(body_kind(Method::Post, "/v1/vms"), BodyKind::Json);
+        assert_eq!(body_kind(Method::Get, "/nope"), BodyKind::None);
+    }
+
+    #[test]
     fn table_is_consistent() {
+        for op in Op::ALL {
+            assert_eq!(ROUTES.iter().filter(|r| r.op == op).count(), 1, "{op:?}");
+            assert_eq!(route_of(op).op, op);
+        }
+        assert_eq!(ROUTES.len(), Op::ALL.len());
+        for r in ROUTES {
+            let path = r.pattern.replace(ID, "5");
+            let c = route(r.method, &path).unwrap();
+            assert_eq!(c.op(), r.op, "{r:?}");
+        }
         for (i, r) in ROUTES.iter().enumerate() {
             assert!(r.pattern.starts_with('/'), "{r:?}");
             assert_eq!(r.pattern.contains(ID), r.op.takes_id(), "{r:?}");

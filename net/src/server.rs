@@ -1,8 +1,15 @@
 //! Route -> backend -> JSON -> response bytes.
 //!
-//! [`serve`] is the loop a transport calls; [`handle`] answers one request; [`write_json`] and
-//! [`write_error`] are the two ways a response is written, for callers that compose their own
-//! flow (for example a kernel that runs a command on another CPU and answers later).
+//! [`Endpoint`] is what a transport holds: the [`Settings`] (limits, token, connection bounds)
+//! and the HTTP counters that `GET /v1/metrics` reports. [`Endpoint::serve`] is the loop a
+//! transport calls per connection; [`Endpoint::reject`] and [`Endpoint::timeout`] write the two
+//! answers the transport sends on its own before closing a connection (too many connections:
+//! 503; idle too long: 408). The free functions [`serve`] and [`handle`] are the same without
+//! authentication and without counters (for callers that compose their own flow, and tests).
+//!
+//! Per request, in order: authentication (401) -> route (404/405/501/400) -> `Content-Type`
+//! of the body against the route's [`router::BodyKind`] (415) -> body or query (400) -> backend ->
+//! response.
 //!
 //! Responses are appended to a caller's `Vec<u8>`. Each is bounded by
 //! [`Limits::max_response_bytes`]: a reply that would not fit is replaced by a small
@@ -14,9 +21,15 @@ use alloc::vec::Vec;
 
 use serde::Serialize;
 
-use crate::api::{Backend, CpuError, CpuInfo};
+use hv::config::{ApiToken, BootConfig};
+
+use crate::api::{Backend, CpuError, CpuInfo, VmError, VmInfo};
 use crate::error::{ApiError, Context, ErrorBody};
-use crate::http::{Conn, Limits, Methods, Next, Request, Status, write_head};
+use crate::http::{
+    Conn, Head, HeaderValue, JSON, Limits, Methods, Next, Request, Status, write_head,
+};
+use crate::json::{HostJson, StatsJson, VmJson};
+use crate::metrics::HttpStats;
 use crate::router::{self, Command};
 
 /// What the transport does after [`serve`].
@@ -31,18 +44,155 @@ pub enum Flow {
     Close,
 }
 
+/// Everything configurable about the endpoint. Build with [`Settings::default`] or
+/// [`Settings::from_boot_config`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Per-connection limits ([`Limits::DEFAULT`]).
+    pub limits: Limits,
+    /// The bearer token every request must carry; `None` (default): no authentication.
+    pub token: Option<ApiToken>,
+    /// Most connections open at once (default [`Settings::DEFAULT_MAX_CONNECTIONS`]). Enforced
+    /// by the transport: one more is sent [`Endpoint::reject`] and closed.
+    pub max_connections: u32,
+    /// A connection with no traffic for this long is closed (default
+    /// [`Settings::DEFAULT_IDLE_MS`]). Enforced by the transport: it sends
+    /// [`Endpoint::timeout`] if nothing is being answered, then closes.
+    pub idle_timeout_ms: u32,
+}
+
+impl Settings {
+    /// Default [`Settings::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+    /// Default [`Settings::idle_timeout_ms`]: 30 s.
+    pub const DEFAULT_IDLE_MS: u32 = 30_000;
+
+    /// The kernel command line's `api_token=` and `http_*=` values over the defaults (the keys
+    /// and their ranges are documented in [`hv::config`]).
+    pub fn from_boot_config(c: &BootConfig) -> Settings {
+        let h = &c.http;
+        let d = Limits::DEFAULT;
+        let or = |v: Option<u32>, default: usize| v.map_or(default, |n| n as usize);
+        Settings {
+            limits: Limits {
+                max_headers: or(h.max_headers, d.max_headers),
+                max_head_bytes: or(h.max_head_bytes, d.max_head_bytes),
+                max_body_bytes: or(h.max_body_bytes, d.max_body_bytes),
+                max_upload_bytes: or(h.max_upload_bytes, d.max_upload_bytes),
+                max_response_bytes: d.max_response_bytes,
+            },
+            token: c.api_token.clone(),
+            max_connections: h.max_conns.unwrap_or(Self::DEFAULT_MAX_CONNECTIONS),
+            idle_timeout_ms: h.idle_ms.unwrap_or(Self::DEFAULT_IDLE_MS),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: Limits::DEFAULT,
+            token: None,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            idle_timeout_ms: Self::DEFAULT_IDLE_MS,
+        }
+    }
+}
+
+/// The endpoint: settings and counters, shared by all connections of one transport.
+#[derive(Debug, Default)]
+pub struct Endpoint {
+    settings: Settings,
+    stats: HttpStats,
+}
+
+impl Endpoint {
+    /// An endpoint with these settings and zero counters.
+    pub fn new(settings: Settings) -> Self {
+        Endpoint {
+            settings,
+            stats: HttpStats::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &HttpStats {
+        &self.stats
+    }
+
+    /// A fresh connection with the endpoint's limits.
+    pub fn conn(&self) -> Conn {
+        Conn::with_token(self.settings.limits, self.settings.token.clone())
+    }
+
+    /// Answers every complete request buffered in `conn` ([`serve`], with authentication and
+    /// counting).
+    pub fn serve<B: Backend + ?Sized>(
+        &mut self,
+        conn: &mut Conn,
+        backend: &mut B,
+        out: &mut Vec<u8>,
+    ) -> Flow {
+        let token = self.settings.token.as_ref();
+        serve_with(conn, backend, out, token, Some(&mut self.stats))
+    }
+
+    /// Appends the 503 `too_many_connections` answer for a connection the transport will not
+    /// serve; send it, then close.
+    pub fn reject(&mut self, out: &mut Vec<u8>) {
+        self.stats.rejected_connections = self.stats.rejected_connections.saturating_add(1);
+        self.stats
+            .record(write_error(out, ApiError::TooManyConnections, None, false));
+    }
+
+    /// Appends the 408 `request_timeout` answer for a connection idle longer than
+    /// [`Settings::idle_timeout_ms`]; send it (if no response is half sent), then close.
+    pub fn timeout(&mut self, out: &mut Vec<u8>) {
+        self.stats.timeouts = self.stats.timeouts.saturating_add(1);
+        self.stats
+            .record(write_error(out, ApiError::RequestTimeout, None, false));
+    }
+}
+
 /// Answers every complete request buffered in `conn`, in order, appending the responses to
-/// `out`.
+/// `out`, with no authentication and no counters (see [`Endpoint::serve`]).
 ///
 /// Stops early, with [`Flow::Continue`], once `out` holds [`Limits::max_response_bytes`] or more,
 /// so that pipelined requests cannot make the output grow without bound.
+///
+/// `GET /v1/metrics` then reports no HTTP responses: there is nowhere to keep them.
 pub fn serve<B: Backend + ?Sized>(conn: &mut Conn, backend: &mut B, out: &mut Vec<u8>) -> Flow {
+    serve_with(conn, backend, out, None, None)
+}
+
+fn serve_with<B: Backend + ?Sized>(
+    conn: &mut Conn,
+    backend: &mut B,
+    out: &mut Vec<u8>,
+    token: Option<&ApiToken>,
+    mut stats: Option<&mut HttpStats>,
+) -> Flow {
     let limits = *conn.limits();
+    let none = HttpStats::default();
     while out.len() < limits.max_response_bytes {
         match conn.next_request() {
-            Next::Request(req) => handle(backend, &req, &limits, out),
+            Next::Request(req) => {
+                let seen = stats.as_deref().unwrap_or(&none);
+                let status = answer(backend, &req, &limits, out, token, seen);
+                if let Some(s) = stats.as_deref_mut() {
+                    s.record(status);
+                }
+            }
             Next::Error(e) => {
-                write_error(out, ApiError::Parse(e), None, false);
+                let status = write_error(out, ApiError::Parse(e), None, false);
+                if let Some(s) = stats {
+                    s.record(status);
+                }
                 return Flow::Close;
             }
             Next::NeedMore => return Flow::Continue,
@@ -56,36 +206,137 @@ pub fn serve<B: Backend + ?Sized>(conn: &mut Conn, backend: &mut B, out: &mut Ve
     }
 }
 
-/// Answers one request: route it, run the command on `backend`, append the response to `out`.
+/// Answers one request without authentication: route it, run the command on `backend`,
+/// append the response to `out`. Returns the status sent.
 pub fn handle<B: Backend + ?Sized>(
     backend: &mut B,
     req: &Request<'_>,
     limits: &Limits,
     out: &mut Vec<u8>,
-) {
+) -> Status {
+    answer(backend, req, limits, out, None, &HttpStats::default())
+}
+
+fn answer<B: Backend + ?Sized>(
+    backend: &mut B,
+    req: &Request<'_>,
+    limits: &Limits,
+    out: &mut Vec<u8>,
+    token: Option<&ApiToken>,
+    stats: &HttpStats,
+) -> Status {
     let ctx = Context {
         method: req.method,
         path: req.path,
     };
     let keep_alive = req.keep_alive;
+    let authorized = token.is_none_or(|t| crate::auth::authorized(t, req.authorization));
+    let result = if authorized {
+        run(backend, req, limits, out, stats)
+    } else {
+        Err(ApiError::Unauthorized)
+    };
+    match result {
+        Ok(status) => status,
+        Err(e) => write_error(out, e, Some(ctx), keep_alive),
+    }
+}
+
+fn run<B: Backend + ?Sized>(
+    backend: &mut B,
+    req: &Request<'_>,
+    limits: &Limits,
+    out: &mut Vec<u8>,
+    stats: &HttpStats,
+) -> Result<Status, ApiError> {
+    let command = router::route(req.method, req.path)?;
+    let body_kind = router::route_of(command.op()).body;
+    if let Some(want) = body_kind.media_type() {
+        if !media_type_is(req.content_type, want) {
+            return Err(ApiError::UnsupportedMediaType(want));
+        }
+    }
+    // Only the console reads the query; elsewhere one is ignored, as is usual.
+    let ka = req.keep_alive;
     let max = limits.max_response_bytes;
-    let result = match router::route(req.method, req.path) {
-        Err(e) => Err(e),
-        Ok(Command::Health) => write_json(out, Status::Ok, keep_alive, max, &backend.health()),
-        Ok(Command::ListCpus) => write_cpus(out, keep_alive, max, &*backend),
-        Ok(Command::GetCpu(id)) => cpu_reply(out, keep_alive, max, backend.cpu(id)),
-        Ok(Command::CpuOnline(id)) => cpu_reply(out, keep_alive, max, backend.cpu_online(id)),
-        Ok(Command::CpuOffline(id)) => cpu_reply(out, keep_alive, max, backend.cpu_offline(id)),
-        Ok(Command::Reboot) => backend.reboot().map_err(ApiError::from).and_then(|()| {
+    let ok = Status::Ok;
+    match command {
+        Command::Health => write_json(out, ok, ka, max, &backend.health()),
+        Command::ListCpus => write_cpus(out, ka, max, &*backend),
+        Command::GetCpu(id) => cpu_reply(out, ka, max, backend.cpu(id)),
+        Command::CpuOnline(id) => cpu_reply(out, ka, max, backend.cpu_online(id)),
+        Command::CpuOffline(id) => cpu_reply(out, ka, max, backend.cpu_offline(id)),
+        Command::Reboot => {
+            backend.reboot()?;
             let body = crate::api::Rebooting {
                 status: "rebooting",
             };
-            write_json(out, Status::Accepted, keep_alive, max, &body)
-        }),
-    };
-    if let Err(e) = result {
-        write_error(out, e, Some(ctx), keep_alive);
+            write_json(out, Status::Accepted, ka, max, &body)
+        }
+        Command::Host => write_json(out, ok, ka, max, &HostJson(&backend.host())),
+        Command::Metrics => write_metrics(out, ka, max, &*backend, stats),
+        Command::ListVms => write_vms(out, ka, max, &*backend),
+        Command::CreateVm => {
+            let c = crate::body::parse_create(req.body)?;
+            let vm = backend.vm_create(c.config, c.pmu, c.start)?;
+            let mut location = heapless::String::<24>::new();
+            let _ = core::fmt::write(&mut location, format_args!("/v1/vms/{}", vm.id));
+            let extra = [("Location", HeaderValue::Text(&location))];
+            write_response(out, Head::json(Status::Created, 0, ka), &extra, max, |w| {
+                w.json(&VmJson(&vm))
+            })
+        }
+        Command::GetVm(id) => vm_reply(out, ka, max, backend.vm(id)),
+        Command::DeleteVm(id) => {
+            backend.vm_delete(id)?;
+            let head = Head {
+                status: Status::NoContent,
+                content_type: None,
+                content_length: None,
+                keep_alive: ka,
+                allow: Methods::EMPTY,
+                extra: &[],
+            };
+            write_head(out, &head);
+            Ok(Status::NoContent)
+        }
+        Command::VmAction(id, action) => vm_reply(out, ka, max, backend.vm_action(id, action)),
+        Command::VmConsole(id) => {
+            let offset = console_offset(req.query)?;
+            write_console(out, ka, max, &*backend, id, offset)
+        }
+        Command::VmStats(id) => {
+            let vm = backend.vm(id)?;
+            write_json(out, ok, ka, max, &StatsJson(&vm.summary.stats))
+        }
+        Command::SetVmPmu(id) => {
+            let pmu = crate::body::parse_pmu(req.body)?;
+            vm_reply(out, ka, max, backend.vm_set_pmu(id, pmu))
+        }
+        Command::UploadVmImage(id) => vm_reply(out, ka, max, backend.vm_image(id, req.body)),
     }
+}
+
+/// Whether a `Content-Type` value names `want` (`type/subtype`, any case, parameters such as
+/// `; charset=utf-8` allowed).
+fn media_type_is(content_type: Option<&str>, want: &str) -> bool {
+    content_type.is_some_and(|ct| {
+        let essence = ct.split(';').next().unwrap_or("").trim_matches([' ', '\t']);
+        essence.eq_ignore_ascii_case(want)
+    })
+}
+
+/// The console's query: nothing, or `offset=N` with N a decimal `u64`.
+fn console_offset(query: Option<&str>) -> Result<u64, ApiError> {
+    let q = query.unwrap_or("");
+    if q.is_empty() {
+        return Ok(0);
+    }
+    let v = q.strip_prefix("offset=").ok_or(ApiError::InvalidQuery)?;
+    if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::InvalidQuery);
+    }
+    v.parse().map_err(|_| ApiError::InvalidQuery)
 }
 
 fn cpu_reply(
@@ -93,8 +344,17 @@ fn cpu_reply(
     keep_alive: bool,
     max: usize,
     reply: Result<CpuInfo<'_>, CpuError>,
-) -> Result<(), ApiError> {
+) -> Result<Status, ApiError> {
     write_json(out, Status::Ok, keep_alive, max, &reply?)
+}
+
+fn vm_reply(
+    out: &mut Vec<u8>,
+    keep_alive: bool,
+    max: usize,
+    reply: Result<VmInfo, VmError>,
+) -> Result<Status, ApiError> {
+    write_json(out, Status::Ok, keep_alive, max, &VmJson(&reply?))
 }
 
 /// A JSON array of CPU objects, streamed from [`Backend::cpus`].
@@ -103,8 +363,9 @@ fn write_cpus<B: Backend + ?Sized>(
     keep_alive: bool,
     max: usize,
     backend: &B,
-) -> Result<(), ApiError> {
-    write_response(out, Status::Ok, keep_alive, Methods::EMPTY, max, |w| {
+) -> Result<Status, ApiError> {
+    let head = Head::json(Status::Ok, 0, keep_alive);
+    write_response(out, head, &[], max, |w| {
         w.raw(b"[")?;
         let mut result = Ok(());
         let mut first = true;
@@ -119,6 +380,89 @@ fn write_cpus<B: Backend + ?Sized>(
     })
 }
 
+/// A JSON array of VM objects, streamed from [`Backend::vms`].
+fn write_vms<B: Backend + ?Sized>(
+    out: &mut Vec<u8>,
+    keep_alive: bool,
+    max: usize,
+    backend: &B,
+) -> Result<Status, ApiError> {
+    let head = Head::json(Status::Ok, 0, keep_alive);
+    write_response(out, head, &[], max, |w| {
+        w.raw(b"[")?;
+        let mut result = Ok(());
+        let mut first = true;
+        backend.vms(&mut |vm| {
+            if result.is_ok() {
+                result =
+                    if first { Ok(()) } else { w.raw(b",") }.and_then(|()| w.json(&VmJson(vm)));
+                first = false;
+            }
+        });
+        result?;
+        w.raw(b"]")
+    })
+}
+
+/// Console bytes, raw, with `X-Console-Next-Offset` (pass it as `offset` next time) and
+/// `X-Console-Dropped` (bytes between the requested offset and the first byte sent that the
+/// ring no longer holds; 0 when nothing was lost).
+fn write_console<B: Backend + ?Sized>(
+    out: &mut Vec<u8>,
+    keep_alive: bool,
+    max: usize,
+    backend: &B,
+    id: u32,
+    offset: u64,
+) -> Result<Status, ApiError> {
+    // Leave room for the head (well under 256 bytes).
+    let room = max.saturating_sub(256).min(hv::devices::CONSOLE_RING_SIZE);
+    let start = out.len();
+    out.resize(start + room, 0);
+    let read = backend.vm_console(id, offset, &mut out[start..]);
+    let read = match read {
+        Ok(r) => r,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e.into());
+        }
+    };
+    out.truncate(start + read.copied.min(room));
+    let body_len = out.len() - start;
+    let extra = [
+        ("X-Console-Next-Offset", HeaderValue::Num(read.next_offset)),
+        ("X-Console-Dropped", HeaderValue::Num(read.dropped)),
+    ];
+    let head = Head {
+        status: Status::Ok,
+        content_type: Some("application/octet-stream"),
+        content_length: Some(body_len),
+        keep_alive,
+        allow: Methods::EMPTY,
+        extra: &extra,
+    };
+    write_head(out, &head);
+    let head_len = out.len() - start - body_len;
+    out[start..].rotate_right(head_len);
+    Ok(Status::Ok)
+}
+
+fn write_metrics<B: Backend + ?Sized>(
+    out: &mut Vec<u8>,
+    keep_alive: bool,
+    max: usize,
+    backend: &B,
+    stats: &HttpStats,
+) -> Result<Status, ApiError> {
+    let head = Head {
+        content_type: Some(crate::metrics::CONTENT_TYPE),
+        ..Head::json(Status::Ok, 0, keep_alive)
+    };
+    let mut text = Vec::new();
+    crate::metrics::render(backend, stats, &mut text);
+    write_response(out, head, &[], max, |w| w.raw(&text))
+}
+
 /// Appends a complete response whose body is `body` as JSON, or returns
 /// [`ApiError::ResponseTooLarge`] (and appends nothing) if it would exceed `max` bytes.
 pub fn write_json<T: Serialize + ?Sized>(
@@ -127,79 +471,87 @@ pub fn write_json<T: Serialize + ?Sized>(
     keep_alive: bool,
     max: usize,
     body: &T,
-) -> Result<(), ApiError> {
-    write_response(out, status, keep_alive, Methods::EMPTY, max, |w| {
+) -> Result<Status, ApiError> {
+    write_response(out, Head::json(status, 0, keep_alive), &[], max, |w| {
         w.json(body)
     })
 }
 
-/// Appends a complete error response: the error's status, `Allow` for 405, and the JSON error
-/// body. `keep_alive` is overridden to false for framing errors. Error responses are small
-/// (paths are cut to [`crate::error::ECHO_MAX`]) and bounded by [`ERROR_MAX`] rather than by
-/// [`Limits::max_response_bytes`], so that an error can always be reported.
+/// Appends a complete error response: the error's status, `Allow` for 405,
+/// `WWW-Authenticate: Bearer` for 401, and the JSON error body. `keep_alive` is overridden to
+/// false for errors that close the connection. Error responses are small (paths are cut to
+/// [`crate::error::ECHO_MAX`]) and bounded by [`ERROR_MAX`] rather than by
+/// [`Limits::max_response_bytes`], so that an error can always be reported. Returns the status
+/// written.
 pub fn write_error(
     out: &mut Vec<u8>,
     error: ApiError,
     context: Option<Context<'_>>,
     keep_alive: bool,
-) {
+) -> Status {
     let keep_alive = keep_alive && !error.closes_connection();
     let body = ErrorBody { error, context };
-    let written = write_response(
-        out,
-        error.status(),
-        keep_alive,
-        error.allow(),
-        ERROR_MAX,
-        |w| w.json(&body),
-    );
-    if written.is_err() {
-        // Unreachable with the messages we have; keep the client informed regardless.
-        let fallback = ErrorBody {
-            error: ApiError::ResponseTooLarge,
-            context: None,
-        };
-        let _ = write_response(
-            out,
-            Status::InternalServerError,
-            keep_alive,
-            Methods::EMPTY,
-            ERROR_MAX,
-            |w| w.json(&fallback),
-        );
+    let head = Head {
+        allow: error.allow(),
+        ..Head::json(error.status(), 0, keep_alive)
+    };
+    let extra: &[(&str, HeaderValue<'_>)] = if error.status() == Status::Unauthorized {
+        &[("WWW-Authenticate", HeaderValue::Text("Bearer"))]
+    } else {
+        &[]
+    };
+    let written = write_response(out, head, extra, ERROR_MAX, |w| w.json(&body));
+    match written {
+        Ok(s) => s,
+        Err(_) => {
+            // Unreachable with the messages we have; keep the client informed regardless.
+            let fallback = ErrorBody {
+                error: ApiError::ResponseTooLarge,
+                context: None,
+            };
+            let head = Head::json(Status::InternalServerError, 0, keep_alive);
+            let _ = write_response(out, head, &[], ERROR_MAX, |w| w.json(&fallback));
+            Status::InternalServerError
+        }
     }
 }
 
 /// The most bytes an error response takes.
 pub const ERROR_MAX: usize = 2048;
 
-/// Writes the body with `body`, then the head in front of it.
+/// Writes the body with `body`, then `head` (its `content_length` set to the body's) in front
+/// of it.
 fn write_response(
     out: &mut Vec<u8>,
-    status: Status,
-    keep_alive: bool,
-    allow: Methods,
+    head: Head<'_>,
+    extra: &[(&str, HeaderValue<'_>)],
     max: usize,
     body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), ApiError>,
-) -> Result<(), ApiError> {
+) -> Result<Status, ApiError> {
     let start = out.len();
     let end = start.saturating_add(max);
     let mut w = BodyWriter { out, end };
-    let written = body(&mut w).and_then(|()| w.raw(b"\n"));
+    let json = head.content_type == Some(JSON);
+    let written = body(&mut w).and_then(|()| if json { w.raw(b"\n") } else { Ok(()) });
     let out = w.out;
     if written.is_err() {
         out.truncate(start);
         return Err(ApiError::ResponseTooLarge);
     }
     let body_len = out.len() - start;
-    write_head(out, status, body_len, keep_alive, allow);
+    let head = Head {
+        content_length: Some(body_len),
+        extra,
+        ..head
+    };
+    write_head(out, &head);
     if out.len() > end {
         out.truncate(start);
         return Err(ApiError::ResponseTooLarge);
     }
     let head_len = out.len() - start - body_len;
     out[start..].rotate_right(head_len);
-    Ok(())
+    Ok(head.status)
 }
 
 /// Appends to a response body without passing an absolute end.
@@ -237,5 +589,84 @@ impl BodyWriter<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::BodyKind;
+
+    #[test]
+    fn media_types() {
+        assert!(media_type_is(Some("application/json"), JSON));
+        assert!(media_type_is(Some("Application/JSON; charset=utf-8"), JSON));
+        assert!(media_type_is(Some(" application/json ;x=y"), JSON));
+        assert!(!media_type_is(Some("application/jsonx"), JSON));
+        assert!(!media_type_is(Some("text/plain"), JSON));
+        assert!(!media_type_is(None, JSON));
+        assert_eq!(
+            BodyKind::Upload.media_type(),
+            Some("application/octet-stream")
+        );
+    }
+
+    #[test]
+    fn console_offsets() {
+        assert_eq!(console_offset(None), Ok(0));
+        assert_eq!(console_offset(Some("")), Ok(0));
+        assert_eq!(console_offset(Some("offset=0")), Ok(0));
+        assert_eq!(
+            console_offset(Some("offset=18446744073709551615")),
+            Ok(u64::MAX)
+        );
+        for bad in [
+            "offset=18446744073709551616",
+            "offset=",
+            "offset=-1",
+            "offset=+1",
+            "offset=1&x=2",
+            "x=1",
+            "offset",
+            "offset=0x10",
+            "offset=99999999999999999999999",
+        ] {
+            assert_eq!(
+                console_offset(Some(bad)),
+                Err(ApiError::InvalidQuery),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_from_boot_config() {
+        assert_eq!(
+            Settings::from_boot_config(&BootConfig::default()),
+            Settings::default()
+        );
+        let c = BootConfig::parse([
+            "api_token=t0k",
+            "http_max_headers=8",
+            "http_max_head_bytes=1024",
+            "http_max_body_bytes=100",
+            "http_max_upload_bytes=2000",
+            "http_max_conns=3",
+            "http_idle_ms=1500",
+        ])
+        .unwrap();
+        let s = Settings::from_boot_config(&c);
+        assert_eq!(s.token.as_ref().map(ApiToken::as_str), Some("t0k"));
+        assert_eq!(
+            s.limits,
+            Limits {
+                max_headers: 8,
+                max_head_bytes: 1024,
+                max_body_bytes: 100,
+                max_upload_bytes: 2000,
+                max_response_bytes: Limits::DEFAULT.max_response_bytes,
+            }
+        );
+        assert_eq!((s.max_connections, s.idle_timeout_ms), (3, 1500));
     }
 }

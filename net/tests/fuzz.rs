@@ -59,7 +59,21 @@ fn check(out: &[u8], flow: Flow) {
     for r in &resps {
         assert!(matches!(
             r.status,
-            200 | 400 | 404 | 405 | 409 | 411 | 413 | 431 | 500 | 501 | 505
+            200 | 201
+                | 202
+                | 204
+                | 400
+                | 404
+                | 405
+                | 409
+                | 411
+                | 413
+                | 415
+                | 431
+                | 500
+                | 501
+                | 505
+                | 507
         ));
     }
 }
@@ -98,6 +112,12 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         ).into_bytes()),
         1 => s("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
         1 => s("GET / HTTP/2.0\r\n\r\n"),
+        3 => vm_request(),
+        1 => s("GET /v1/host HTTP/1.1\r\n\r\n"),
+        1 => s("GET /v1/metrics HTTP/1.1\r\n\r\n"),
+        1 => s("PUT /v1/vms/1/image HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 99999999\r\n\r\n"),
+        1 => s("Content-Type: application/json\r\n"),
+        1 => s("Authorization: Bearer x\r\n"),
         2 => s("X-Header: value\r\n"),
         2 => s("\r\n"),
         2 => s("GET "),
@@ -105,6 +125,95 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         3 => prop::collection::vec(any::<u8>(), 0..40),
         1 => prop::collection::vec(prop::sample::select(b"/v1cpus{}%\"\\ \r\n:GETPOS".to_vec()), 0..60),
     ]
+}
+
+/// JSON that is sometimes a valid VM or PMU body and often nearly one.
+fn json_body() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        Just("1".to_string()),
+        Just("0".to_string()),
+        Just("-1".to_string()),
+        Just("1.5".to_string()),
+        Just("1e9".to_string()),
+        Just("99999999999999999999999".to_string()),
+        Just("null".to_string()),
+        Just("true".to_string()),
+        Just("\"hello\"".to_string()),
+        Just("\"a\\\"b\\u00e9\"".to_string()),
+        Just("{}".to_string()),
+        Just("[]".to_string()),
+        Just("{\"vendor\":\"intel\",\"version\":5,\"fixed_counters\":4}".to_string()),
+        Just("{\"vendor\":\"amd\",\"kind\":\"perfmon_v2\",\"gp_counters\":3}".to_string()),
+        "\"[a-z0-9_ -]{0,40}\"",
+    ];
+    let key = prop::sample::select(vec![
+        "name",
+        "image",
+        "memory_mib",
+        "cpu",
+        "cmdline",
+        "on_crash",
+        "pmu",
+        "start",
+        "vendor",
+        "version",
+        "gp_counters",
+        "fixed_counters",
+        "width",
+        "full_width_writes",
+        "kind",
+        "x",
+    ]);
+    let fields = prop::collection::vec((key, value), 0..8);
+    (fields, prop::bool::ANY, 0usize..4).prop_map(|(fields, named, cut)| {
+        let mut parts: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        if named {
+            parts.insert(0, "\"name\":\"v\",\"image\":\"hello\"".to_string());
+        }
+        let mut body = format!("{{{}}}", parts.join(","));
+        body.truncate(body.len().saturating_sub(cut));
+        body
+    })
+}
+
+/// A request to one of the VM routes, with a plausible body.
+fn vm_request() -> impl Strategy<Value = Vec<u8>> {
+    let target = prop_oneof![
+        Just(("POST", "/v1/vms".to_string())),
+        Just(("GET", "/v1/vms".to_string())),
+        (0u32..4).prop_map(|id| ("GET", format!("/v1/vms/{id}"))),
+        (0u32..4).prop_map(|id| ("DELETE", format!("/v1/vms/{id}"))),
+        (
+            0u32..4,
+            prop::sample::select(vec!["start", "pause", "resume", "stop", "reset"])
+        )
+            .prop_map(|(id, a)| ("POST", format!("/v1/vms/{id}/{a}"))),
+        (0u32..4, prop::option::of("[0-9x=&-]{0,12}")).prop_map(|(id, q)| (
+            "GET",
+            match q {
+                Some(q) => format!("/v1/vms/{id}/console?offset={q}"),
+                None => format!("/v1/vms/{id}/console"),
+            }
+        )),
+        (0u32..4).prop_map(|id| ("GET", format!("/v1/vms/{id}/stats"))),
+        (0u32..4).prop_map(|id| ("PUT", format!("/v1/vms/{id}/pmu"))),
+        (0u32..4).prop_map(|id| ("PUT", format!("/v1/vms/{id}/image"))),
+    ];
+    let ctype = prop::sample::select(vec![
+        "",
+        "Content-Type: application/json\r\n",
+        "Content-Type: application/octet-stream\r\n",
+        "Content-Type: text/plain\r\n",
+    ]);
+    let body = prop_oneof![
+        3 => json_body().prop_map(String::into_bytes),
+        1 => Just(b"\x7fELF\x01\x01\x01".to_vec()),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ];
+    (target, ctype, body).prop_map(|((m, p), c, b)| {
+        let head = format!("{m} {p} HTTP/1.1\r\n{c}Content-Length: {}\r\n\r\n", b.len());
+        [head.into_bytes(), b].concat()
+    })
 }
 
 /// A valid request, and whether it asks to close.
@@ -115,6 +224,12 @@ fn valid_request() -> impl Strategy<Value = (Vec<u8>, bool)> {
         (0u32..6).prop_map(|id| format!("/v1/cpus/{id}")),
         (0u32..6).prop_map(|id| format!("/v1/cpus/{id}/online")),
         (0u32..6).prop_map(|id| format!("/v1/cpus/{id}/offline")),
+        Just("/v1/vms".to_string()),
+        Just("/v1/host".to_string()),
+        Just("/v1/metrics".to_string()),
+        (0u32..4).prop_map(|id| format!("/v1/vms/{id}")),
+        (0u32..4).prop_map(|id| format!("/v1/vms/{id}/start")),
+        (0u32..4).prop_map(|id| format!("/v1/vms/{id}/console?offset={id}")),
         "/[a-z0-9/]{0,20}",
     ];
     let method = prop::sample::select(vec!["GET", "POST", "PUT", "DELETE"]);
@@ -141,6 +256,7 @@ fn small_limits() -> impl Strategy<Value = Limits> {
             max_headers: h,
             max_head_bytes: head,
             max_body_bytes: body,
+            max_upload_bytes: body * 3,
             max_response_bytes: resp,
         }
     })
@@ -196,8 +312,41 @@ proptest! {
         check(&out, flow);
         let resps = read_responses(&out);
         prop_assert_eq!(resps.len(), answered);
-        prop_assert!(resps.iter().all(|r| r.status < 500 || r.status == 500 && r.code() == "cpu_failed"));
+        prop_assert!(resps.iter().all(|r| r.status < 500
+            || r.status == 500 && r.code() == "cpu_failed"
+            || r.status == 507 && r.code() == "insufficient_storage"));
         prop_assert_eq!(flow == Flow::Close, answered < reqs.len() || reqs.last().is_some_and(|r| r.1));
+    }
+
+    #[test]
+    fn json_bodies_are_answered_with_a_vm_or_a_field_error(
+        body in json_body(),
+        pmu in prop::bool::ANY,
+    ) {
+        let path = if pmu { "/v1/vms/1/pmu" } else { "/v1/vms" };
+        let method = if pmu { "PUT" } else { "POST" };
+        let create = b"POST /v1/vms HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 28\r\n\r\n{\"name\":\"a\",\"image\":\"hello\"}";
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (out, _) = run(Limits::default(), &[create, req.as_bytes()]);
+        let resps = read_responses(&out);
+        prop_assert_eq!(resps.len(), 2);
+        let r = &resps[1];
+        match r.status {
+            200 | 201 => prop_assert!(r.body["id"].is_u64()),
+            400 => {
+                prop_assert!(["invalid_body", "unknown_image", "unsupported"].contains(&r.code()));
+                if r.code() == "invalid_body" {
+                    // Every message but the syntax one starts with a field name.
+                    let m = r.message();
+                    prop_assert!(m == "body must be one JSON object" || m.contains(": "), "{}", m);
+                }
+            }
+            409 | 507 => {}
+            s => prop_assert!(false, "status {} for {}", s, body),
+        }
     }
 
     #[test]
