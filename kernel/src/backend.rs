@@ -5,12 +5,19 @@
 use hermit_sync::OnceCell;
 use hv::features::{HostFeatures, VirtKind};
 use hv::virt::{self, CpuId, OfflineError, OnlineError, VirtLayer};
-use net::api::{Backend, Conflict, CpuError, CpuInfo, CpuVirt, Failure, Health, SelfTest, Virt};
+use net::api::{
+    Backend, Conflict, ConsoleRead, CpuError, CpuInfo, CpuVirt, Failure, Health, HostInfo,
+    SelfTest, TdxInfo, Virt, VmAction, VmError, VmInfo,
+};
 
 use crate::cpus;
 use crate::virt::{EndpointCpu, PerCpuBackend, layer};
 
 static FEATURES: OnceCell<HostFeatures> = OnceCell::new();
+/// Heap free for guests right after boot: `memory.total_bytes` of `GET /v1/host`.
+static HEAP_AT_BOOT: OnceCell<u64> = OnceCell::new();
+/// The most heap `GET /v1/host` probes for (the probe allocates and frees in 2 MiB steps).
+const HEAP_PROBE_LIMIT: usize = 64 << 30;
 
 /// Record the boot CPU's features for the API.
 pub fn features() -> Option<HostFeatures> {
@@ -19,6 +26,43 @@ pub fn features() -> Option<HostFeatures> {
 
 pub fn init(features: HostFeatures) {
     let _ = FEATURES.set(features);
+    let _ = HEAP_AT_BOOT.set(crate::hw::probe_free_heap(HEAP_PROBE_LIMIT) as u64);
+}
+
+fn vm_info(v: crate::vms::VmView) -> VmInfo {
+    let mut info = VmInfo::new(v.id, v.summary);
+    // What the guest sees from its next start or reset on.
+    info.pmu = v.pending_pmu.unwrap_or(v.pmu);
+    info.running_on = v.running_on;
+    info
+}
+
+fn vm_error(e: crate::vms::VmError) -> VmError {
+    use crate::vms::VmError as E;
+    match e {
+        E::NotFound => VmError::NotFound,
+        E::State(t) => t.into(),
+        E::NoSuchImage => VmError::UnknownImage,
+        E::BadImage(why) => VmError::BadImage(why),
+        E::NoMemory => VmError::NoMemory,
+        E::Unsupported => {
+            VmError::Unsupported("guests need SVM or VMX, and this machine has neither in use")
+        }
+        E::NameTaken => VmError::NameTaken,
+        E::TooMany => VmError::TooMany,
+        E::NoSuchCpu => VmError::Unsupported("cpu: no such CPU to pin the VM to"),
+        E::Vcpu => VmError::Failed("the vCPU could not be set up"),
+    }
+}
+
+fn tdx_info() -> TdxInfo {
+    match crate::tdx::support() {
+        None => TdxInfo::unsupported("not detected yet"),
+        Some(tdx::TdxSupport::Unsupported { reason }) => TdxInfo::unsupported(reason.as_str()),
+        Some(tdx::TdxSupport::Supported { .. }) => {
+            TdxInfo::supported(crate::tdx::state().map_or("off", |s| s.as_str()))
+        }
+    }
 }
 
 pub fn virt_kind() -> VirtKind {
@@ -138,6 +182,64 @@ impl Backend for Hypervisor {
             println!("hermitage: cpu {id} offline: {moved} vms moved, {paused} paused");
         }
         info(Some(l), id as usize).ok_or(CpuError::NotFound)
+    }
+
+    fn host(&self) -> HostInfo {
+        let features = FEATURES
+            .get()
+            .copied()
+            .unwrap_or_else(crate::cpus::detect_here);
+        let mut h = HostInfo::new(features, tdx_info());
+        h.memory_total_bytes = HEAP_AT_BOOT.get().copied().unwrap_or(0);
+        h.memory_free_bytes = crate::hw::probe_free_heap(HEAP_PROBE_LIMIT) as u64;
+        h.uptime_ms = crate::hw::monotonic_micros() / 1000;
+        h.cpus = cpus::count() as u32;
+        h.vms = crate::vms::count() as u32;
+        h
+    }
+
+    fn vms(&self, each: &mut dyn FnMut(&VmInfo)) {
+        crate::vms::each(|v| each(&vm_info(v.clone())));
+    }
+
+    fn vm(&self, id: u32) -> Result<VmInfo, VmError> {
+        crate::vms::view(id).map(vm_info).map_err(vm_error)
+    }
+
+    fn vm_create(
+        &mut self,
+        config: hv::vm::VmConfig,
+        pmu: hv::vpmu::PmuConfig,
+        start: bool,
+    ) -> Result<VmInfo, VmError> {
+        let id = crate::vms::create(config, pmu, None).map_err(vm_error)?;
+        if start {
+            crate::vms::event(id, hv::vm::VmEvent::Start).map_err(vm_error)?;
+        }
+        self.vm(id)
+    }
+
+    fn vm_action(&mut self, id: u32, action: VmAction) -> Result<VmInfo, VmError> {
+        crate::vms::event(id, action.event()).map_err(vm_error)?;
+        self.vm(id)
+    }
+
+    fn vm_delete(&mut self, id: u32) -> Result<(), VmError> {
+        crate::vms::delete(id).map_err(vm_error)
+    }
+
+    fn vm_console(&self, id: u32, offset: u64, buf: &mut [u8]) -> Result<ConsoleRead, VmError> {
+        crate::vms::console(id, offset, buf).map_err(vm_error)
+    }
+
+    fn vm_set_pmu(&mut self, id: u32, pmu: hv::vpmu::PmuConfig) -> Result<VmInfo, VmError> {
+        crate::vms::set_pmu(id, pmu).map_err(vm_error)?;
+        self.vm(id)
+    }
+
+    fn vm_image(&mut self, id: u32, image: &[u8]) -> Result<VmInfo, VmError> {
+        crate::vms::upload(id, image.to_vec()).map_err(vm_error)?;
+        self.vm(id)
     }
 
     fn reboot(&mut self) -> Result<(), CpuError> {

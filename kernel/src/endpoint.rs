@@ -9,7 +9,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use hv::config::{BootConfig, IpConfig};
-use net::{Conn, Flow, Limits};
+use net::{Conn, Endpoint, Flow, Settings};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{dhcpv4, tcp};
 use smoltcp::time::{Duration, Instant};
@@ -21,11 +21,10 @@ use crate::nic::Nic;
 /// Sockets in the pool. A SYN that finds no listening socket is answered with a reset, and
 /// sockets linger a little in closing states (LAST-ACK, FIN-WAIT) after each connection, so the
 /// pool is several times the number of clients we expect at once (8 in the stress test).
+/// Connections beyond `http_max_conns` are accepted on these sockets only to be told `503`.
 const SOCKETS: usize = 48;
 const RX_BUF: usize = 16 * 1024;
 const TX_BUF: usize = 16 * 1024;
-/// A connection with no traffic for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// After traffic, keep polling without sleeping for this long (latency); then sleep 10 ms per
 /// round (Hermit blocks the thread only for sleeps of 10 ms or more).
 const BUSY_POLL: Duration = Duration::from_millis(20);
@@ -37,6 +36,16 @@ struct Slot {
     sent: usize,
     close_after: bool,
     last_active: Instant,
+    /// Counts against `http_max_conns` (a connection being served; one told `503` does not).
+    counted: bool,
+}
+
+/// What one round allows a connection.
+#[derive(Clone, Copy)]
+struct Limit {
+    idle_timeout: Duration,
+    /// A new connection may be served (else it is answered `503` and closed).
+    admit: bool,
 }
 
 fn now() -> Instant {
@@ -77,7 +86,9 @@ pub fn run(mut nic: Nic, config: BootConfig) -> ! {
         }
     };
 
-    let limits = Limits::default();
+    let mut ep = Endpoint::new(Settings::from_boot_config(&config));
+    let idle_timeout = Duration::from_millis(u64::from(ep.settings().idle_timeout_ms));
+    let max_conns = ep.settings().max_connections as usize;
     let mut slots: Vec<Slot> = (0..SOCKETS)
         .map(|_| {
             let mut socket = tcp::Socket::new(
@@ -88,11 +99,12 @@ pub fn run(mut nic: Nic, config: BootConfig) -> ! {
             socket.listen(config.port).expect("listen on endpoint port");
             Slot {
                 handle: sockets.add(socket),
-                conn: Conn::new(limits),
+                conn: ep.conn(),
                 out: Vec::with_capacity(TX_BUF),
                 sent: 0,
                 close_after: false,
                 last_active: now(),
+                counted: false,
             }
         })
         .collect();
@@ -122,8 +134,17 @@ pub fn run(mut nic: Nic, config: BootConfig) -> ! {
             }
         }
 
+        let mut open = slots.iter().filter(|s| s.counted).count();
         for slot in &mut slots {
-            active |= service(slot, &mut sockets, &mut hv, config.port, t);
+            let limit = Limit {
+                idle_timeout,
+                admit: open < max_conns,
+            };
+            let was = slot.counted;
+            active |= service(slot, &mut sockets, &mut hv, &mut ep, config.port, t, limit);
+            if slot.counted && !was {
+                open += 1;
+            }
         }
 
         // A requested reboot waits until every reply is on the wire (or 200 ms at most).
@@ -173,8 +194,10 @@ fn service(
     slot: &mut Slot,
     sockets: &mut SocketSet<'_>,
     hv: &mut Hypervisor,
+    ep: &mut Endpoint,
     port: u16,
     t: Instant,
+    limit: Limit,
 ) -> bool {
     let socket = sockets.get_mut::<tcp::Socket>(slot.handle);
     let mut active = false;
@@ -190,6 +213,17 @@ fn service(
         _ => {}
     }
 
+    // A new connection: served if there is room, else told 503 and closed once that is sent.
+    if !slot.counted && !slot.close_after {
+        slot.last_active = t;
+        if limit.admit {
+            slot.counted = true;
+        } else {
+            ep.reject(&mut slot.out);
+            slot.close_after = true;
+        }
+    }
+
     // Receive what fits into the connection's buffer.
     while socket.can_recv() && !slot.conn.is_closed() {
         let taken = socket.recv(|data| {
@@ -202,11 +236,11 @@ fn service(
         }
         // Answer what is complete before taking more, so a full buffer drains.
         if slot.out.len() == slot.sent {
-            produce(slot, hv);
+            produce(slot, hv, ep);
         }
     }
     if slot.out.len() == slot.sent {
-        produce(slot, hv);
+        produce(slot, hv, ep);
     }
 
     // Send pending output.
@@ -221,10 +255,22 @@ fn service(
         slot.sent = 0;
     }
 
-    let idle = t - slot.last_active > IDLE_TIMEOUT;
+    let idle = t - slot.last_active > limit.idle_timeout;
     if active {
         slot.last_active = t;
     }
+    // Idle too long: say so (unless a response is half sent), then close below.
+    if idle && !slot.close_after {
+        if slot.sent == 0 {
+            slot.out.clear();
+            ep.timeout(&mut slot.out);
+        }
+        slot.close_after = true;
+        slot.last_active = t;
+        return true;
+    }
+    // Still idle after the 408 had its chance to go out: give up on the peer.
+    let idle = idle && slot.close_after;
     let drained = slot.out.is_empty();
     let peer_done = !socket.may_recv();
     if drained && (slot.close_after || peer_done || slot.conn.is_closed()) || idle {
@@ -243,11 +289,11 @@ fn service(
 }
 
 /// Run every complete request buffered in the connection.
-fn produce(slot: &mut Slot, hv: &mut Hypervisor) {
+fn produce(slot: &mut Slot, hv: &mut Hypervisor, ep: &mut Endpoint) {
     if slot.close_after {
         return;
     }
-    if net::serve(&mut slot.conn, hv, &mut slot.out) == Flow::Close {
+    if ep.serve(&mut slot.conn, hv, &mut slot.out) == Flow::Close {
         slot.close_after = true;
     }
 }
@@ -258,5 +304,6 @@ fn recycle(slot: &mut Slot, socket: &mut tcp::Socket<'_>, port: u16) {
     slot.out.clear();
     slot.sent = 0;
     slot.close_after = false;
+    slot.counted = false;
     let _ = socket.listen(port);
 }
