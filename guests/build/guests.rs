@@ -725,14 +725,25 @@ fn pmu(asm: &mut Asm) -> Result {
     asm.a.mov(eax, dword_ptr(LO))?;
     asm.print_hex_eax()?;
     asm.newline()?;
-    asm.a.mov(eax, PMU_DIRT)?;
-    asm.a.xor(edx, edx)?;
-    asm.guarded(|asm| Ok(asm.a.wrmsr()?))?;
     asm.here("msr_absent")?;
     asm.a.add(edi, 4)?;
     asm.jmp("next_msr")?;
 
+    // Then dirty them all, in a second pass: AMD's legacy and core-extension MSRs alias the
+    // same counters, so dirtying while reading would show this boot's own writes.
     asm.here("scan_done")?;
+    asm.a.mov(edi, table)?;
+    asm.here("next_dirt")?;
+    asm.a.mov(ecx, dword_ptr(edi))?;
+    asm.a.test(ecx, ecx)?;
+    asm.jz("dirt_done")?;
+    asm.a.mov(eax, PMU_DIRT)?;
+    asm.a.xor(edx, edx)?;
+    asm.guarded(|asm| Ok(asm.a.wrmsr()?))?;
+    asm.a.add(edi, 4)?;
+    asm.jmp("next_dirt")?;
+
+    asm.here("dirt_done")?;
     asm.print("pmu: present=")?;
     asm.a.mov(eax, dword_ptr(PRESENT))?;
     asm.print_dec_eax()?;

@@ -63,7 +63,7 @@
 //! pmu: reset via cf9 | pmu: done
 //! ```
 //! The MSRs tried are both vendors' PMU registers ([`PMU_MSRS`]); one that raises #GP on RDMSR
-//! does not exist and is not listed. After reading each one it writes [`PMU_DIRT`] to it
+//! does not exist and is not listed. After reporting them all it writes [`PMU_DIRT`] to each
 //! (ignoring #GP). Then, with `cycle=K`, it resets through port 0xCF9 unless `boot=N` is the
 //! last boot of a cycle of K (N % K == K - 1), where it prints `pmu: done` and exits with 0; without
 //! `cycle=`, it is done at once. A hypervisor that rebuilds the vPMU on reset shows
