@@ -30,6 +30,7 @@ pub mod exit;
 pub mod guest;
 pub mod host;
 pub mod regs;
+pub mod residency;
 pub mod vmcs;
 
 #[cfg(test)]
