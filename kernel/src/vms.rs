@@ -1,6 +1,6 @@
 //! Guests in the image: the VM table, the per-CPU vCPU slices and the one reset path.
 //!
-//! Each VM owns its guest RAM (nested-paged with 2 MiB pages), its vCPU (SVM for now) and its
+//! Each VM owns its guest RAM (nested-paged with 2 MiB pages), its vCPU (SVM or VMX) and its
 //! runtime (`hv::vm::VmRuntime`: CPUID view, MSRs, devices, stats). The CPU a VM is placed on
 //! runs it in slices from its worker loop, between mailbox jobs: each slice arms the APIC
 //! preemption tick, enters the guest until an exit needs more than a resume (or the slice
@@ -17,10 +17,9 @@ use hv::cpuid::CpuidView;
 use hv::exit::{Action, ResetTrigger, StopReason};
 use hv::vm::{OnCrash, VmConfig, VmEvent, VmRuntime, VmState};
 use hv::vpmu::{MsrResult, PmuConfig, VmPmu};
-use svm::guest::GuestMode;
 
-use crate::arch::svm_vcpu::SvmVcpu;
 use crate::arch::timer;
+use crate::arch::vcpu::{GuestMode, HostCpu, Vcpu};
 use crate::hw::{self, GuestRam};
 
 /// Length of one time slice.
@@ -85,7 +84,7 @@ pub struct Vm {
     pub config: VmConfig,
     pub state: VmState,
     ram: GuestRam,
-    vcpu: SvmVcpu,
+    vcpu: Vcpu,
     rt: Box<VmRuntime>,
     /// The virtual PMU: rebuilt from the VM's current configuration on every reset.
     pmu: VmPmu,
@@ -177,7 +176,7 @@ fn guest_vendor() -> hv::features::Vendor {
 fn cpuid_view(pmu: &VmPmu) -> CpuidView {
     let state = *pmu.state();
     let hook = move |leaf: u32, sub: u32, regs: [u32; 4]| state.cpuid(leaf, sub, regs);
-    CpuidView::from_host(|l, s| svm::hw::cpuid(l, s), Some(&hook))
+    CpuidView::from_host(hw::cpuid, Some(&hook))
 }
 
 /// PMU MSRs go to the vPMU (which decides existence, masks and #GP); the rest to the handler.
@@ -246,7 +245,7 @@ fn cpu_load(except: Option<u32>) -> [u32; crate::cpus::MAX_CPUS] {
 /// Create a VM from `config` with vPMU configuration `pmu`: RAM allocated, image loaded, vCPU
 /// built, placed on `cpu` or else the least loaded CPU it may use. Not started.
 pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u32, VmError> {
-    if crate::backend::virt_kind() != hv::features::VirtKind::Svm {
+    if crate::backend::virt_kind() == hv::features::VirtKind::None {
         return Err(VmError::Unsupported);
     }
     if config
@@ -274,7 +273,7 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
     }
     let pmu = VmPmu::new(pmu, guest_vendor()).map_err(|_| VmError::Vcpu)?;
     let mut ram = GuestRam::new(config.memory_mib as usize).ok_or(VmError::NoMemory)?;
-    let mut vcpu = SvmVcpu::new(&ram).map_err(|_| VmError::Vcpu)?;
+    let mut vcpu = Vcpu::new(&ram).map_err(|_| VmError::Vcpu)?;
     let mode = load(&mut ram, &config, img, 0)?;
     vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
     let rt = Box::new(VmRuntime::new(cpuid_view(&pmu), config.on_crash));
@@ -509,7 +508,7 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
 }
 
 /// Run one slice of a runnable VM placed on `cpu`, if any. Returns whether one ran.
-pub fn run_some(cpu: usize, host_area: u64, nrips: bool) -> bool {
+pub fn run_some(cpu: usize, host: HostCpu) -> bool {
     let candidates: heapless::Vec<Arc<SpinMutex<Vm>>, 64> = {
         let table = VMS.lock();
         table
@@ -532,11 +531,11 @@ pub fn run_some(cpu: usize, host_area: u64, nrips: bool) -> bool {
     let Some(mut vm) = next.try_lock() else {
         return false;
     };
-    run_slice(&mut vm, cpu, host_area, nrips);
+    run_slice(&mut vm, cpu, host);
     true
 }
 
-fn run_slice(vm: &mut Vm, cpu: usize, host_area: u64, nrips: bool) {
+fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu) {
     let start = hw::monotonic_micros();
     vm.last_run = start;
     loop {
@@ -545,7 +544,7 @@ fn run_slice(vm: &mut Vm, cpu: usize, host_area: u64, nrips: bool) {
         // tick that arrives meanwhile stays pending and makes the guest exit at once.
         let run = hw::without_interrupts(|| {
             timer::arm(cpu, SLICE_US as u32);
-            vm.vcpu.run(cpu, host_area, &vm.ram, nrips)
+            vm.vcpu.run(cpu, host, &vm.ram)
         });
         let decoded = match run {
             Ok(d) => d,

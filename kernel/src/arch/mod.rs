@@ -7,7 +7,9 @@ pub mod nmi;
 pub mod svm;
 pub mod svm_vcpu;
 pub mod timer;
+pub mod vcpu;
 pub mod vmx;
+pub mod vmx_vcpu;
 
 use hv::features::VirtKind;
 use hv::virt::{DisableError, EnableError};

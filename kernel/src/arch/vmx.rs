@@ -39,7 +39,7 @@ fn region(cpu: usize, revision: u32) -> Option<u64> {
     Some(pa)
 }
 
-fn read_caps() -> CapMsrs {
+pub(super) fn read_caps() -> CapMsrs {
     // SAFETY: `read_with` only asks for the VMX capability MSRs that exist given the ones it
     // already read, and callers only get here when CPUID enumerates VMX.
     CapMsrs::read_with(|msr| unsafe { hw::rdmsr(msr) })
@@ -101,8 +101,11 @@ fn disable(cpu: usize) -> Result<(), DisableError> {
     if !is_enabled() {
         return Ok(());
     }
-    // SAFETY: CR4.VMXE is set and we turned VMX on, so we are in VMX root operation; no VMCS is
-    // current that anyone still needs (guests are parked before a CPU goes offline).
+    // Every guest VMCS still active here is written back and made clear first: after VMXOFF
+    // this CPU could no longer do it, and its VM may launch on another CPU next.
+    super::vmx_vcpu::clear_all_here(cpu);
+    // SAFETY: CR4.VMXE is set and we turned VMX on, so we are in VMX root operation; no guest
+    // VMCS is active here any more (cleared just above).
     unsafe { hw::vmxoff() }.map_err(enable::vmxoff_error)?;
     let cr4 = SAVED_CR[cpu][1].load(Ordering::Relaxed);
     let cr4 = if cr4 == 0 {
@@ -132,7 +135,7 @@ pub fn emergency_disable() {
 /// The host state of this CPU and task right now, for the VMCS host-state area: control
 /// registers, selectors, the FS/GS bases Hermit uses (TLS, per-core data), this CPU's TSS,
 /// GDT and IDT, and the SYSENTER/EFER/PAT MSRs.
-fn host_state() -> HostState {
+pub(super) fn host_state() -> HostState {
     let (mut cs, mut ss, mut ds, mut es, mut fs, mut gs, mut tr): (
         u16,
         u16,
