@@ -23,7 +23,6 @@ use super::vcpu::VcpuError;
 use crate::cpus::MAX_CPUS;
 use crate::hw::GuestRam;
 
-
 /// Per-CPU ASID allocators; only the CPU itself touches its own (from its worker), so the lock
 /// is never contended.
 static ASIDS: [SpinMutex<Option<AsidAllocator>>; MAX_CPUS] =
