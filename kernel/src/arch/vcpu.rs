@@ -3,6 +3,8 @@
 //! chosen by the host's virtualization kind. Both backends map their decoded exits onto the
 //! core's neutral `hv::exit::Exit`, so the exit handler is shared.
 
+use alloc::boxed::Box;
+
 use hv::exit::{Exit, GuestView, RegUpdate};
 use hv::features::VirtKind;
 
@@ -106,10 +108,12 @@ pub enum Decoded {
     Vmx(vmx::exit::DecodedExit),
 }
 
+/// Both kinds are boxed: they differ in size several times over (the VMX one carries a pending
+/// guest-state area between a reset and its next entry).
 #[derive(Debug)]
 pub enum Vcpu {
-    Svm(SvmVcpu),
-    Vmx(VmxVcpu),
+    Svm(Box<SvmVcpu>),
+    Vmx(Box<VmxVcpu>),
 }
 
 /// `run` error code when the vCPU and the CPU context are of different kinds.
@@ -119,8 +123,8 @@ impl Vcpu {
     /// A vCPU of the host's kind whose nested page tables map all of `ram` at guest-physical 0.
     pub fn new(ram: &GuestRam) -> Result<Vcpu, VcpuError> {
         match crate::backend::virt_kind() {
-            VirtKind::Svm => SvmVcpu::new(ram).map(Vcpu::Svm),
-            VirtKind::Vmx => VmxVcpu::new(ram).map(Vcpu::Vmx),
+            VirtKind::Svm => SvmVcpu::new(ram).map(|v| Vcpu::Svm(Box::new(v))),
+            VirtKind::Vmx => VmxVcpu::new(ram).map(|v| Vcpu::Vmx(Box::new(v))),
             VirtKind::None => Err(VcpuError::Unsupported),
         }
     }
