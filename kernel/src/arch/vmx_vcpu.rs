@@ -44,8 +44,6 @@ pub const CODE_HOST_STATE: u64 = 0x1_0002;
 /// No physical address for a structure.
 pub const CODE_NO_PHYS: u64 = 0x1_0003;
 
-const RFLAGS_IF: u64 = 1 << 9;
-
 /// Budget of one entry on the VMX-preemption timer: the vCPU loop's time slice (`vms.rs`). The
 /// APIC tick armed for the slice is the preemption tick proper; the timer bounds each entry
 /// even where the tick cannot make the guest exit (see `vmx::controls::PIN_OPTIONAL`).
@@ -487,60 +485,16 @@ impl VmxVcpu {
         Ok(decoded)
     }
 
-    /// The decoded VMX exit in the core's neutral vocabulary.
+    /// The decoded VMX exit in the core's neutral vocabulary (`vmx::neutral`).
     pub fn neutral(&self, d: &DecodedExit) -> Exit {
-        let unknown = Exit::Unknown {
-            code: u64::from(self.last.reason),
-        };
-        match d.exit {
-            VmxExit::Cpuid { next_rip } => Exit::Cpuid {
-                leaf: self.regs.rax as u32,
-                subleaf: self.regs.rcx as u32,
-                next_rip,
+        vmx::neutral::to_neutral(
+            d,
+            &self.regs,
+            vmx::neutral::ExitContext {
+                reason: self.last.reason,
+                rflags: self.last.rflags,
             },
-            VmxExit::Hlt { next_rip } => Exit::Hlt {
-                next_rip,
-                interrupts_enabled: self.last.rflags & RFLAGS_IF != 0,
-            },
-            VmxExit::Io(io) => Exit::Io {
-                port: io.port,
-                size: io.size,
-                write: if io.write && !io.string {
-                    io.value.or(Some(self.regs.rax as u32))
-                } else {
-                    None
-                },
-                string: io.string,
-                rep: io.rep,
-                next_rip: io.next_rip,
-            },
-            VmxExit::Msr(m) => Exit::Msr {
-                index: m.index,
-                write: m.write,
-                next_rip: m.next_rip,
-            },
-            VmxExit::EptViolation(v) => Exit::NestedPageFault {
-                gpa: hv::exit::GuestPhys(v.gpa.as_u64()),
-                write: v.write(),
-                exec: v.exec(),
-            },
-            VmxExit::TripleFault => Exit::TripleFault,
-            VmxExit::Vmcall { .. } | VmxExit::VmxInstruction(_) => Exit::VirtInstruction,
-            VmxExit::ExternalInterrupt { .. }
-            | VmxExit::Nmi
-            | VmxExit::InitSignal
-            | VmxExit::InterruptWindow
-            | VmxExit::NmiWindow
-            | VmxExit::PreemptionTimer => Exit::ExternalInterrupt,
-            VmxExit::Exception {
-                vector, error_code, ..
-            } => Exit::Exception { vector, error_code },
-            // Exit reason (with bit 31) in the high half, qualification in the low half.
-            VmxExit::EntryFailure { qualification, .. } => Exit::EntryFailed {
-                code: (u64::from(self.last.reason) << 32) | (qualification & 0xFFFF_FFFF),
-            },
-            _ => unknown,
-        }
+        )
     }
 
     /// What the exit handler needs to see of the guest.
