@@ -44,10 +44,11 @@ pub const CODE_HOST_STATE: u64 = 0x1_0002;
 /// No physical address for a structure.
 pub const CODE_NO_PHYS: u64 = 0x1_0003;
 
-/// Budget of one entry on the VMX-preemption timer: the vCPU loop's time slice (`vms.rs`). The
-/// APIC tick armed for the slice is the preemption tick proper; the timer bounds each entry
-/// even where the tick cannot make the guest exit (see `vmx::controls::PIN_OPTIONAL`).
-const ENTRY_BUDGET_US: u64 = 5_000;
+/// Budget of one entry on the VMX-preemption timer: twice the vCPU loop's time slice
+/// (`vms.rs`, 5 ms). The APIC tick armed for the slice is the preemption tick proper and fires
+/// first; the timer is the backstop that bounds each entry where the tick cannot make the guest
+/// exit (see `vmx::controls::PIN_OPTIONAL`).
+const ENTRY_BUDGET_US: u64 = 10_000;
 
 /// TSC ticks per microsecond, measured once (0 = not yet).
 static TSC_PER_US: AtomicU64 = AtomicU64::new(0);
