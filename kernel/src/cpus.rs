@@ -159,13 +159,12 @@ extern "C" fn worker(id: usize) {
             slot.publish_hw_state();
             reply
         });
-        // Between jobs: guest slices, while this CPU is in service with SVM on. After each
-        // slice the worker yields, so other threads of this core (the endpoint on core 0)
+        // Between jobs: guest slices, while this CPU is in service with SVM or VMX on. After
+        // each slice the worker yields, so other threads of this core (the endpoint on core 0)
         // run while it holds no VM lock.
         if !ran
-            && kind == hv::features::VirtKind::Svm
-            && crate::arch::svm::is_enabled()
-            && crate::vms::run_some(id, crate::arch::svm::host_area(id), f.nrips)
+            && crate::arch::vcpu::HostCpu::here(kind, id, f.nrips)
+                .is_some_and(|host| crate::vms::run_some(id, host))
         {
             hermit::syscalls::sys_yield();
             continue;

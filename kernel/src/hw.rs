@@ -252,6 +252,13 @@ pub const EFER_SVME: u64 = 1 << 12;
 /// CR4 bit 13: VMX enable (SDM vol. 3C 24.7).
 pub const CR4_VMXE: u64 = 1 << 13;
 
+/// CPUID of the CPU this runs on, with a subleaf: EAX, EBX, ECX, EDX. Arch-neutral (the
+/// guests' CPUID view starts from it on Intel and AMD alike).
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = raw_cpuid::native_cpuid::cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
 /// This CPU's IA32_EFER.
 pub fn efer() -> u64 {
     // SAFETY: EFER (0xC000_0080) exists on every x86-64 CPU; reading it has no side effects.

@@ -1,6 +1,6 @@
 //! Guests in the image: the VM table, the per-CPU vCPU slices and the one reset path.
 //!
-//! Each VM owns its guest RAM (nested-paged with 2 MiB pages), its vCPU (SVM for now) and its
+//! Each VM owns its guest RAM (nested-paged with 2 MiB pages), its vCPU (SVM or VMX) and its
 //! runtime (`hv::vm::VmRuntime`: CPUID view, MSRs, devices, stats). The CPU a VM is placed on
 //! runs it in slices from its worker loop, between mailbox jobs: each slice arms the APIC
 //! preemption tick, enters the guest until an exit needs more than a resume (or the slice
@@ -17,10 +17,9 @@ use hv::cpuid::CpuidView;
 use hv::exit::{Action, ResetTrigger, StopReason};
 use hv::vm::{OnCrash, VmConfig, VmEvent, VmRuntime, VmState};
 use hv::vpmu::{PmuConfig, VmPmu};
-use svm::guest::GuestMode;
 
-use crate::arch::svm_vcpu::SvmVcpu;
 use crate::arch::timer;
+use crate::arch::vcpu::{GuestMode, HostCpu, Vcpu};
 use crate::hw::{self, GuestRam};
 
 /// Length of one time slice.
@@ -91,7 +90,7 @@ pub struct Vm {
     pub config: VmConfig,
     pub state: VmState,
     ram: GuestRam,
-    vcpu: SvmVcpu,
+    vcpu: Vcpu,
     rt: Box<VmRuntime>,
     /// The virtual PMU: rebuilt from the VM's current configuration on every reset.
     pmu: VmPmu,
@@ -183,7 +182,7 @@ fn guest_vendor() -> hv::features::Vendor {
 fn cpuid_view(pmu: &VmPmu) -> CpuidView {
     let state = *pmu.state();
     let hook = move |leaf: u32, sub: u32, regs: [u32; 4]| state.cpuid(leaf, sub, regs);
-    CpuidView::from_host(|l, s| svm::hw::cpuid(l, s), Some(&hook))
+    CpuidView::from_host(hw::cpuid, Some(&hook))
 }
 
 /// The CPUs in service now (all of them before the virt layer exists).
@@ -216,7 +215,7 @@ fn cpu_load(except: Option<u32>) -> [u32; crate::cpus::MAX_CPUS] {
 /// Create a VM from `config` with vPMU configuration `pmu`: RAM allocated, image loaded, vCPU
 /// built, placed on `cpu` or else the least loaded CPU it may use. Not started.
 pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u32, VmError> {
-    if crate::backend::virt_kind() != hv::features::VirtKind::Svm {
+    if crate::backend::virt_kind() == hv::features::VirtKind::None {
         return Err(VmError::Unsupported);
     }
     if config
@@ -248,7 +247,7 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
     }
     let pmu = VmPmu::new(pmu, guest_vendor()).map_err(|_| VmError::Vcpu)?;
     let mut ram = GuestRam::new(config.memory_mib as usize).ok_or(VmError::NoMemory)?;
-    let mut vcpu = SvmVcpu::new(&ram).map_err(|_| VmError::Vcpu)?;
+    let mut vcpu = Vcpu::new(&ram).map_err(|_| VmError::Vcpu)?;
     if let Some(img) = img {
         let mode = load(&mut ram, &config, img, 0)?;
         vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
@@ -489,7 +488,7 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
 }
 
 /// Run one slice of a runnable VM placed on `cpu`, if any. Returns whether one ran.
-pub fn run_some(cpu: usize, host_area: u64, nrips: bool) -> bool {
+pub fn run_some(cpu: usize, host: HostCpu) -> bool {
     let candidates: heapless::Vec<Arc<SpinMutex<Vm>>, 64> = {
         let table = VMS.lock();
         table
@@ -512,11 +511,11 @@ pub fn run_some(cpu: usize, host_area: u64, nrips: bool) -> bool {
     let Some(mut vm) = next.try_lock() else {
         return false;
     };
-    run_slice(&mut vm, cpu, host_area, nrips);
+    run_slice(&mut vm, cpu, host);
     true
 }
 
-fn run_slice(vm: &mut Vm, cpu: usize, host_area: u64, nrips: bool) {
+fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu) {
     let start = hw::monotonic_micros();
     vm.last_run = start;
     loop {
@@ -525,7 +524,7 @@ fn run_slice(vm: &mut Vm, cpu: usize, host_area: u64, nrips: bool) {
         // tick that arrives meanwhile stays pending and makes the guest exit at once.
         let run = hw::without_interrupts(|| {
             timer::arm(cpu, SLICE_US as u32);
-            vm.vcpu.run(cpu, host_area, &vm.ram, nrips)
+            vm.vcpu.run(cpu, host, &vm.ram)
         });
         let decoded = match run {
             Ok(d) => d,

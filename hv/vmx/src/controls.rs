@@ -413,6 +413,13 @@ impl fmt::Display for ControlError {
 /// Pin-based controls every Hermitage guest gets: host interrupts and NMIs exit.
 pub const PIN_REQUIRED: PinControls =
     PinControls::EXTERNAL_INTERRUPT_EXITING.union(PinControls::NMI_EXITING);
+/// Pin-based controls used when available: the VMX-preemption timer, a per-entry time budget
+/// that makes the guest exit whatever its RFLAGS.IF. The host's APIC tick ("external-interrupt
+/// exiting") should do that alone, but Bochs 2.7 recomputes its interrupt mask at VM entry
+/// before it marks the CPU as in a guest, so a guest entered with IF = 0 that never touches IF
+/// (a Multiboot guest spinning) would never see the tick; the timer ends its run regardless
+/// (SDM vol. 3C "VMX-Preemption Timer").
+pub const PIN_OPTIONAL: PinControls = PinControls::PREEMPTION_TIMER;
 /// Primary controls every guest gets (plus I/O bitmaps or unconditional I/O exiting).
 pub const PRIMARY_REQUIRED: PrimaryControls = PrimaryControls::HLT_EXITING
     .union(PrimaryControls::RDPMC_EXITING)
@@ -502,7 +509,12 @@ impl VmxConfig {
             (m.pinbased, m.procbased, m.exit, m.entry)
         };
 
-        let pin = compute(ControlField::PinBased, PIN_REQUIRED.bits(), 0, pin_msr)?;
+        let pin = compute(
+            ControlField::PinBased,
+            PIN_REQUIRED.bits(),
+            PIN_OPTIONAL.bits(),
+            pin_msr,
+        )?;
 
         // Prefer I/O bitmaps (only chosen ports exit); fall back to unconditional exiting.
         let proc_allowed = PrimaryControls::from_bits_retain((proc_msr >> 32) as u32);
@@ -586,6 +598,27 @@ impl VmxConfig {
     /// Whether VPID is in use (then each vCPU needs a nonzero VPID).
     pub const fn vpid(&self) -> bool {
         self.secondary.contains(SecondaryControls::ENABLE_VPID)
+    }
+
+    /// Whether the VMX-preemption timer is on (then each entry writes its budget,
+    /// [`VmxConfig::preemption_timer_value`]).
+    pub const fn preemption_timer(&self) -> bool {
+        self.pin.contains(PinControls::PREEMPTION_TIMER)
+    }
+
+    /// The VMX-preemption timer value for a budget of `budget_us` microseconds on a CPU whose
+    /// TSC runs at `tsc_per_us` ticks per microsecond: the timer counts down once every
+    /// 2^rate TSC ticks (IA32_VMX_MISC bits 4:0). At least 1 (0 would exit before the guest
+    /// runs an instruction), at most what the 32-bit field holds.
+    pub const fn preemption_timer_value(&self, budget_us: u64, tsc_per_us: u64) -> u32 {
+        let ticks = budget_us.saturating_mul(tsc_per_us) >> self.misc.preemption_timer_rate();
+        if ticks == 0 {
+            1
+        } else if ticks > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            ticks as u32
+        }
     }
 
     /// Whether unrestricted guest is on (always, for a derived config).
@@ -699,10 +732,34 @@ mod tests {
     }
 
     #[test]
+    fn preemption_timer_budget() {
+        let mut c = derive(&recorded::BOCHS_HASWELL_4770).unwrap();
+        let rate = c.misc.preemption_timer_rate();
+        // 5 ms at 3 GHz, scaled by the CPU's rate.
+        assert_eq!(
+            c.preemption_timer_value(5_000, 3_000),
+            (15_000_000u64 >> rate) as u32
+        );
+        // Never 0, never past the field.
+        assert_eq!(c.preemption_timer_value(0, 3_000), 1);
+        assert_eq!(c.preemption_timer_value(1, 0), 1);
+        assert_eq!(c.preemption_timer_value(u64::MAX, u64::MAX), u32::MAX);
+        c.misc = crate::caps::VmxMisc(0);
+        assert_eq!(c.preemption_timer_value(1_000, 2_000), 2_000_000);
+        // Optional: a CPU without it still derives, without it.
+        let mut m = recorded::BOCHS_HASWELL_4770.msrs;
+        m.true_pinbased &= !((PinControls::PREEMPTION_TIMER.bits() as u64) << 32);
+        m.pinbased &= !((PinControls::PREEMPTION_TIMER.bits() as u64) << 32);
+        let c = VmxConfig::derive(&m).unwrap();
+        assert!(!c.preemption_timer());
+    }
+
+    #[test]
     fn exact_values_bochs_haswell() {
         let c = derive(&recorded::BOCHS_HASWELL_4770).unwrap();
         assert_eq!(c.basic.revision_id, 0x2B);
-        assert_eq!(c.pin.bits(), 0x16 | 0x1 | 0x8);
+        assert_eq!(c.pin.bits(), 0x16 | 0x1 | 0x8 | 0x40);
+        assert!(c.preemption_timer());
         // Must-be-1 (true) 0x0400_6172 + HLT, RDPMC, I/O bitmaps, MSR bitmaps, secondary.
         assert_eq!(
             c.primary.bits(),
@@ -728,7 +785,7 @@ mod tests {
     fn exact_values_skylake() {
         let c = derive(&recorded::SKYLAKE_I7_6700K).unwrap();
         assert_eq!(c.basic.revision_id, 4);
-        assert_eq!(c.pin.bits(), 0x1F);
+        assert_eq!(c.pin.bits(), 0x1F | 0x40); // + the preemption timer (optional)
         assert_eq!(c.primary.bits(), 0x9600_69F2);
         assert_eq!(c.secondary.bits(), 0x10AA);
         assert_eq!(c.exit.bits(), 0x003F_EFFF);

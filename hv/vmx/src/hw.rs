@@ -499,3 +499,54 @@ pub unsafe fn vmlaunch_or_resume(launched: bool, regs: &mut GuestRegs) -> Result
         ))),
     }
 }
+
+/// Hand an external interrupt that VM exit acknowledged ("acknowledge interrupt on exit": the
+/// local APIC already moved `vector` from IRR to ISR) to the host's handler for it, as if the
+/// CPU had delivered it: `INT vector` through the host IDT. The handler sends the EOI.
+///
+/// The `INT n` encoding takes its vector as an immediate, so this jumps into a table of 256
+/// eight-byte stubs `INT n; RET` (SDM vol. 2A "INT n"; vol. 3C "External-Interrupt Exiting"
+/// for why the host must do this itself).
+///
+/// # Safety
+///
+/// CPL 0, RFLAGS.IF = 0, in the host context right after the VM exit that reported `vector`
+/// (32-255) as valid; the host IDT has a present gate for it that ends in IRET.
+#[inline(never)]
+pub unsafe fn dispatch_interrupt(vector: u8) {
+    // SAFETY: forwarded to the caller; the stub runs the IDT gate for `vector` (an interrupt
+    // gate: pushes a frame on the current stack, or its IST, and returns with IRET) and RETs
+    // to the CALL here. The red zone is not used in kernel code (target x86_64-unknown-none).
+    unsafe {
+        asm!(
+            "lea {table}, [rip + 2f]",
+            "lea {table}, [{table} + {index} * 8]",
+            "call {table}",
+            "jmp 3f",
+            ".balign 8",
+            "2:",
+            ".set hermitage_int_vector, 0",
+            ".rept 256",
+            ".balign 8",
+            ".byte 0xCD, hermitage_int_vector",
+            "ret",
+            ".set hermitage_int_vector, hermitage_int_vector + 1",
+            ".endr",
+            "3:",
+            table = out(reg) _,
+            index = in(reg) vector as u64,
+        );
+    }
+}
+
+/// Hand an NMI that caused a VM exit ("NMI exiting") to the host's NMI handler: `INT 2`.
+///
+/// # Safety
+///
+/// CPL 0, in the host context right after the VM exit that reported the NMI; the host IDT's
+/// gate 2 handles a software-invoked NMI (Hermitage's shootdown handler does).
+#[inline]
+pub unsafe fn dispatch_nmi() {
+    // SAFETY: forwarded to the caller.
+    unsafe { asm!("int 2") };
+}

@@ -29,7 +29,9 @@ pub mod ept;
 pub mod exit;
 pub mod guest;
 pub mod host;
+pub mod neutral;
 pub mod regs;
+pub mod residency;
 pub mod vmcs;
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ pub mod seamcall;
 pub mod svm;
 pub mod svm_vcpu;
 pub mod timer;
+pub mod vcpu;
 pub mod vmx;
+pub mod vmx_vcpu;
 
 use hv::features::VirtKind;
 use hv::virt::{DisableError, EnableError};

@@ -19,16 +19,9 @@ use svm::{GuestPhys, GuestRegs, HostPhys, hw};
 use hv::exit::{Exit, GuestView, RegUpdate};
 
 use super::frames::HeapFrames;
+use super::vcpu::VcpuError;
 use crate::cpus::MAX_CPUS;
 use crate::hw::GuestRam;
-
-/// Why a vCPU could not be set up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VcpuError {
-    NoMemory,
-    NotContiguous,
-    Consistency,
-}
 
 /// Per-CPU ASID allocators; only the CPU itself touches its own (from its worker), so the lock
 /// is never contended.

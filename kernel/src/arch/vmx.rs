@@ -39,7 +39,7 @@ fn region(cpu: usize, revision: u32) -> Option<u64> {
     Some(pa)
 }
 
-fn read_caps() -> CapMsrs {
+pub(super) fn read_caps() -> CapMsrs {
     // SAFETY: `read_with` only asks for the VMX capability MSRs that exist given the ones it
     // already read, and callers only get here when CPUID enumerates VMX.
     CapMsrs::read_with(|msr| unsafe { hw::rdmsr(msr) })
@@ -103,8 +103,11 @@ fn disable(cpu: usize) -> Result<(), DisableError> {
     if !is_enabled() {
         return Ok(());
     }
-    // SAFETY: CR4.VMXE is set and we turned VMX on, so we are in VMX root operation; no VMCS is
-    // current that anyone still needs (guests are parked before a CPU goes offline).
+    // Every guest VMCS still active here is written back and made clear first: after VMXOFF
+    // this CPU could no longer do it, and its VM may launch on another CPU next.
+    super::vmx_vcpu::clear_all_here(cpu);
+    // SAFETY: CR4.VMXE is set and we turned VMX on, so we are in VMX root operation; no guest
+    // VMCS is active here any more (cleared just above).
     unsafe { hw::vmxoff() }.map_err(enable::vmxoff_error)?;
     let cr4 = SAVED_CR[cpu][1].load(Ordering::Relaxed);
     let cr4 = if cr4 == 0 {
@@ -134,7 +137,7 @@ pub fn emergency_disable() {
 /// The host state of this CPU and task right now, for the VMCS host-state area: control
 /// registers, selectors, the FS/GS bases Hermit uses (TLS, per-core data), this CPU's TSS,
 /// GDT and IDT, and the SYSENTER/EFER/PAT MSRs.
-fn host_state() -> HostState {
+pub(super) fn host_state() -> HostState {
     let (mut cs, mut ss, mut ds, mut es, mut fs, mut gs, mut tr): (
         u16,
         u16,
@@ -284,6 +287,10 @@ fn self_test(cpu: usize) -> Result<SelfTestReport, SelfTestError> {
         if cfg.vpid() {
             vmwrite(F::Vpid, 1)?;
         }
+        if cfg.preemption_timer() {
+            // The longest budget: the round trip must not be cut short.
+            vmwrite(F::VmxPreemptionTimerValue, u64::from(u32::MAX))?;
+        }
         for (f, v) in setup.shadows.fields() {
             vmwrite(f, v)?;
         }
@@ -311,7 +318,15 @@ fn self_test(cpu: usize) -> Result<SelfTestReport, SelfTestError> {
             let snap = ExitSnapshot::read(vmread, &regs, ins_outs);
             let reason = snap.reason;
             match vmx::exit::decode(&snap).exit {
-                VmxExit::ExternalInterrupt { .. } | VmxExit::Nmi => continue,
+                VmxExit::ExternalInterrupt { vector: Some(v) } if v >= 32 => {
+                    // SAFETY: the exit acknowledged `v` ("acknowledge interrupt on exit") with
+                    // interrupts off; Hermit's IDT handler for it sends the EOI.
+                    unsafe { hw::dispatch_interrupt(v) };
+                    continue;
+                }
+                VmxExit::ExternalInterrupt { .. } | VmxExit::Nmi | VmxExit::PreemptionTimer => {
+                    continue;
+                }
                 VmxExit::Cpuid { next_rip } if !saw_cpuid => {
                     saw_cpuid = true;
                     (regs.rax, regs.rbx, regs.rcx, regs.rdx) =

@@ -1,0 +1,190 @@
+//! One vCPU, whichever virtualization the host has: the rest of the kernel (`vms.rs`) sees
+//! only [`Vcpu`], which forwards to the SVM (`svm_vcpu.rs`) or VMX (`vmx_vcpu.rs`) backend
+//! chosen by the host's virtualization kind. Both backends map their decoded exits onto the
+//! core's neutral `hv::exit::Exit`, so the exit handler is shared.
+
+use alloc::boxed::Box;
+
+use hv::exit::{Exit, GuestView, RegUpdate};
+use hv::features::VirtKind;
+
+use super::svm_vcpu::SvmVcpu;
+use super::vmx_vcpu::VmxVcpu;
+use crate::hw::GuestRam;
+
+/// Why a vCPU could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuError {
+    NoMemory,
+    NotContiguous,
+    /// The initial state failed the backend's own entry checks.
+    Consistency,
+    /// The host has no virtualization this build can run guests on.
+    Unsupported,
+}
+
+/// How the vCPU starts (the backends' guest builders take the same three modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestMode {
+    /// 32-bit protected mode, flat segments, paging off: the Multiboot 1 handoff.
+    Protected32 {
+        eip: u32,
+        esp: u32,
+        /// Multiboot information structure; `Some` also puts the magic in EAX.
+        multiboot_info: Option<u32>,
+    },
+    /// 64-bit long mode with the guest's own page tables at `cr3`.
+    Long64 { cr3: u64, rip: u64, rsp: u64 },
+    /// 16-bit real mode at CS:IP.
+    Real16 { cs: u16, ip: u16, sp: u16 },
+}
+
+impl From<GuestMode> for svm::guest::GuestMode {
+    fn from(m: GuestMode) -> Self {
+        use svm::guest::GuestMode as S;
+        match m {
+            GuestMode::Protected32 {
+                eip,
+                esp,
+                multiboot_info,
+            } => S::Protected32 {
+                eip,
+                esp,
+                multiboot_info,
+            },
+            GuestMode::Long64 { cr3, rip, rsp } => S::Long64 { cr3, rip, rsp },
+            GuestMode::Real16 { cs, ip, sp } => S::Real16 { cs, ip, sp },
+        }
+    }
+}
+
+impl From<GuestMode> for vmx::guest::GuestMode {
+    fn from(m: GuestMode) -> Self {
+        use vmx::guest::GuestMode as V;
+        match m {
+            GuestMode::Protected32 {
+                eip,
+                esp,
+                multiboot_info,
+            } => V::Protected32 {
+                eip,
+                esp,
+                multiboot_info,
+            },
+            GuestMode::Long64 { cr3, rip, rsp } => V::Long64 { cr3, rip, rsp },
+            GuestMode::Real16 { cs, ip, sp } => V::Real16 { cs, ip, sp },
+        }
+    }
+}
+
+/// What a vCPU needs to know about the CPU it is entered on, gathered by that CPU's worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostCpu {
+    /// SVM: this CPU's VMSAVE host area, and whether it reports next-RIP (NRIPS).
+    Svm { host_area: u64, nrips: bool },
+    /// VMX: everything else is read on the CPU itself at entry.
+    Vmx,
+}
+
+impl HostCpu {
+    /// CPU `cpu`'s context if it can run guests now (virtualization of `kind` on here).
+    /// Call on that CPU.
+    pub fn here(kind: VirtKind, cpu: usize, nrips: bool) -> Option<HostCpu> {
+        match kind {
+            VirtKind::Svm if super::svm::is_enabled() => Some(HostCpu::Svm {
+                host_area: super::svm::host_area(cpu),
+                nrips,
+            }),
+            VirtKind::Vmx if super::vmx::is_enabled() => Some(HostCpu::Vmx),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded exit of either backend.
+#[derive(Clone, Copy, Debug)]
+pub enum Decoded {
+    Svm(svm::exit::DecodedExit),
+    Vmx(vmx::exit::DecodedExit),
+}
+
+/// Both kinds are boxed: they differ in size several times over (the VMX one carries a pending
+/// guest-state area between a reset and its next entry).
+#[derive(Debug)]
+pub enum Vcpu {
+    Svm(Box<SvmVcpu>),
+    Vmx(Box<VmxVcpu>),
+}
+
+/// `run` error code when the vCPU and the CPU context are of different kinds.
+pub const CODE_WRONG_BACKEND: u64 = 0x2_0000;
+
+impl Vcpu {
+    /// A vCPU of the host's kind whose nested page tables map all of `ram` at guest-physical 0.
+    pub fn new(ram: &GuestRam) -> Result<Vcpu, VcpuError> {
+        match crate::backend::virt_kind() {
+            VirtKind::Svm => SvmVcpu::new(ram).map(|v| Vcpu::Svm(Box::new(v))),
+            VirtKind::Vmx => VmxVcpu::new(ram).map(|v| Vcpu::Vmx(Box::new(v))),
+            VirtKind::None => Err(VcpuError::Unsupported),
+        }
+    }
+
+    /// Architectural reset into `mode`.
+    pub fn reset(&mut self, mode: GuestMode) -> Result<(), VcpuError> {
+        match self {
+            Vcpu::Svm(v) => v.reset(mode.into()),
+            Vcpu::Vmx(v) => v.reset(mode.into()),
+        }
+    }
+
+    /// Enter the guest once on CPU `cpu` (described by `host`) and decode why it left. `Err`
+    /// is a failed entry with the backend's code (VMX: the VM-instruction error number).
+    pub fn run(&mut self, cpu: usize, host: HostCpu, ram: &GuestRam) -> Result<Decoded, u64> {
+        match (self, host) {
+            (Vcpu::Svm(v), HostCpu::Svm { host_area, nrips }) => {
+                v.run(cpu, host_area, ram, nrips).map(Decoded::Svm)
+            }
+            (Vcpu::Vmx(v), HostCpu::Vmx) => v.run(cpu).map(Decoded::Vmx),
+            _ => Err(CODE_WRONG_BACKEND),
+        }
+    }
+
+    /// The decoded exit in the core's neutral vocabulary.
+    pub fn neutral(&self, d: &Decoded) -> Exit {
+        match (self, d) {
+            (Vcpu::Svm(v), Decoded::Svm(d)) => v.neutral(d),
+            (Vcpu::Vmx(v), Decoded::Vmx(d)) => v.neutral(d),
+            _ => Exit::Unknown {
+                code: CODE_WRONG_BACKEND,
+            },
+        }
+    }
+
+    pub fn view(&self) -> GuestView {
+        match self {
+            Vcpu::Svm(v) => v.view(),
+            Vcpu::Vmx(v) => v.view(),
+        }
+    }
+
+    pub fn set_rip(&mut self, rip: u64) {
+        match self {
+            Vcpu::Svm(v) => v.set_rip(rip),
+            Vcpu::Vmx(v) => v.set_rip(rip),
+        }
+    }
+
+    pub fn apply(&mut self, rip: u64, u: &RegUpdate) {
+        match self {
+            Vcpu::Svm(v) => v.apply(rip, u),
+            Vcpu::Vmx(v) => v.apply(rip, u),
+        }
+    }
+
+    pub fn inject(&mut self, vector: u8, error_code: Option<u32>) {
+        match self {
+            Vcpu::Svm(v) => v.inject(vector, error_code),
+            Vcpu::Vmx(v) => v.inject(vector, error_code),
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! One guest vCPU under Intel VMX: its VMCS, general registers, FPU state, MSR/I/O bitmaps
+//! (every MSR and port access exits) and EPT over the guest's RAM (2 MiB pages), and one `run`
+//! = one VMLAUNCH/VMRESUME to the next VM exit, with the exit read once and decoded by the
+//! `vmx` crate. What to do about the exit is decided elsewhere (`hv::exit`).
+//!
+//! VMCS residency (SDM vol. 3C "VMCS Life Cycle"): a VMCS stays active on the CPU that last ran
+//! it, across slices, and that CPU's list ([`ACTIVE`]) holds it. Before VMXOFF the disable path
+//! VMCLEARs every VMCS on the list ([`clear_all_here`]), so a VM that then moves launches
+//! afresh with VMLAUNCH on its next CPU; the launch/resume/reload decision is the pure
+//! `vmx::residency::plan_entry`. A vCPU dropped while its VMCS is active somewhere leaves the
+//! VMCS on that CPU's list; the list's reference keeps the page alive until that CPU VMCLEARs
+//! it (at its next entry of any guest, or before VMXOFF), never freed while the CPU may still
+//! write it back.
+//!
+//! Everything the exit handler asks to change (RIP, EFER, PAT, an injected event) and a reset
+//! are recorded here and written to the VMCS at the next entry, on the CPU where it is current:
+//! `reset` may run on another thread and CPU than the VM's.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+
+use hermit_sync::SpinMutex;
+use hv::exit::{Exit, GuestView, RegUpdate};
+use vmx::ept::{Ept, Perms};
+use vmx::exit::{self, DecodedExit, Event, EventType, ExitSnapshot, VmxExit};
+use vmx::guest::{self, GuestMode, GuestSetup};
+use vmx::regs::FxArea;
+use vmx::residency::{self, Residency};
+use vmx::{GuestPhys, GuestRegs, HostPhys, VmcsField as F, VmxConfig, enable, hw};
+
+use super::frames::HeapFrames;
+use super::vcpu::VcpuError;
+use crate::cpus::MAX_CPUS;
+use crate::hw::GuestRam;
+
+/// `run` error codes that are not a VM-instruction error number (those are 1-28).
+pub const CODE_VMFAIL_INVALID: u64 = 0x1_0000;
+/// The VMCS is active on another CPU (a bug guard, see `vmx::residency`).
+pub const CODE_ACTIVE_ELSEWHERE: u64 = 0x1_0001;
+/// Host state failed our own check.
+pub const CODE_HOST_STATE: u64 = 0x1_0002;
+/// No physical address for a structure.
+pub const CODE_NO_PHYS: u64 = 0x1_0003;
+
+/// Budget of one entry on the VMX-preemption timer: twice the vCPU loop's time slice
+/// (`vms.rs`, 5 ms). The APIC tick armed for the slice is the preemption tick proper and fires
+/// first; the timer is the backstop that bounds each entry where the tick cannot make the guest
+/// exit (see `vmx::controls::PIN_OPTIONAL`).
+const ENTRY_BUDGET_US: u64 = 10_000;
+
+/// TSC ticks per microsecond, measured once (0 = not yet).
+static TSC_PER_US: AtomicU64 = AtomicU64::new(0);
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC is available on every CPU with VMX and CR4.TSD does not matter at CPL 0;
+    // it only reads the time-stamp counter.
+    unsafe { x86::time::rdtsc() }
+}
+
+/// The TSC rate against Hermit's monotonic clock, measured over 1 ms the first time.
+fn tsc_per_us() -> u64 {
+    let known = TSC_PER_US.load(Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
+    let (t0, c0) = (crate::hw::monotonic_micros(), rdtsc());
+    while crate::hw::monotonic_micros() < t0 + 1_000 {
+        core::hint::spin_loop();
+    }
+    let (t1, c1) = (crate::hw::monotonic_micros(), rdtsc());
+    let rate = (c1.wrapping_sub(c0) / (t1 - t0).max(1)).max(1);
+    TSC_PER_US.store(rate, Ordering::Relaxed);
+    rate
+}
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// A VMCS region and where it is active.
+struct Vmcs {
+    _page: Box<Page>,
+    pa: u64,
+    residency: SpinMutex<Residency>,
+}
+
+/// Per CPU: the VMCSs active on it (VMPTRLD there, no VMCLEAR since). Touched by that CPU's
+/// worker (entries, VMCLEAR before VMXOFF) only, so the locks are not contended.
+static ACTIVE: [SpinMutex<Vec<Arc<Vmcs>>>; MAX_CPUS] =
+    [const { SpinMutex::new(Vec::new()) }; MAX_CPUS];
+
+/// VPIDs handed out (0 is the host's). Translations are flushed at each VMLAUNCH, so a VPID
+/// reused after wrapping cannot see another vCPU's translations.
+static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
+
+fn next_vpid() -> u16 {
+    loop {
+        let v = NEXT_VPID.fetch_add(1, Ordering::Relaxed);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+fn vmclear(vmcs: &Vmcs) {
+    // SAFETY: called in VMX root operation on the CPU the VMCS is active on (its list), for a
+    // VMCS region we own; VMCLEAR writes its data back and leaves it inactive and clear.
+    let _ = unsafe { hw::vmclear(HostPhys(vmcs.pa)) };
+    let mut r = vmcs.residency.lock();
+    *r = r.cleared();
+}
+
+/// VMCLEAR every VMCS active on this CPU (`cpu`), before VMXOFF: afterwards none of them is
+/// cached here, and their vCPUs launch afresh wherever they run next. Returns how many.
+pub fn clear_all_here(cpu: usize) -> usize {
+    let list = core::mem::take(&mut *ACTIVE[cpu].lock());
+    for vmcs in &list {
+        vmclear(vmcs);
+    }
+    list.len()
+}
+
+/// VMCLEAR and let go of the VMCSs on this CPU's list whose vCPU is gone.
+fn reap(cpu: usize) {
+    let mut list = ACTIVE[cpu].lock();
+    list.retain(|v| {
+        // Only the list holds it: its vCPU was dropped, nobody can run it again.
+        if Arc::strong_count(v) == 1 {
+            vmclear(v);
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// What the exit handler asked for, written at the next entry.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pending {
+    rip: Option<u64>,
+    efer: Option<u64>,
+    pat: Option<u64>,
+    /// An event to inject, with the instruction length for software events.
+    event: Option<(Event, u32)>,
+}
+
+/// Guest state read at the last exit (what `neutral` and `view` need besides the GPRs).
+#[derive(Clone, Copy, Debug, Default)]
+struct LastExit {
+    reason: u32,
+    rflags: u64,
+    efer: u64,
+}
+
+pub struct VmxVcpu {
+    vmcs: Arc<Vmcs>,
+    cfg: VmxConfig,
+    ins_outs_info: bool,
+    pub regs: GuestRegs,
+    guest_fx: Box<FxArea>,
+    host_fx: Box<FxArea>,
+    msr_bitmap: Box<Page>,
+    io_a: Box<Page>,
+    io_b: Box<Page>,
+    _frames: HeapFrames,
+    eptp: u64,
+    vpid: u16,
+    /// Set by `reset`: the whole VMCS is written from it at the next entry.
+    setup: Option<GuestSetup>,
+    pending: Pending,
+    last: LastExit,
+}
+
+impl core::fmt::Debug for VmxVcpu {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VmxVcpu")
+            .field("vpid", &self.vpid)
+            .field("residency", &*self.vmcs.residency.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+fn phys_of<T>(r: &T) -> Option<u64> {
+    crate::hw::phys_contiguous(r as *const T as usize, core::mem::size_of::<T>())
+}
+
+/// VMWRITE to the current VMCS.
+fn write(field: F, value: u64) -> Result<(), u64> {
+    // SAFETY: only called from `VmxVcpu::run` after this vCPU's VMCS was made current on this
+    // CPU (VMPTRLD or found current by VMPTRST), in VMX root operation; the values are the
+    // ones `run` argues for at each call site.
+    unsafe { hw::vmwrite(field, value) }.map_err(fail_code)
+}
+
+fn read(field: F) -> u64 {
+    // SAFETY: as for `write`; VMREAD has no side effects.
+    unsafe { hw::vmread(field) }.unwrap_or(0)
+}
+
+fn fail_code(f: vmx::vmcs::VmFail) -> u64 {
+    match f {
+        vmx::vmcs::VmFail::Invalid => CODE_VMFAIL_INVALID,
+        vmx::vmcs::VmFail::Valid(e) => u64::from(e.raw()),
+    }
+}
+
+impl VmxVcpu {
+    /// A vCPU whose EPT maps all of `ram` at guest-physical 0 (2 MiB pages). Every port and
+    /// MSR access exits.
+    pub fn new(ram: &GuestRam) -> Result<VmxVcpu, VcpuError> {
+        let caps = super::vmx::read_caps();
+        let cfg = VmxConfig::derive(&caps).map_err(|_| VcpuError::Unsupported)?;
+        let mut frames = HeapFrames::default();
+        let mut ept = Ept::new(&mut frames).map_err(|_| VcpuError::NoMemory)?;
+        for i in 0..ram.len() / GuestRam::CHUNK {
+            let hpa = ram.chunk_phys(i).ok_or(VcpuError::NotContiguous)?;
+            let gpa = (i * GuestRam::CHUNK) as u64;
+            ept.map(
+                &mut frames,
+                GuestPhys(gpa),
+                HostPhys(hpa),
+                GuestRam::CHUNK as u64,
+                Perms::RWX,
+            )
+            .map_err(|_| VcpuError::NoMemory)?;
+        }
+        tsc_per_us();
+        let mut page = Box::new(Page([0; 4096]));
+        let revision = enable::vmxon_region_header(caps.basic().revision_id);
+        page.0[..4].copy_from_slice(&revision.to_le_bytes());
+        let pa = phys_of(&*page).ok_or(VcpuError::NotContiguous)?;
+        Ok(VmxVcpu {
+            vmcs: Arc::new(Vmcs {
+                _page: page,
+                pa,
+                residency: SpinMutex::new(Residency::Clear),
+            }),
+            cfg,
+            ins_outs_info: caps.basic().ins_outs_info,
+            regs: GuestRegs::default(),
+            guest_fx: Box::new(FxArea::reset()),
+            host_fx: Box::new(FxArea::reset()),
+            msr_bitmap: Box::new(Page([0xFF; 4096])),
+            io_a: Box::new(Page([0xFF; 4096])),
+            io_b: Box::new(Page([0xFF; 4096])),
+            _frames: frames,
+            eptp: ept.eptp(false),
+            vpid: if cfg.vpid() { next_vpid() } else { 0 },
+            setup: None,
+            pending: Pending::default(),
+            last: LastExit::default(),
+        })
+    }
+
+    /// Architectural reset into `mode`: registers and FPU state now, the VMCS (controls and
+    /// guest state, checked here the way VM entry will) at the next entry.
+    pub fn reset(&mut self, mode: GuestMode) -> Result<(), VcpuError> {
+        let setup = guest::build(mode, &self.cfg);
+        guest::check_guest_state(&setup.state, &self.cfg).map_err(|_| VcpuError::Consistency)?;
+        self.regs = setup.regs;
+        *self.guest_fx = FxArea::reset();
+        self.pending = Pending::default();
+        self.last = LastExit {
+            reason: 0,
+            rflags: setup.state.rflags,
+            efer: setup.state.efer,
+        };
+        self.setup = Some(setup);
+        Ok(())
+    }
+
+    pub fn set_rip(&mut self, rip: u64) {
+        self.pending.rip = Some(rip);
+    }
+
+    /// Inject a hardware exception at the next entry (VM-entry interruption information; the
+    /// error code only for vectors that push one, as VM entry checks).
+    pub fn inject(&mut self, vector: u8, error_code: Option<u32>) {
+        let code = exit::exception_has_error_code(vector).then(|| error_code.unwrap_or(0));
+        self.pending.event = Some((Event::exception(vector, code), 0));
+    }
+
+    /// Write every control and guest-state field from a fresh reset.
+    fn write_setup(&self, setup: &GuestSetup) -> Result<(), u64> {
+        let cfg = &self.cfg;
+        let (Some(msr), Some(io_a), Some(io_b)) = (
+            phys_of(&*self.msr_bitmap),
+            phys_of(&*self.io_a),
+            phys_of(&*self.io_b),
+        ) else {
+            return Err(CODE_NO_PHYS);
+        };
+        write(F::PinBasedControls, u64::from(cfg.pin.bits()))?;
+        write(F::PrimaryProcBasedControls, u64::from(cfg.primary.bits()))?;
+        write(
+            F::SecondaryProcBasedControls,
+            u64::from(cfg.secondary.bits()),
+        )?;
+        write(F::VmExitControls, u64::from(cfg.exit.bits()))?;
+        write(F::VmEntryControls, u64::from(setup.entry.bits()))?;
+        // Exceptions go to the guest's own IDT; a triple fault exits by itself.
+        write(F::ExceptionBitmap, 0)?;
+        write(F::Cr3TargetCount, 0)?;
+        write(F::VmExitMsrStoreCount, 0)?;
+        write(F::VmExitMsrLoadCount, 0)?;
+        write(F::VmEntryMsrLoadCount, 0)?;
+        write(F::VmEntryInterruptionInfo, 0)?;
+        write(F::MsrBitmap, msr)?;
+        if cfg.io_bitmaps() {
+            write(F::IoBitmapA, io_a)?;
+            write(F::IoBitmapB, io_b)?;
+        }
+        write(F::EptPointer, self.eptp)?;
+        if cfg.vpid() {
+            write(F::Vpid, u64::from(self.vpid))?;
+        }
+        for (f, v) in setup.shadows.fields() {
+            write(f, v)?;
+        }
+        for (f, v) in setup.state.fields(cfg) {
+            write(f, v)?;
+        }
+        Ok(())
+    }
+
+    /// Write what the handler asked for since the last exit.
+    fn write_pending(&mut self) -> Result<(), u64> {
+        let p = core::mem::take(&mut self.pending);
+        if let Some(rip) = p.rip {
+            write(F::GuestRip, rip)?;
+        }
+        if let Some(efer) = p.efer {
+            write(F::GuestIa32Efer, efer)?;
+            let ia32e = efer & guest::EFER_LMA != 0;
+            write(
+                F::VmEntryControls,
+                u64::from(self.cfg.entry_for(ia32e).bits()),
+            )?;
+        }
+        if let (Some(pat), true) = (p.pat, self.cfg.pat_switched()) {
+            write(F::GuestIa32Pat, pat)?;
+        }
+        if let Some((ev, len)) = p.event {
+            let (info, code) = ev.injection();
+            write(F::VmEntryInterruptionInfo, u64::from(info))?;
+            if ev.error_code.is_some() {
+                write(F::VmEntryExceptionErrorCode, u64::from(code))?;
+            }
+            if matches!(
+                ev.kind,
+                EventType::SoftwareInterrupt
+                    | EventType::SoftwareException
+                    | EventType::PrivilegedSoftwareException
+            ) {
+                write(F::VmEntryInstructionLength, u64::from(len))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the VMCS current on `cpu` and ready: VMPTRLD if needed, the reset's fields, this
+    /// CPU's host state, translations flushed on a first launch here, pending changes.
+    /// Returns whether to VMLAUNCH.
+    fn prepare(&mut self, cpu: usize) -> Result<bool, u64> {
+        // SAFETY: VMX root operation (the worker runs guests only while VMX is on here).
+        let current = unsafe { hw::vmptrst() } == self.vmcs.pa;
+        let before = *self.vmcs.residency.lock();
+        let plan =
+            residency::plan_entry(before, cpu, current).map_err(|_| CODE_ACTIVE_ELSEWHERE)?;
+        if plan.load {
+            // SAFETY: the VMCS region is ours, carries the revision id, and is not active on
+            // another CPU (the plan refused that); a clear one is VMCLEARed first to
+            // initialise its launch state, then made current here.
+            unsafe {
+                if before == Residency::Clear {
+                    hw::vmclear(HostPhys(self.vmcs.pa)).map_err(fail_code)?;
+                }
+                hw::vmptrld(HostPhys(self.vmcs.pa)).map_err(fail_code)?;
+            }
+            if before == Residency::Clear {
+                ACTIVE[cpu].lock().push(self.vmcs.clone());
+            }
+            *self.vmcs.residency.lock() = before.entered(cpu, false);
+        }
+        if let Some(setup) = self.setup.take() {
+            if let Err(e) = self.write_setup(&setup) {
+                self.setup = Some(setup);
+                return Err(e);
+            }
+        }
+        if plan.write_host {
+            let host = super::vmx::host_state();
+            vmx::host::check_host_state(&host, &self.cfg).map_err(|_| CODE_HOST_STATE)?;
+            for (f, v) in host.fields(&self.cfg) {
+                write(f, v)?;
+            }
+        }
+        if plan.flush {
+            // SAFETY: VMX root operation; the types come from the CPU's EPT/VPID capabilities
+            // (INVEPT is required by `VmxConfig::derive`); invalidation only drops cached
+            // translations.
+            unsafe {
+                if let Some(t) = self.cfg.ept_vpid.invept_for_guest() {
+                    let _ = hw::invept(t, self.eptp);
+                }
+                if let (true, Some(t)) = (self.cfg.vpid(), self.cfg.ept_vpid.invvpid_for_guest()) {
+                    let _ = hw::invvpid(t, self.vpid, 0);
+                }
+            }
+        }
+        self.write_pending()?;
+        if self.cfg.preemption_timer() {
+            let budget = self
+                .cfg
+                .preemption_timer_value(ENTRY_BUDGET_US, tsc_per_us());
+            write(F::VmxPreemptionTimerValue, u64::from(budget))?;
+        }
+        Ok(plan.launch)
+    }
+
+    /// Enter the guest once on CPU `cpu` and decode why it left. A failed entry is `Err`
+    /// with the VM-instruction error number (or a `CODE_*`); a VM-entry failure after guest
+    /// state was loaded is an `Ok` exit that `neutral` maps to `EntryFailed`.
+    pub fn run(&mut self, cpu: usize) -> Result<DecodedExit, u64> {
+        reap(cpu);
+        let launch = self.prepare(cpu)?;
+        // SAFETY: the VMCS is current on this CPU with controls from `VmxConfig::derive`,
+        // guest state that passed `check_guest_state` at reset, this CPU's host state (checked
+        // by `check_host_state` when written), EPT mapping only this guest's RAM and bitmaps
+        // that are owned pages; `launch` matches its launch state (`vmx::residency`). FPU
+        // state is switched around the entry.
+        let entered = unsafe {
+            hw::fxsave(&mut self.host_fx);
+            hw::fxrstor(&self.guest_fx);
+            let r = hw::vmlaunch_or_resume(!launch, &mut self.regs);
+            hw::fxsave(&mut self.guest_fx);
+            hw::fxrstor(&self.host_fx);
+            r
+        };
+        {
+            let mut r = self.vmcs.residency.lock();
+            *r = r.entered(cpu, entered.is_ok());
+        }
+        entered.map_err(fail_code)?;
+        let snap = ExitSnapshot::read(read, &self.regs, self.ins_outs_info);
+        self.last = LastExit {
+            reason: snap.reason,
+            rflags: read(F::GuestRflags),
+            efer: read(F::GuestIa32Efer),
+        };
+        let decoded = exit::decode(&snap);
+        // An event the exit interrupted is delivered again at the next entry (unless the
+        // handler injects another).
+        if let Some(ev) = decoded.interrupted_event {
+            let len = read(F::VmExitInstructionLength) as u32;
+            self.pending.event = Some((
+                Event {
+                    nmi_unblocking: false,
+                    ..ev
+                },
+                len,
+            ));
+        }
+        match decoded.exit {
+            VmxExit::ExternalInterrupt { vector: Some(v) } if v >= 32 => {
+                // SAFETY: the exit acknowledged `v` from the local APIC ("acknowledge
+                // interrupt on exit"); interrupts are off here (the world switch ran with
+                // IF = 0 and the caller holds them off); Hermit's IDT handles every vector it
+                // programs the APIC with, ending in EOI and IRET.
+                unsafe { hw::dispatch_interrupt(v) };
+            }
+            VmxExit::Nmi => {
+                // SAFETY: host context right after the NMI exit; gate 2 is Hermitage's NMI
+                // handler (shootdown, else Hermit's).
+                unsafe { hw::dispatch_nmi() };
+            }
+            VmxExit::EntryFailure { .. } => {
+                // Launch state in doubt after a late entry failure: clear it (see
+                // `Residency::entered`); the VMCS is current and active here.
+                vmclear(&self.vmcs);
+                ACTIVE[cpu].lock().retain(|v| !Arc::ptr_eq(v, &self.vmcs));
+            }
+            _ => {}
+        }
+        Ok(decoded)
+    }
+
+    /// The decoded VMX exit in the core's neutral vocabulary (`vmx::neutral`).
+    pub fn neutral(&self, d: &DecodedExit) -> Exit {
+        vmx::neutral::to_neutral(
+            d,
+            &self.regs,
+            vmx::neutral::ExitContext {
+                reason: self.last.reason,
+                rflags: self.last.rflags,
+            },
+        )
+    }
+
+    /// What the exit handler needs to see of the guest.
+    pub fn view(&self) -> GuestView {
+        GuestView {
+            rax: self.regs.rax,
+            efer: self.last.efer,
+        }
+    }
+
+    /// Apply a register update from the exit handler.
+    pub fn apply(&mut self, rip: u64, u: &RegUpdate) {
+        self.pending.rip = Some(rip);
+        if let Some(v) = u.rax {
+            self.regs.rax = v;
+        }
+        if let Some(v) = u.rbx {
+            self.regs.rbx = v;
+        }
+        if let Some(v) = u.rcx {
+            self.regs.rcx = v;
+        }
+        if let Some(v) = u.rdx {
+            self.regs.rdx = v;
+        }
+        if let Some(v) = u.efer {
+            self.pending.efer = Some(v);
+            self.last.efer = v;
+        }
+        if let Some(v) = u.pat {
+            self.pending.pat = Some(v);
+        }
+    }
+}
