@@ -144,6 +144,14 @@ pub type CpuidRegs = [u32; 4];
 pub trait PmuCpuid {
     /// The guest's registers for `(leaf, subleaf)`, given the PMU-less `filtered` ones.
     fn pmu_cpuid(&self, leaf: u32, subleaf: u32, filtered: CpuidRegs) -> CpuidRegs;
+
+    /// The highest (basic, extended) leaves the PMU needs enumerated, e.g. 0xA for an Intel
+    /// PMU, 0x8000_0022 for AMD PerfMonV2; the view raises its maxima to them (within
+    /// [`MAX_BASIC_LEAF`] and [`MAX_EXTENDED_LEAF`]) and fills the leaves the host lacks with
+    /// zeros before the PMU sees them. Default: none.
+    fn min_leaves(&self) -> (u32, u32) {
+        (0, 0x8000_0000)
+    }
 }
 
 impl<F: Fn(u32, u32, CpuidRegs) -> CpuidRegs> PmuCpuid for F {
@@ -176,12 +184,25 @@ impl CpuidView {
     pub fn from_host(host: impl Fn(u32, u32) -> CpuidRegs, pmu: Option<&dyn PmuCpuid>) -> Self {
         let leaf0 = host(0, 0);
         let vendor = vendor_of(leaf0);
-        let max_basic = leaf0[0].min(MAX_BASIC_LEAF);
+        let host_basic = leaf0[0].min(MAX_BASIC_LEAF);
         let host_ext = host(0x8000_0000, 0)[0];
-        let max_extended = if (0x8000_0001..=0x8000_FFFF).contains(&host_ext) {
+        let host_extended = if (0x8000_0001..=0x8000_FFFF).contains(&host_ext) {
             host_ext.min(MAX_EXTENDED_LEAF)
         } else {
             0x8000_0000
+        };
+        let (pmu_basic, pmu_extended) = pmu.map_or((0, 0x8000_0000), |p| p.min_leaves());
+        let max_basic = host_basic.max(pmu_basic.min(MAX_BASIC_LEAF));
+        let max_extended = host_extended.max(pmu_extended.min(MAX_EXTENDED_LEAF));
+        // A leaf above the host's own maximum reads as zeros (the host would answer it with
+        // its highest basic leaf, SDM vol. 2A CPUID), for the PMU to fill in.
+        let host = |leaf: u32, subleaf: u32| {
+            let beyond = if leaf >= 0x8000_0000 {
+                leaf > host_extended
+            } else {
+                leaf > host_basic
+            };
+            if beyond { [0; 4] } else { host(leaf, subleaf) }
         };
         let mut view = CpuidView {
             vendor,

@@ -180,9 +180,7 @@ fn guest_vendor() -> hv::features::Vendor {
 
 /// The guest's CPUID: the host's, filtered by `hv::cpuid`, with the vPMU's leaves.
 fn cpuid_view(pmu: &VmPmu) -> CpuidView {
-    let state = *pmu.state();
-    let hook = move |leaf: u32, sub: u32, regs: [u32; 4]| state.cpuid(leaf, sub, regs);
-    CpuidView::from_host(hw::cpuid, Some(&hook))
+    CpuidView::from_host(hw::cpuid, Some(pmu.state()))
 }
 
 /// The CPUs in service now (all of them before the virt layer exists).

@@ -5,7 +5,7 @@
 //! [`hv::features::HostFeatures`]), which are `no_std` data without serde, and the wire names
 //! come from hv's own `as_str` tables (exit kinds, reset triggers, states, AMD PMU kinds), so
 //! there is one vocabulary and a new exit kind shows up in the JSON and the metrics by itself.
-//! The shapes are listed in `net/API.md` and `net/openapi.yaml`.
+//! The shapes are listed in the README's API section and `net/openapi.yaml`.
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 

@@ -77,7 +77,7 @@
 //! * [`server`]: [`Endpoint`], [`Settings`], [`serve`], [`handle`] and the response writers.
 //!
 //! The API itself is described in `net/openapi.yaml` (checked against [`router::ROUTES`] and
-//! the statuses the code produces by `tests/openapi.rs`) and, for people, in `net/API.md`.
+//! the statuses the code produces by `tests/openapi.rs`) and, for people, in the README's API section.
 //!
 //! # Bounds
 //!

@@ -291,6 +291,21 @@ impl Model {
         [eax, ebx, ecx, edx]
     }
 
+    /// The highest (basic, extended) CPUID leaves the guest must see for this PMU to be
+    /// enumerable: leaf 0AH for an Intel PMU, 8000_0022H for AMD PerfMonV2 (8000_0001H holds
+    /// PerfCtrExtCore and is always there).
+    pub fn min_leaves(&self) -> (u32, u32) {
+        match self.pmu {
+            Pmu::Intel { .. } => (0xA, 0x8000_0000),
+            Pmu::Amd {
+                kind: AmdKind::PerfMonV2,
+                ..
+            } => (0, 0x8000_0022),
+            Pmu::Amd { .. } => (0, 0x8000_0001),
+            Pmu::Off => (0, 0x8000_0000),
+        }
+    }
+
     /// CPUID.0AH (SDM vol. 2A table 3-8 "Architectural Performance Monitoring Leaf").
     fn leaf_0a(&self) -> [u32; 4] {
         let Pmu::Intel {

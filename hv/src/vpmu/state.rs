@@ -89,6 +89,11 @@ impl VpmuState {
         self.model.cpuid(leaf, subleaf, host)
     }
 
+    /// The leaves this PMU needs enumerated, see [`Model::min_leaves`].
+    pub fn min_leaves(&self) -> (u32, u32) {
+        self.model.min_leaves()
+    }
+
     /// Guest RDMSR.
     pub fn rdmsr(&self, msr: u32) -> MsrResult {
         let Some(reg) = self.model.msr(msr) else {
@@ -212,5 +217,15 @@ impl VpmuState {
             v |= INUSE_PMI;
         }
         v
+    }
+}
+
+impl crate::cpuid::PmuCpuid for VpmuState {
+    fn pmu_cpuid(&self, leaf: u32, subleaf: u32, filtered: [u32; 4]) -> [u32; 4] {
+        self.cpuid(leaf, subleaf, filtered)
+    }
+
+    fn min_leaves(&self) -> (u32, u32) {
+        VpmuState::min_leaves(self)
     }
 }

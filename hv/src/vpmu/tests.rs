@@ -1002,3 +1002,28 @@ fn exits_route_pmu_msrs_and_rdpmc_to_the_model_and_nothing_else() {
     };
     assert_eq!(regs.rax, Some(0));
 }
+
+#[test]
+fn the_cpuid_view_enumerates_the_leaves_the_pmu_needs() {
+    use crate::cpuid::CpuidView;
+    // An AMD host whose highest extended leaf is 0x8000_001F (QEMU's EPYC model).
+    let host = |leaf: u32, _sub: u32| match leaf {
+        0 => [0xD, 0x6874_7541, 0x444D_4163, 0x6974_6E65],
+        0x8000_0000 => [0x8000_001F, 0x6874_7541, 0x444D_4163, 0x6974_6E65],
+        0x8000_0022 => [0xDEAD, 0xBEEF, 0, 0],
+        _ => [0; 4],
+    };
+    let off = VmPmu::new(PmuConfig::Off, Vendor::Amd).unwrap();
+    let view = CpuidView::from_host(host, Some(off.state()));
+    assert_eq!(view.max_extended(), 0x8000_001F);
+    let v2 = VmPmu::new(amd(AmdKind::PerfMonV2, 5), Vendor::Amd).unwrap();
+    let view = CpuidView::from_host(host, Some(v2.state()));
+    assert_eq!(view.max_extended(), 0x8000_0022);
+    assert_eq!(view.get(0x8000_0000, 0)[0], 0x8000_0022);
+    assert_eq!(
+        view.get(0x8000_0022, 0)[..2],
+        [CPUID_8000_0022_EAX_PERFMON_V2, 5]
+    );
+    // Leaves the host lacks read as zeros, not as whatever the host answers out of range.
+    assert_eq!(view.get(0x8000_0020, 0), [0; 4]);
+}
