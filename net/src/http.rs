@@ -475,6 +475,11 @@ pub struct Conn {
     /// Uploads beyond the default buffer need this token.
     token: Option<ApiToken>,
     state: State,
+    /// The request at the front asked for `Expect: 100-continue`, its head was accepted and its
+    /// body has not all arrived; `true` until [`Conn::take_continue`] reports it.
+    continue_due: bool,
+    /// 100 Continue was reported for the request at the front: once per request.
+    continued: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -501,6 +506,8 @@ impl Conn {
             want: 0,
             token,
             state: State::Open,
+            continue_due: false,
+            continued: false,
         }
     }
 
@@ -511,6 +518,16 @@ impl Conn {
         self.consumed = 0;
         self.want = 0;
         self.state = State::Open;
+        self.continue_due = false;
+        self.continued = false;
+    }
+
+    /// Whether to send `HTTP/1.1 100 Continue` now: the request at the front carries
+    /// `Expect: 100-continue`, its head passed every check (limits, and the token for an
+    /// upload) and its body is still to come (RFC 9110 §10.1.1). True once per request;
+    /// [`crate::serve`] writes the interim response itself.
+    pub fn take_continue(&mut self) -> bool {
+        core::mem::take(&mut self.continue_due)
     }
 
     /// The limits this connection enforces.
@@ -569,12 +586,18 @@ impl Conn {
             Ok(Parsed::Done(req, len)) => {
                 self.consumed += len;
                 self.want = 0;
+                self.continue_due = false;
+                self.continued = false;
                 if !req.keep_alive {
                     self.state = State::Closed;
                 }
                 Next::Request(req)
             }
-            Ok(Parsed::Need(total)) => {
+            Ok(Parsed::Need(total, expect_continue)) => {
+                if expect_continue && !self.continued {
+                    self.continue_due = true;
+                    self.continued = true;
+                }
                 // Beyond the default buffer only for a request whose head was accepted.
                 self.want = if total > limits.buffer_capacity() {
                     total
@@ -595,8 +618,9 @@ impl Conn {
 enum Parsed<'a> {
     /// A request and how many bytes it spans.
     Done(Request<'a>, usize),
-    /// More bytes are needed: the request's total size when its head is complete, else 0.
-    Need(usize),
+    /// More bytes are needed: the request's total size when its head is complete, else 0;
+    /// and whether that head asked for `Expect: 100-continue`.
+    Need(usize, bool),
 }
 
 /// Parses one request from the front of `input`.
@@ -614,7 +638,7 @@ fn parse<'a>(
     let head_len = match head.parse(window) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if full => return Err(ParseError::HeadTooLarge),
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Need(0)),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Need(0, false)),
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
         // httparse reports any unexpected byte in the version as soon as it sees it; wait for
         // the whole request line to tell `HTTP/2.0` (505) from garbage (400).
@@ -622,7 +646,7 @@ fn parse<'a>(
             Some(line) if is_other_version(line) => return Err(ParseError::UnsupportedVersion),
             Some(_) => return Err(ParseError::Malformed),
             None if full => return Err(ParseError::HeadTooLarge),
-            None => return Ok(Parsed::Need(0)),
+            None => return Ok(Parsed::Need(0, false)),
         },
         Err(_) => return Err(ParseError::Malformed),
     };
@@ -644,6 +668,7 @@ fn parse<'a>(
     let mut content_type = None;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut expect_continue = false;
     for h in head.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -672,6 +697,8 @@ fn parse<'a>(
             )?);
         } else if name.eq_ignore_ascii_case("content-type") {
             content_type = Some(single_str(content_type, h.value, HeaderName::ContentType)?);
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue |= trim(h.value).eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|b| *b == b',').map(trim) {
                 close |= token.eq_ignore_ascii_case(b"close");
@@ -693,7 +720,11 @@ fn parse<'a>(
         return Err(ParseError::Unauthorized);
     }
     if input.len() < total {
-        return Ok(Parsed::Need(total));
+        // Invite the body only from a client that may send it.
+        let invite = expect_continue
+            && body_len > 0
+            && token.is_none_or(|t| crate::auth::authorized(t, authorization));
+        return Ok(Parsed::Need(total, invite));
     }
     let keep_alive = match minor_version {
         0 => keep_alive_token && !close,

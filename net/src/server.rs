@@ -195,7 +195,12 @@ fn serve_with<B: Backend + ?Sized>(
                 }
                 return Flow::Close;
             }
-            Next::NeedMore => return Flow::Continue,
+            Next::NeedMore => {
+                if conn.take_continue() {
+                    out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                return Flow::Continue;
+            }
             Next::Closed => return Flow::Close,
         }
     }

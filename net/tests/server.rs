@@ -383,3 +383,58 @@ fn reboot_is_accepted_once() {
     assert_eq!(get.status, 405);
     assert_eq!(get.header("allow"), Some("POST"));
 }
+
+#[test]
+fn expect_100_continue_is_answered_once_before_the_body() {
+    let mut fake = Fake::new(2);
+    let mut conn = Conn::new(Limits::default());
+    let mut out = Vec::new();
+    let body = br#"{"name":"a","image":"hello"}"#;
+    let head = format!(
+        "POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.feed(head.as_bytes());
+    assert_eq!(serve(&mut conn, &mut fake, &mut out), Flow::Continue);
+    assert_eq!(out, b"HTTP/1.1 100 Continue\r\n\r\n");
+    // Asking again before the body arrives says nothing more.
+    out.clear();
+    serve(&mut conn, &mut fake, &mut out);
+    assert!(out.is_empty());
+    conn.feed(&body[..5]);
+    serve(&mut conn, &mut fake, &mut out);
+    assert!(out.is_empty());
+    conn.feed(&body[5..]);
+    serve(&mut conn, &mut fake, &mut out);
+    assert!(
+        out.starts_with(b"HTTP/1.1 201 Created\r\n"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // Without the header, or with the body already there, no interim response.
+    for request in [
+        format!(
+            "POST /v1/vms HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+        format!(
+            "POST /v1/vms HTTP/1.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n\
+             Content-Length: {}\r\n\r\n{}",
+            body.len(),
+            core::str::from_utf8(body)
+                .unwrap()
+                .replace("\"a\"", "\"b\"")
+        ),
+    ] {
+        let mut conn = Conn::new(Limits::default());
+        let mut out = Vec::new();
+        conn.feed(request.as_bytes());
+        serve(&mut conn, &mut fake, &mut out);
+        assert!(
+            !out.starts_with(b"HTTP/1.1 100"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+}
