@@ -11,6 +11,7 @@
 //! | `exit_after_boot`         | power off once every CPU is up (for tests)      | off          |
 //! | `crash_test`              | take the panic path once every CPU is up (tests)| off          |
 //! | `vm=IMAGE`                | create and start a VM from a built-in image (repeatable, up to 16) | none |
+//! | `vm_pmu=SPEC`             | the vPMU of `vm=` VMs: `none`, `intel:V[:GP[:FIXED[:WIDTH]]]`, `amd:KIND[:GP]` | `none` |
 //! | `tdx=on\|off\|auto`        | bring the TDX module up (`on` logs why not when the machine cannot) | `off` |
 //! | `api_token=TOKEN`         | require `Authorization: Bearer TOKEN` on every API request (1 to 128 of `A-Z a-z 0-9 - . _ ~ + /`, then `=`s) | none: no auth |
 //! | `http_max_headers=N`      | most header fields in a request, 1..=64 (more: 431) | `32`     |
@@ -72,6 +73,8 @@ pub struct BootConfig {
     pub vms: heapless::Vec<heapless::String<32>, 16>,
     /// Whether to bring the TDX module up (never fatal when the machine has no TDX).
     pub tdx: TdxRequest,
+    /// The vPMU of the VMs started with `vm=`.
+    pub vm_pmu: crate::vpmu::PmuConfig,
     /// The API's bearer token; `None`: no authentication.
     pub api_token: Option<ApiToken>,
     /// `http_*` limits; `None` where not given.
@@ -143,6 +146,7 @@ impl Default for BootConfig {
             crash_test: false,
             vms: heapless::Vec::new(),
             tdx: TdxRequest::Off,
+            vm_pmu: crate::vpmu::PmuConfig::Off,
             api_token: None,
             http: HttpConfig::default(),
         }
@@ -197,6 +201,9 @@ impl BootConfig {
                 }
                 ("gw", Some(v)) => gateway = Some(parse_ipv4(v).ok_or_else(bad)?),
                 ("tdx", Some(v)) => c.tdx = TdxRequest::parse(v).ok_or_else(bad)?,
+                ("vm_pmu", Some(v)) => {
+                    c.vm_pmu = crate::vpmu::PmuConfig::parse_compact(v).ok_or_else(bad)?
+                }
                 ("exit_after_boot", None) => c.exit_after_boot = true,
                 ("crash_test", None) => c.crash_test = true,
                 ("api_token", Some(v)) => c.api_token = Some(ApiToken::new(v).ok_or_else(bad)?),
@@ -227,7 +234,7 @@ impl BootConfig {
                     }
                 }
                 (k, None) if HTTP_RANGES.iter().any(|r| r.0 == k) => return Err(bad()),
-                ("port" | "ip" | "gw" | "vm" | "tdx" | "api_token", None)
+                ("port" | "ip" | "gw" | "vm" | "vm_pmu" | "tdx" | "api_token", None)
                 | ("exit_after_boot" | "crash_test", Some(_)) => {
                     return Err(bad());
                 }
@@ -288,6 +295,37 @@ mod tests {
             }
         );
         assert!(c.exit_after_boot);
+    }
+
+    #[test]
+    fn vm_pmu_compact_form() {
+        use crate::vpmu::{AmdKind, PmuConfig};
+        let pmu = |w: &'static str| BootConfig::parse([w]).map(|c| c.vm_pmu);
+        assert_eq!(pmu("vm_pmu=none"), Ok(PmuConfig::Off));
+        assert_eq!(pmu("vm_pmu=intel:2"), Ok(PmuConfig::intel(2)));
+        assert_eq!(
+            pmu("vm_pmu=intel:5:8:4:40"),
+            Ok(PmuConfig::intel_with(5, Some(8), Some(4), Some(40), None))
+        );
+        assert_eq!(
+            pmu("vm_pmu=amd:core_ext"),
+            Ok(PmuConfig::amd(AmdKind::CoreExt))
+        );
+        assert_eq!(
+            pmu("vm_pmu=amd:perfmon_v2:3"),
+            Ok(PmuConfig::amd_with(AmdKind::PerfMonV2, Some(3)))
+        );
+        for bad in [
+            "vm_pmu=intel",
+            "vm_pmu=intel:9",
+            "vm_pmu=intel:2:4:3:48:1",
+            "vm_pmu=amd:turbo",
+            "vm_pmu=amd:legacy:6",
+            "vm_pmu=via",
+            "vm_pmu=intel:x",
+        ] {
+            assert!(pmu(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -55,7 +55,11 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
     virt::init(features.virt);
     tdx::init(config.tdx);
 
-    vms::start_from_cmdline(config.vms.iter().map(|s| s.as_str()), cpus::count());
+    vms::start_from_cmdline(
+        config.vms.iter().map(|s| s.as_str()),
+        config.vm_pmu,
+        cpus::count(),
+    );
     if config.crash_test {
         virt::crash("crash_test on the command line");
     }

@@ -673,7 +673,7 @@ pub fn restore(cpu: usize) {
 
 /// Start the VMs named on the kernel command line, spread over the CPUs (CPU 0 last: it also
 /// serves the endpoint).
-pub fn start_from_cmdline<'a>(names: impl Iterator<Item = &'a str>, cpus: usize) {
+pub fn start_from_cmdline<'a>(names: impl Iterator<Item = &'a str>, pmu: PmuConfig, cpus: usize) {
     for (i, name) in names.enumerate() {
         let cpu = if cpus > 1 { 1 + i % (cpus - 1) } else { 0 };
         let mut vm_name = heapless::String::<32>::new();
@@ -688,9 +688,7 @@ pub fn start_from_cmdline<'a>(names: impl Iterator<Item = &'a str>, cpus: usize)
                 continue;
             }
         };
-        match create(config, PmuConfig::Off, Some(cpu))
-            .and_then(|id| event(id, VmEvent::Start).map(|()| id))
-        {
+        match create(config, pmu, Some(cpu)).and_then(|id| event(id, VmEvent::Start).map(|()| id)) {
             Ok(id) => println!("hermitage: vm {id} ({vm_name}) started on cpu {cpu}"),
             Err(e) => println!("hermitage: vm={name}: not started: {e:?}"),
         }

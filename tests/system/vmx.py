@@ -122,12 +122,44 @@ def test_spinning_guests_are_preempted_and_share_the_cpu():
         hv.stop()
 
 
+def test_intel_vpmu_as_an_intel_guest_sees_it():
+    """An Intel architectural PMU (version 2, 4 counters, 3 fixed, 48 bits) configured for a VM
+    on the Intel host: the pmu guest finds CPUID leaf 0xA describing exactly that, exactly the
+    MSRs of that PMU (IA32_PMC0-3 and their full-width aliases, PERFEVTSEL0-3, FIXED_CTR0-2,
+    the global registers, PERF_CAPABILITIES), all at their reset values (PERF_GLOBAL_CTRL with
+    every general-purpose counter enabled), and RDPMC working."""
+    hv = Hermitage(smp=1, append="vm=pmu vm_pmu=intel:2:4:3:48", ready=False, bochs=True)
+    try:
+        hv.wait_for(r"vm 1 \(pmu-1\) stopped: debug exit code 0", 240)
+        hv.wait_for(r"\[vm 1 pmu-1\] pmu: done", 30)  # the echo follows the stop
+        console = hv.console()
+        lines = [l.split("] ", 1)[1] for l in console.splitlines() if l.startswith("[vm 1 pmu-1] ")]
+        text = "\n".join(lines)
+        leaf_a = re.search(r"pmu: cpuid 0xa eax=(0x\w+) ebx=(0x\w+) ecx=(0x\w+) edx=(0x\w+)", text)
+        eax, _, _, edx = (int(g, 16) for g in leaf_a.groups())
+        assert (eax & 0xFF, (eax >> 8) & 0xFF, (eax >> 16) & 0xFF) == (2, 4, 48), hex(eax)
+        assert (edx & 0x1F, (edx >> 5) & 0xFF) == (3, 48), hex(edx)
+        msrs = {int(m.group(1), 16): (int(m.group(2), 16) << 32) | int(m.group(3), 16)
+                for m in re.finditer(r"pmu: msr (0x\w+) = (0x\w+):(0x\w+)", text)}
+        want = set(range(0xC1, 0xC5)) | set(range(0x186, 0x18A)) | set(range(0x309, 0x30C)) \
+            | {0x38D, 0x38E, 0x38F, 0x390, 0x345} | set(range(0x4C1, 0x4C5))
+        assert set(msrs) == want, ("missing", sorted(map(hex, want - set(msrs))),
+                                   "extra", sorted(map(hex, set(msrs) - want)))
+        assert msrs[0x38F] == 0xF, hex(msrs[0x38F])  # PERF_GLOBAL_CTRL: PMC0-3 enabled
+        assert msrs[0x345] & (1 << 13), hex(msrs[0x345])  # PERF_CAPABILITIES.FW_WRITE
+        nonzero = {hex(m): hex(v) for m, v in msrs.items() if v and m not in (0x38F, 0x345)}
+        assert not nonzero, nonzero
+        assert "pmu: rdpmc 0 ok" in text, text
+    finally:
+        hv.stop()
+
+
 TESTS = [test_boots_and_detects_vmx_ept_vpid, test_bad_command_line_is_refused_in_bochs_too,
          test_panic_path_turns_vmx_off_before_reset,
          test_flat_and_multiboot_guests_run_under_vmx_with_ept,
          test_exerciser_checks_all_pass_under_vmx,
          test_resetter_goes_through_cf9_and_keyboard_resets_then_triple_faults,
-         test_spinning_guests_are_preempted_and_share_the_cpu]
+         test_spinning_guests_are_preempted_and_share_the_cpu, test_intel_vpmu_as_an_intel_guest_sees_it]
 
 if __name__ == "__main__":
     sys.exit(1 if run_suite("vmx", TESTS, sys.argv[1:]) else 0)

@@ -171,6 +171,31 @@ impl PmuConfig {
         }
     }
 
+    /// The kernel command line's compact form (`vm_pmu=`), for VMs started at boot:
+    /// `none`, `intel:VERSION[:GP[:FIXED[:WIDTH]]]` or `amd:KIND[:GP]`, omitted fields at their
+    /// defaults, validated. `None` for anything else.
+    pub fn parse_compact(s: &str) -> Option<PmuConfig> {
+        let mut parts = s.split(':');
+        let vendor = parts.next()?;
+        let kind = if vendor == "amd" {
+            Some(AmdKind::parse(parts.next()?).ok()?)
+        } else {
+            None
+        };
+        // The numbers that follow: at most four, each a u8.
+        let mut nums: [Option<u8>; 4] = [None; 4];
+        for (i, p) in parts.enumerate() {
+            *nums.get_mut(i)? = Some(p.parse().ok()?);
+        }
+        let config = match (vendor, kind) {
+            ("none", _) if nums[0].is_none() => PmuConfig::Off,
+            ("intel", _) => PmuConfig::intel_with(nums[0]?, nums[1], nums[2], nums[3], None),
+            ("amd", Some(kind)) if nums[1].is_none() => PmuConfig::amd_with(kind, nums[0]),
+            _ => return None,
+        };
+        config.validate().ok()
+    }
+
     /// The vendor whose PMU this configuration describes, `None` for [`PmuConfig::Off`].
     pub const fn vendor(&self) -> Option<crate::features::Vendor> {
         match self {
