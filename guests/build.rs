@@ -108,8 +108,8 @@ fn main() -> asm::Result {
     }
     writeln!(
         table,
-        "];\n\n/// What the `pmu` guest writes to every PMU MSR it finds.\npub const PMU_DIRT: u32 = {:#x};",
-        guests::PMU_DIRT
+        "];\n\n/// What the `pmu` guest writes to every PMU MSR it finds.\npub const PMU_PATTERN: u32 = {:#x};",
+        guests::PMU_PATTERN
     )?;
     std::fs::write(out.join("builtins.rs"), table)?;
     Ok(())

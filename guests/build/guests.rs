@@ -627,29 +627,19 @@ fn cpuid(asm: &mut Asm, leaf: u32) -> Result {
     Ok(asm.a.cpuid()?)
 }
 
-/// The PMU MSRs of both vendors, in report order: AMD legacy PERF_CTL0-3 / PERF_CTR0-3 (APM
-/// vol. 2 §13.2.1), core extension PERF_CTL/CTR0-5 (§13.2.2), PerfMonV2 global registers
-/// (§13.2.3); Intel IA32_PMC0-7, IA32_PERFEVTSEL0-7, IA32_FIXED_CTR0-3, FIXED_CTR_CTRL,
-/// PERF_GLOBAL_STATUS / CTRL / OVF_CTRL (STATUS_RESET) / STATUS_SET, PERF_CAPABILITIES and the
-/// full-width IA32_A_PMC0-7 (SDM vol. 3B §20.2, vol. 4 table 2-2).
+/// The PMU MSRs the `pmu` guest tries, in order: `hv::vpmu::probe::PROBE_MSRS`, the list the
+/// host replays to compute the expected digest.
 pub fn pmu_msrs() -> Vec<u32> {
-    let mut v = Vec::new();
-    v.extend(0xC001_0000..=0xC001_0007);
-    v.extend(0xC001_0200..=0xC001_020B);
-    v.extend(0xC000_0300..=0xC000_0303);
-    v.extend(0xC1..=0xC8);
-    v.extend(0x186..=0x18D);
-    v.extend(0x309..=0x30C);
-    v.extend([0x38D, 0x38E, 0x38F, 0x390, 0x391, 0x345]);
-    v.extend(0x4C1..=0x4C8);
-    v
+    hv::vpmu::probe::PROBE_MSRS.to_vec()
 }
 
-/// The value the `pmu` guest writes to every PMU MSR it finds, to leave state behind that a
-/// reset must clear: an event select without its enable bit, a counter value, overflow bits.
-pub const PMU_DIRT: u32 = 0x1234;
+/// The value the `pmu` guest writes to every PMU MSR it finds (`hv::vpmu::probe`).
+pub const PMU_PATTERN: u32 = hv::vpmu::probe::PROBE_PATTERN;
 
+/// The `pmu` guest: the probe described in `hv::vpmu::probe`, printing what it sees on the way
+/// and the digest at the end, then a reset (or stop) as `cycle=` and `path=` say.
 fn pmu(asm: &mut Asm) -> Result {
+    use hv::vpmu::probe::{ABSENT, FNV_OFFSET, FNV_PRIME, REFUSED};
     const BOOT: u32 = layout::VAR_SCRATCH;
     const CYCLE: u32 = layout::VAR_SCRATCH + 4;
     const LO: u32 = layout::VAR_SCRATCH + 8;
@@ -657,22 +647,71 @@ fn pmu(asm: &mut Asm) -> Result {
     const PRESENT: u32 = layout::VAR_SCRATCH + 16;
     const NONZERO: u32 = layout::VAR_SCRATCH + 20;
     const REGS: u32 = layout::VAR_SCRATCH + 24;
+    const DIGEST: u32 = layout::VAR_SCRATCH + 40;
+    const MAX_BASIC: u32 = layout::VAR_SCRATCH + 44;
+    const MAX_EXT: u32 = layout::VAR_SCRATCH + 48;
+    const ROTATE: u32 = layout::VAR_SCRATCH + 52;
 
     asm.find_arg("boot=")?;
     asm.a.mov(dword_ptr(BOOT), eax)?;
     asm.find_arg("cycle=")?;
     asm.a.mov(dword_ptr(CYCLE), eax)?;
+    // path=1: reset through 0xCF9, the keyboard controller and a triple fault by turns
+    // (boot % 3); otherwise always 0xCF9.
+    asm.find_arg("path=")?;
+    asm.a.mov(dword_ptr(ROTATE), eax)?;
     asm.a.mov(dword_ptr(PRESENT), 0u32)?;
     asm.a.mov(dword_ptr(NONZERO), 0u32)?;
+    asm.a.mov(dword_ptr(DIGEST), FNV_OFFSET)?;
     asm.print("pmu: boot ")?;
     asm.a.mov(eax, dword_ptr(BOOT))?;
     asm.print_dec_eax()?;
     asm.newline()?;
+    cpuid(asm, 0)?;
+    asm.a.mov(dword_ptr(MAX_BASIC), eax)?;
+    cpuid(asm, 0x8000_0000)?;
+    asm.a.mov(dword_ptr(MAX_EXT), eax)?;
 
-    for leaf in [0xAu32, 0x8000_0001, 0x8000_0022] {
+    // CPUID: each leaf read only if enumerated (zeros otherwise), printed, folded (leaves 1
+    // and 0x8000_0001 only for their PMU bit).
+    for (leaf, max, fold_mask) in [
+        (1u32, MAX_BASIC, Some((2usize, hv::vpmu::CPUID_1_ECX_PDCM))),
+        (0xA, MAX_BASIC, None),
+        (
+            0x8000_0001,
+            MAX_EXT,
+            Some((2, hv::vpmu::CPUID_8000_0001_ECX_PERFCTR_EXT_CORE)),
+        ),
+        (0x8000_0022, MAX_EXT, None),
+    ] {
+        let (absent, read) = (format!("leaf{leaf:x}.absent"), format!("leaf{leaf:x}.read"));
+        for i in 0..4 {
+            asm.a.mov(dword_ptr(REGS + 4 * i), 0u32)?;
+        }
+        asm.a.cmp(dword_ptr(max), leaf)?;
+        asm.jb(&absent)?;
         cpuid(asm, leaf)?;
         for (i, reg) in [eax, ebx, ecx, edx].into_iter().enumerate() {
             asm.a.mov(dword_ptr(REGS + 4 * i as u32), reg)?;
+        }
+        asm.here(&absent)?;
+        asm.jmp(&read)?;
+        asm.here(&read)?;
+        match fold_mask {
+            Some((reg, mask)) => {
+                asm.a.mov(eax, dword_ptr(REGS + 4 * reg as u32))?;
+                asm.a.and(eax, mask)?;
+                asm.call("fnv_fold")?;
+            }
+            None => {
+                for i in 0..4 {
+                    asm.a.mov(eax, dword_ptr(REGS + 4 * i))?;
+                    asm.call("fnv_fold")?;
+                }
+            }
+        }
+        if leaf == 1 {
+            continue;
         }
         asm.print(&format!("pmu: cpuid {leaf:#x}"))?;
         for (i, name) in ["eax", "ebx", "ecx", "edx"].into_iter().enumerate() {
@@ -689,12 +728,16 @@ fn pmu(asm: &mut Asm) -> Result {
     asm.a
         .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
     asm.jne("rdpmc_fault")?;
+    asm.a.xor(eax, eax)?;
+    asm.call("fnv_fold")?;
     asm.print("pmu: rdpmc 0 ok\n")?;
     asm.jmp("scan")?;
     asm.here("rdpmc_fault")?;
+    asm.a.mov(eax, 1u32)?;
+    asm.call("fnv_fold")?;
     asm.print("pmu: rdpmc 0 fault\n")?;
 
-    // Every MSR of the table: report the ones that exist, then dirty them.
+    // Pass 1: every MSR of the table; report and fold the ones that exist.
     asm.here("scan")?;
     let mut table: Vec<u8> = pmu_msrs().iter().flat_map(|m| m.to_le_bytes()).collect();
     table.extend(0u32.to_le_bytes());
@@ -705,6 +748,7 @@ fn pmu(asm: &mut Asm) -> Result {
     asm.a.test(ecx, ecx)?;
     asm.jz("scan_done")?;
     asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+    asm.call("fold_read")?;
     asm.a
         .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
     asm.jne("msr_absent")?;
@@ -729,21 +773,35 @@ fn pmu(asm: &mut Asm) -> Result {
     asm.a.add(edi, 4)?;
     asm.jmp("next_msr")?;
 
-    // Then dirty them all, in a second pass: AMD's legacy and core-extension MSRs alias the
-    // same counters, so dirtying while reading would show this boot's own writes.
+    // Pass 2: write the pattern to each MSR that exists and read it back, folding both. This
+    // leaves state behind that the next reset must clear. (A separate pass: AMD's legacy and
+    // core-extension MSRs alias the same counters.)
     asm.here("scan_done")?;
     asm.a.mov(edi, table)?;
-    asm.here("next_dirt")?;
+    asm.here("next_pattern")?;
     asm.a.mov(ecx, dword_ptr(edi))?;
     asm.a.test(ecx, ecx)?;
-    asm.jz("dirt_done")?;
-    asm.a.mov(eax, PMU_DIRT)?;
+    asm.jz("pattern_done")?;
+    asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+    asm.a
+        .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
+    asm.jne("pattern_skip")?;
+    asm.a.mov(eax, PMU_PATTERN)?;
     asm.a.xor(edx, edx)?;
     asm.guarded(|asm| Ok(asm.a.wrmsr()?))?;
+    asm.a
+        .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
+    asm.je("pattern_read")?;
+    asm.a.mov(eax, REFUSED)?;
+    asm.call("fnv_fold")?;
+    asm.here("pattern_read")?;
+    asm.guarded(|asm| Ok(asm.a.rdmsr()?))?;
+    asm.call("fold_read")?;
+    asm.here("pattern_skip")?;
     asm.a.add(edi, 4)?;
-    asm.jmp("next_dirt")?;
+    asm.jmp("next_pattern")?;
 
-    asm.here("dirt_done")?;
+    asm.here("pattern_done")?;
     asm.print("pmu: present=")?;
     asm.a.mov(eax, dword_ptr(PRESENT))?;
     asm.print_dec_eax()?;
@@ -751,9 +809,13 @@ fn pmu(asm: &mut Asm) -> Result {
     asm.a.mov(eax, dword_ptr(NONZERO))?;
     asm.print_dec_eax()?;
     asm.newline()?;
+    asm.print("pmu: digest ")?;
+    asm.a.mov(eax, dword_ptr(DIGEST))?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
 
-    // With cycle=K, boots run in cycles of K: reset through 0xCF9 unless this is the last boot
-    // of a cycle (boot % K == K - 1); without it, stop at once.
+    // With cycle=K, boots run in cycles of K: reset unless this is the last boot of a cycle
+    // (boot % K == K - 1); without it, stop at once.
     asm.a.mov(ecx, dword_ptr(CYCLE))?;
     asm.a.test(ecx, ecx)?;
     asm.jz("pmu_done")?;
@@ -766,15 +828,71 @@ fn pmu(asm: &mut Asm) -> Result {
     asm.here("pmu_done")?;
     asm.print("pmu: done\n")?;
     asm.exit(gabi::EXIT_OK)?;
+
     asm.here("pmu_reset")?;
+    asm.a.cmp(dword_ptr(ROTATE), 0u32)?;
+    asm.je("pmu_reset_cf9")?;
+    asm.a.mov(eax, dword_ptr(BOOT))?;
+    asm.a.xor(edx, edx)?;
+    asm.a.mov(ecx, 3u32)?;
+    asm.a.div(ecx)?;
+    asm.a.cmp(edx, 1)?;
+    asm.jb("pmu_reset_cf9")?;
+    asm.je("pmu_reset_kbd")?;
+    asm.print("pmu: reset via triple-fault\n")?;
+    let empty = asm.data("pmu_empty_idtr", crate::asm::pseudo_descriptor(0, 0));
+    asm.a.lidt(ptr(empty))?;
+    asm.a.ud2()?;
+    asm.here("pmu_reset_kbd")?;
+    asm.print("pmu: reset via kbd\n")?;
+    asm.a.mov(al, 0xFE)?;
+    asm.a.out(0x64u32, al)?;
+    asm.jmp("pmu_still_alive")?;
+    asm.here("pmu_reset_cf9")?;
     asm.print("pmu: reset via cf9\n")?;
     asm.a.mov(dx, 0xCF9u32)?;
     asm.a.mov(al, 0x06)?;
     asm.a.out(dx, al)?;
+    asm.here("pmu_still_alive")?;
     asm.a.mov(ecx, 1u32 << 20)?;
     asm.here(".pmu_delay")?;
     asm.a.dec(ecx)?;
     asm.jnz(".pmu_delay")?;
     asm.print("pmu: still alive\n")?;
-    asm.exit(gabi::EXIT_STILL_ALIVE)
+    asm.exit(gabi::EXIT_STILL_ALIVE)?;
+
+    // fold_read: after a guarded RDMSR, fold ABSENT if it faulted, else EAX then EDX.
+    // Preserves every register.
+    asm.here("fold_read")?;
+    asm.a.push(eax)?;
+    asm.a
+        .cmp(dword_ptr(layout::VAR_FAULT_VECTOR), layout::NO_FAULT)?;
+    asm.je("fold_read.value")?;
+    asm.a.mov(eax, ABSENT)?;
+    asm.call("fnv_fold")?;
+    asm.a.pop(eax)?;
+    asm.a.ret()?;
+    asm.here("fold_read.value")?;
+    asm.call("fnv_fold")?;
+    asm.a.mov(eax, edx)?;
+    asm.call("fnv_fold")?;
+    asm.a.pop(eax)?;
+    asm.a.ret()?;
+
+    // fnv_fold: [DIGEST] = FNV-1a of [DIGEST] and the four bytes of EAX, low byte first.
+    // Preserves every register.
+    asm.here("fnv_fold")?;
+    asm.a.pushad()?;
+    asm.a.mov(ebx, dword_ptr(DIGEST))?;
+    asm.a.mov(ecx, 4u32)?;
+    asm.here("fnv_fold.byte")?;
+    asm.a.movzx(edx, al)?;
+    asm.a.xor(ebx, edx)?;
+    asm.a.imul_3(ebx, ebx, FNV_PRIME as i32)?;
+    asm.a.shr(eax, 8)?;
+    asm.a.dec(ecx)?;
+    asm.jnz("fnv_fold.byte")?;
+    asm.a.mov(dword_ptr(DIGEST), ebx)?;
+    asm.a.popad()?;
+    Ok(asm.a.ret()?)
 }

@@ -50,24 +50,28 @@
 //! hypervisor preempts and shares CPUs fairly.
 //!
 //! # `pmu`
-//! Reports the performance-monitoring unit it sees, then leaves state behind for a reset to
-//! clear:
+//! The PMU probe of `hv::vpmu::probe`: reports the performance-monitoring unit it sees, folds
+//! everything into one digest the host can compute from the same model, and leaves state behind
+//! for a reset to clear:
 //! ```text
 //! pmu: boot <N>
-//! pmu: cpuid 0xa eax=0x... ebx=0x... ecx=0x... edx=0x...
+//! pmu: cpuid 0xa eax=0x... ebx=0x... ecx=0x... edx=0x...   (zeros for a leaf not enumerated)
 //! pmu: cpuid 0x80000001 eax=... ebx=... ecx=... edx=...
 //! pmu: cpuid 0x80000022 eax=... ebx=... ecx=... edx=...
 //! pmu: rdpmc 0 ok|fault
 //! pmu: msr 0x<index> = 0x<high>:0x<low>      (one line per PMU MSR that exists)
 //! pmu: present=<count> nonzero=<count>
-//! pmu: reset via cf9 | pmu: done
+//! pmu: digest 0x<fnv-1a>
+//! pmu: reset via cf9|kbd|triple-fault | pmu: done
 //! ```
 //! The MSRs tried are both vendors' PMU registers ([`PMU_MSRS`]); one that raises #GP on RDMSR
-//! does not exist and is not listed. After reporting them all it writes [`PMU_DIRT`] to each
-//! (ignoring #GP). Then, with `cycle=K`, it resets through port 0xCF9 unless `boot=N` is the
-//! last boot of a cycle of K (N % K == K - 1), where it prints `pmu: done` and exits with 0; without
-//! `cycle=`, it is done at once. A hypervisor that rebuilds the vPMU on reset shows
-//! the reset values again on the next boot, never the dirt.
+//! does not exist and is not listed. After reporting them all it writes [`PMU_PATTERN`] to each
+//! that exists and reads it back. Then, with `cycle=K`, it resets unless `boot=N` is the last
+//! boot of a cycle of K (N % K == K - 1), where it prints `pmu: done` and exits with 0; without
+//! `cycle=`, it is done at once. It resets through port 0xCF9, or with `path=1` through 0xCF9,
+//! the keyboard controller and a triple fault by turns (N % 3). A hypervisor that rebuilds the
+//! vPMU on reset shows the reset values (and the same digest) again on the next boot, never
+//! the pattern.
 //!
 //! # Adding a guest
 //! Write its program as a `fn(&mut Asm) -> Result` in `build/guests.rs` (the runtime gives

@@ -57,7 +57,10 @@ fn run_image(
     stop_when: impl Fn(&str) -> bool,
 ) -> (String, End) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let kernel = dir.join(format!("{name}-{}.elf", std::process::id()));
+    // Unique per run: tests run in parallel and may boot the same image at once.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let kernel = dir.join(format!("{name}-{}-{run}.elf", std::process::id()));
     std::fs::write(&kernel, image).unwrap();
     let debug_exit = format!("isa-debug-exit,iobase={:#x},iosize=4", abi::DEBUG_EXIT_PORT);
     let mut child = Command::new(QEMU)

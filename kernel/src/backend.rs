@@ -237,6 +237,10 @@ impl Backend for Hypervisor {
         self.vm(id)
     }
 
+    fn vm_pmu(&self, id: u32) -> Result<net::api::PmuInfo, VmError> {
+        crate::vms::pmu(id).map_err(vm_error)
+    }
+
     fn vm_image(&mut self, id: u32, image: &[u8]) -> Result<VmInfo, VmError> {
         crate::vms::upload(id, image.to_vec()).map_err(vm_error)?;
         self.vm(id)

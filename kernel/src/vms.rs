@@ -396,6 +396,22 @@ pub fn console(id: u32, offset: u64, buf: &mut [u8]) -> Result<hv::devices::Cons
     Ok(g.rt.devices.console.read(offset, buf))
 }
 
+/// VM `id`'s vPMU as the API shows it: configuration in force and pending, the live state,
+/// and the digest the probe guest must print after a reset with the configuration in force.
+pub fn pmu(id: u32) -> Result<net::api::PmuInfo, VmError> {
+    let vm = find(id).ok_or(VmError::NotFound)?;
+    let g = lock(&vm);
+    Ok(net::api::PmuInfo {
+        config: *g.pmu.current(),
+        pending: g.pmu.pending().copied(),
+        state: *g.pmu.state(),
+        // No emulator here counts events, and the hardware path is not built: the registers
+        // hold what the guest writes.
+        backing: "none",
+        probe_digest: hv::vpmu::probe::probe_digest(g.pmu.current(), guest_vendor()),
+    })
+}
+
 /// Set VM `id`'s vPMU configuration. It takes effect at the VM's next reset or start from
 /// stopped (never in the middle of a run); a VM that never ran gets it at once, rebuilt by the
 /// same constructor a reset uses.

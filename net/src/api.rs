@@ -276,6 +276,12 @@ pub trait Backend {
         Err(VmError::Unsupported(NO_VMS))
     }
 
+    /// `GET /v1/vms/{id}/pmu`: the VM's vPMU: configuration, derived model, live registers.
+    fn vm_pmu(&self, id: u32) -> Result<PmuInfo, VmError> {
+        let _ = id;
+        Err(VmError::NotFound)
+    }
+
     /// `PUT /v1/vms/{id}/image`: check `image` (a Multiboot ELF32; `BadImage(reason)` if
     /// refused, VM unchanged), keep a copy as the VM's image (`image` becomes `"uploaded"`)
     /// and load it at the next start or reset. Refused with `InvalidState` while the VM runs.
@@ -442,6 +448,35 @@ impl From<hv::vm::TransitionError> for VmError {
             }
         }
     }
+}
+
+/// `GET /v1/vms/{id}/pmu`: what the VM's virtual PMU is, and what its guest sees now.
+///
+/// ```json
+/// {"config":{"vendor":"amd","kind":"legacy","gp_counters":4},"pending":null,
+///  "model":{"vendor":"amd","version":0,"gp_counters":4,"fixed_counters":0,"width":48,
+///           "global_regs":false,"global_ctrl_reset":0,"note":null,
+///           "msrs":[3221291008,...]},
+///  "registers":{"global_ctrl":0,"global_status":0,"fixed_ctrl":0,
+///               "counters":[0,0,0,0],"event_selects":[0,0,0,0],"fixed":[]},
+///  "backing":"none","probe_digest":"0x122bcf0d"}
+/// ```
+///
+/// `backing` says where counts come from: `"none"` (registers hold what the guest writes; no
+/// emulator here counts events) or `"hardware"`. `probe_digest` is what the `pmu` probe guest
+/// must print right after a reset with `config` (`hv::vpmu::probe`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PmuInfo {
+    /// The configuration in force.
+    pub config: hv::vpmu::PmuConfig,
+    /// The configuration waiting for the next reset, if any.
+    pub pending: Option<hv::vpmu::PmuConfig>,
+    /// The guest-visible state (model and registers).
+    pub state: hv::vpmu::VpmuState,
+    /// Where counts come from.
+    pub backing: &'static str,
+    /// [`hv::vpmu::probe::probe_digest`] of `config` for this guest's vendor.
+    pub probe_digest: u32,
 }
 
 /// What [`Backend::vm_console`] copied: the bytes are in the caller's buffer.

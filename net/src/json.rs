@@ -14,7 +14,7 @@ use hv::features::{HostFeatures, Vendor, VirtKind};
 use hv::vm::VmStats;
 use hv::vpmu::PmuConfig;
 
-use crate::api::{HostInfo, TdxInfo, VmInfo};
+use crate::api::{HostInfo, PmuInfo, TdxInfo, VmInfo};
 
 /// A VM: `{"id":1,"name":"a","image":"hello","state":"running","reason":null,...}`.
 #[derive(Clone, Copy, Debug)]
@@ -218,5 +218,86 @@ impl Serialize for Memory<'_> {
         o.serialize_field("total_bytes", &self.0.memory_total_bytes)?;
         o.serialize_field("free_bytes", &self.0.memory_free_bytes)?;
         o.end()
+    }
+}
+
+/// `GET /v1/vms/{id}/pmu` ([`PmuInfo`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PmuInfoJson<'a>(pub &'a PmuInfo);
+
+impl Serialize for PmuInfoJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = self.0;
+        let mut o = s.serialize_struct("PmuInfo", 6)?;
+        o.serialize_field("config", &PmuJson(p.config))?;
+        o.serialize_field("pending", &p.pending.map(PmuJson))?;
+        o.serialize_field("model", &ModelJson(&p.state))?;
+        o.serialize_field("registers", &RegistersJson(&p.state))?;
+        o.serialize_field("backing", p.backing)?;
+        o.serialize_field("probe_digest", &Hex32(p.probe_digest))?;
+        o.end()
+    }
+}
+
+struct ModelJson<'a>(&'a hv::vpmu::VpmuState);
+
+impl Serialize for ModelJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let m = self.0.model();
+        let mut o = s.serialize_struct("Model", 9)?;
+        o.serialize_field("vendor", m.vendor().map_or("none", vendor_str))?;
+        o.serialize_field("version", &m.intel_version())?;
+        o.serialize_field("gp_counters", &m.gp_counters())?;
+        o.serialize_field("fixed_counters", &m.fixed_counters())?;
+        o.serialize_field("width", &m.counter_width())?;
+        o.serialize_field("global_regs", &m.has_global_regs())?;
+        o.serialize_field("global_ctrl_reset", &m.global_ctrl_reset())?;
+        let note = match m.note() {
+            None => None,
+            Some(hv::vpmu::ModelNote::VendorMismatch { .. }) => Some("vendor_mismatch"),
+            Some(hv::vpmu::ModelNote::Invalid(_)) => Some("invalid"),
+        };
+        o.serialize_field("note", &note)?;
+        o.serialize_field("msrs", &Msrs(&m))?;
+        o.end()
+    }
+}
+
+struct Msrs<'a>(&'a hv::vpmu::Model);
+
+impl Serialize for Msrs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.msrs())
+    }
+}
+
+struct RegistersJson<'a>(&'a hv::vpmu::VpmuState);
+
+impl Serialize for RegistersJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0.registers();
+        let mut o = s.serialize_struct("Registers", 6)?;
+        o.serialize_field("global_ctrl", &r.global_ctrl)?;
+        o.serialize_field("global_status", &r.global_status)?;
+        o.serialize_field("fixed_ctrl", &r.fixed_ctrl)?;
+        o.serialize_field("counters", r.counters)?;
+        o.serialize_field("event_selects", r.event_selects)?;
+        o.serialize_field("fixed", r.fixed)?;
+        o.end()
+    }
+}
+
+/// A 32-bit value as `"0x0123abcd"`.
+struct Hex32(u32);
+
+impl Serialize for Hex32 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = *b"0x00000000";
+        for i in 0..8 {
+            text[2 + i] = DIGITS[((self.0 >> (28 - 4 * i)) & 0xF) as usize];
+        }
+        // ASCII by construction.
+        s.serialize_str(core::str::from_utf8(&text).unwrap_or("0x????????"))
     }
 }

@@ -56,6 +56,8 @@ pub enum Command {
     VmConsole(u32),
     /// `GET /v1/vms/{id}/stats`
     VmStats(u32),
+    /// `GET /v1/vms/{id}/pmu`
+    GetVmPmu(u32),
     /// `PUT /v1/vms/{id}/pmu` (JSON body)
     SetVmPmu(u32),
     /// `PUT /v1/vms/{id}/image` (octet-stream body)
@@ -126,6 +128,8 @@ pub enum Op {
     VmConsole,
     /// [`Command::VmStats`]
     VmStats,
+    /// [`Command::GetVmPmu`]
+    GetVmPmu,
     /// [`Command::SetVmPmu`]
     SetVmPmu,
     /// [`Command::UploadVmImage`]
@@ -155,6 +159,7 @@ impl Op {
             Op::ResetVm => "resetVm",
             Op::VmConsole => "getVmConsole",
             Op::VmStats => "getVmStats",
+            Op::GetVmPmu => "getVmPmu",
             Op::SetVmPmu => "setVmPmu",
             Op::UploadVmImage => "uploadVmImage",
         }
@@ -184,6 +189,7 @@ impl Op {
             Op::ResetVm => Command::VmAction(id, VmAction::Reset),
             Op::VmConsole => Command::VmConsole(id),
             Op::VmStats => Command::VmStats(id),
+            Op::GetVmPmu => Command::GetVmPmu(id),
             Op::SetVmPmu => Command::SetVmPmu(id),
             Op::UploadVmImage => Command::UploadVmImage(id),
         }
@@ -204,7 +210,7 @@ impl Op {
     }
 
     /// Every operation.
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 22] = [
         Op::Health,
         Op::ListCpus,
         Op::GetCpu,
@@ -224,6 +230,7 @@ impl Op {
         Op::ResetVm,
         Op::VmConsole,
         Op::VmStats,
+        Op::GetVmPmu,
         Op::SetVmPmu,
         Op::UploadVmImage,
     ];
@@ -359,6 +366,12 @@ pub const ROUTES: &[Route] = &[
         body: BodyKind::None,
     },
     Route {
+        method: Method::Get,
+        pattern: "/v1/vms/{id}/pmu",
+        op: Op::GetVmPmu,
+        body: BodyKind::None,
+    },
+    Route {
         method: Method::Put,
         pattern: "/v1/vms/{id}/pmu",
         op: Op::SetVmPmu,
@@ -414,6 +427,7 @@ impl Command {
             Command::VmAction(_, VmAction::Reset) => Op::ResetVm,
             Command::VmConsole(_) => Op::VmConsole,
             Command::VmStats(_) => Op::VmStats,
+            Command::GetVmPmu(_) => Op::GetVmPmu,
             Command::SetVmPmu(_) => Op::SetVmPmu,
             Command::UploadVmImage(_) => Op::UploadVmImage,
         }

@@ -314,6 +314,10 @@ fn run<B: Backend + ?Sized>(
             let vm = backend.vm(id)?;
             write_json(out, ok, ka, max, &StatsJson(&vm.summary.stats))
         }
+        Command::GetVmPmu(id) => {
+            let pmu = backend.vm_pmu(id)?;
+            write_json(out, ok, ka, max, &crate::json::PmuInfoJson(&pmu))
+        }
         Command::SetVmPmu(id) => {
             let pmu = crate::body::parse_pmu(req.body)?;
             vm_reply(out, ka, max, backend.vm_set_pmu(id, pmu))

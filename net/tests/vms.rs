@@ -792,3 +792,34 @@ fn default_backend_refuses_vm_commands() {
     );
     assert_eq!(r[3].status, 200);
 }
+
+#[test]
+fn the_pmu_route_shows_config_model_registers_and_the_probe_digest() {
+    let mut fake = Fake::new(2);
+    let r = create(
+        &mut fake,
+        r#"{"name":"p","image":"hello","pmu":{"vendor":"intel","version":2,"gp_counters":4}}"#,
+    );
+    assert_eq!(r.status, 201);
+    let r = get(&mut fake, "/v1/vms/1/pmu");
+    assert_eq!(r.status, 200);
+    let doc = r.body;
+    assert_eq!(doc["config"]["vendor"], "intel");
+    assert_eq!(doc["pending"], serde_json::Value::Null);
+    assert_eq!(doc["model"]["version"], 2);
+    assert_eq!(doc["model"]["gp_counters"], 4);
+    assert_eq!(doc["model"]["global_ctrl_reset"], 0xF);
+    assert!(
+        doc["model"]["msrs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(0x38F))
+    );
+    assert_eq!(doc["registers"]["global_ctrl"], 0xF);
+    assert_eq!(doc["registers"]["counters"], json!([0, 0, 0, 0]));
+    assert_eq!(doc["backing"], "none");
+    let config = hv::vpmu::PmuConfig::intel_with(2, Some(4), None, None, None);
+    let digest = hv::vpmu::probe::probe_digest(&config, hv::features::Vendor::Intel);
+    assert_eq!(doc["probe_digest"], format!("{digest:#010x}"));
+    assert_eq!(get(&mut fake, "/v1/vms/9/pmu").status, 404);
+}

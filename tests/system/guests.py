@@ -257,7 +257,8 @@ def pmu_boot(text, n):
     msrs = {int(m.group(1), 16): (int(m.group(2), 16) << 32) | int(m.group(3), 16)
             for m in re.finditer(r"pmu: msr (0x\w+) = (0x\w+):(0x\w+)", part)}
     rdpmc = re.search(r"pmu: rdpmc 0 (ok|fault)", part).group(1)
-    return cpuid, rdpmc, msrs
+    digest = re.search(r"pmu: digest (0x[0-9a-f]{8})", part).group(1)
+    return cpuid, rdpmc, msrs, digest
 
 
 AMD_LEGACY = set(range(0xC0010000, 0xC0010008))
@@ -274,8 +275,9 @@ def test_vpmu_is_rebuilt_from_the_current_configuration_on_every_reset():
         vm_id = create(hv, name="p", image="pmu", cmdline="cycle=3", start=True)["id"]
         text = wait_console(hv, vm_id, r"pmu: done\n", 60)
         for n in range(3):  # default: no PMU at all, on every boot
-            cpuid, rdpmc, msrs = pmu_boot(text, n)
+            cpuid, rdpmc, msrs, digest = pmu_boot(text, n)
             assert (rdpmc, msrs) == ("fault", {}), (n, rdpmc, msrs)
+            assert digest == call(hv, "GET", f"/v1/vms/{vm_id}/pmu", 200)["probe_digest"], (n, digest)
             assert cpuid[0x80000001][2] & (1 << 23) == 0 and cpuid[0x80000022][0] == 0, cpuid
         assert vm(hv, vm_id)["pmu"] == {"vendor": "none"}
 
@@ -296,8 +298,12 @@ def test_vpmu_is_rebuilt_from_the_current_configuration_on_every_reset():
             act(hv, vm_id, "reset")  # API reset: boot `boot` sees the new configuration
             # Then the guest dirties everything and resets itself twice through 0xCF9.
             text = wait_console(hv, vm_id, r"pmu: done\n", 60, count=boot // 3 + 1)
+            info = call(hv, "GET", f"/v1/vms/{vm_id}/pmu", 200)
+            assert info["pending"] is None and info["backing"] == "none", info
             for n in (boot, boot + 1, boot + 2):
-                cpuid, rdpmc, msrs = pmu_boot(text, n)
+                cpuid, rdpmc, msrs, digest = pmu_boot(text, n)
+                # Everything the probe saw, folded, equals the model's reset state replayed.
+                assert digest == info["probe_digest"], (config, n, digest, info)
                 present = set(msrs)
                 assert present == want_msrs, (config, n, "missing", sorted(map(hex, want_msrs - present)),
                                               "extra", sorted(map(hex, present - want_msrs)))

@@ -46,6 +46,7 @@
 mod config;
 mod model;
 mod msr;
+pub mod probe;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -60,7 +61,7 @@ pub use model::{
     PERF_CAPABILITIES_FW_WRITE, PMU_CPUID_LEAVES, Rdpmc, RdpmcTarget,
 };
 pub use msr::*;
-pub use state::{Gp, MsrResult, VpmuState};
+pub use state::{Gp, MsrResult, PmuRegisters, VpmuState};
 
 use crate::exit::{Action, Exit, RegUpdate, VECTOR_GP};
 use crate::features::Vendor;

@@ -46,6 +46,23 @@ struct Registers {
     global_status: u64,
 }
 
+/// A read-only view of the live registers ([`VpmuState::registers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PmuRegisters<'a> {
+    /// General-purpose counters (IA32_PMCx / PerfCtrx), as many as the model has.
+    pub counters: &'a [u64],
+    /// Their event selects (IA32_PERFEVTSELx / PerfEvtSelx).
+    pub event_selects: &'a [u64],
+    /// Intel fixed counters.
+    pub fixed: &'a [u64],
+    /// IA32_FIXED_CTR_CTRL.
+    pub fixed_ctrl: u64,
+    /// IA32_PERF_GLOBAL_CTRL or AMD PerfCntrGlobalCtl.
+    pub global_ctrl: u64,
+    /// IA32_PERF_GLOBAL_STATUS or AMD PerfCntrGlobalStatus.
+    pub global_status: u64,
+}
+
 /// One vCPU's PMU as the guest sees it: the model plus the register values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VpmuState {
@@ -76,6 +93,20 @@ impl VpmuState {
                 global_ctrl: model.global_ctrl_reset(),
                 global_status: 0,
             },
+        }
+    }
+
+    /// The live registers, for the API (`GET /v1/vms/{id}/pmu`): only those the model has.
+    pub fn registers(&self) -> PmuRegisters<'_> {
+        let gp = usize::from(self.model.gp_counters());
+        let fixed = usize::from(self.model.fixed_counters());
+        PmuRegisters {
+            counters: &self.regs.counters[..gp],
+            event_selects: &self.regs.event_selects[..gp],
+            fixed: &self.regs.fixed[..fixed],
+            fixed_ctrl: self.regs.fixed_ctrl,
+            global_ctrl: self.regs.global_ctrl,
+            global_status: self.regs.global_status,
         }
     }
 

@@ -1027,3 +1027,30 @@ fn the_cpuid_view_enumerates_the_leaves_the_pmu_needs() {
     // Leaves the host lacks read as zeros, not as whatever the host answers out of range.
     assert_eq!(view.get(0x8000_0020, 0), [0; 4]);
 }
+
+#[test]
+fn the_probe_digest_tells_configurations_apart_and_sees_no_leaks() {
+    use super::probe::probe_digest;
+    let configs = valid_configs(&[32, 40, 48]);
+    for vendor in [Vendor::Amd, Vendor::Intel] {
+        let off = probe_digest(&PmuConfig::Off, vendor);
+        let mut seen = std::collections::BTreeMap::new();
+        for c in &configs {
+            let d = probe_digest(c, vendor);
+            // Deterministic: the probe replays a fresh reset state.
+            assert_eq!(d, probe_digest(c, vendor));
+            if c.vendor() != Some(vendor) {
+                // Another vendor's PMU is no PMU: exactly what the guest sees with none.
+                assert_eq!(d, off, "{c:?} on {vendor:?}");
+                continue;
+            }
+            if let Some(other) = seen.insert(d, *c) {
+                panic!("{c:?} and {other:?} give the same digest {d:#x} on {vendor:?}");
+            }
+        }
+        assert!(
+            !seen.contains_key(&off),
+            "a PMU that looks like none on {vendor:?}"
+        );
+    }
+}

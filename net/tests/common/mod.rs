@@ -303,6 +303,18 @@ impl Backend for Fake {
         self.vm(id)
     }
 
+    fn vm_pmu(&self, id: u32) -> Result<net::api::PmuInfo, VmError> {
+        let vm = self.vm(id)?;
+        let vendor = hv::features::Vendor::Intel;
+        Ok(net::api::PmuInfo {
+            config: vm.pmu,
+            pending: None,
+            state: hv::vpmu::VpmuState::reset(&vm.pmu, vendor),
+            backing: "none",
+            probe_digest: hv::vpmu::probe::probe_digest(&vm.pmu, vendor),
+        })
+    }
+
     fn vm_image(&mut self, id: u32, image: &[u8]) -> Result<VmInfo, VmError> {
         let vm = self.vm_mut(id)?;
         if vm.state == VmState::Running {
