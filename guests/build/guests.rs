@@ -651,6 +651,7 @@ fn pmu(asm: &mut Asm) -> Result {
     const MAX_BASIC: u32 = layout::VAR_SCRATCH + 44;
     const MAX_EXT: u32 = layout::VAR_SCRATCH + 48;
     const ROTATE: u32 = layout::VAR_SCRATCH + 52;
+    const QUIET: u32 = layout::VAR_SCRATCH + 56;
 
     asm.find_arg("boot=")?;
     asm.a.mov(dword_ptr(BOOT), eax)?;
@@ -660,6 +661,9 @@ fn pmu(asm: &mut Asm) -> Result {
     // (boot % 3); otherwise always 0xCF9.
     asm.find_arg("path=")?;
     asm.a.mov(dword_ptr(ROTATE), eax)?;
+    // quiet=1: only the boot, digest and reset lines (the reboot stress wants many boots).
+    asm.find_arg("quiet=")?;
+    asm.a.mov(dword_ptr(QUIET), eax)?;
     asm.a.mov(dword_ptr(PRESENT), 0u32)?;
     asm.a.mov(dword_ptr(NONZERO), 0u32)?;
     asm.a.mov(dword_ptr(DIGEST), FNV_OFFSET)?;
@@ -713,6 +717,9 @@ fn pmu(asm: &mut Asm) -> Result {
         if leaf == 1 {
             continue;
         }
+        let printed = format!("leaf{leaf:x}.printed");
+        asm.a.cmp(dword_ptr(QUIET), 0u32)?;
+        asm.jne(&printed)?;
         asm.print(&format!("pmu: cpuid {leaf:#x}"))?;
         for (i, name) in ["eax", "ebx", "ecx", "edx"].into_iter().enumerate() {
             asm.print(&format!(" {name}="))?;
@@ -720,6 +727,7 @@ fn pmu(asm: &mut Asm) -> Result {
             asm.print_hex_eax()?;
         }
         asm.newline()?;
+        asm.here(&printed)?;
     }
 
     // RDPMC of counter 0: a value, or the #GP of a PMU without that counter.
@@ -759,6 +767,8 @@ fn pmu(asm: &mut Asm) -> Result {
     asm.jz("msr_report")?;
     asm.a.inc(dword_ptr(NONZERO))?;
     asm.here("msr_report")?;
+    asm.a.cmp(dword_ptr(QUIET), 0u32)?;
+    asm.jne("msr_absent")?;
     asm.print("pmu: msr ")?;
     asm.a.mov(eax, ecx)?;
     asm.print_hex_eax()?;

@@ -68,7 +68,8 @@
 //! does not exist and is not listed. After reporting them all it writes [`PMU_PATTERN`] to each
 //! that exists and reads it back. Then, with `cycle=K`, it resets unless `boot=N` is the last
 //! boot of a cycle of K (N % K == K - 1), where it prints `pmu: done` and exits with 0; without
-//! `cycle=`, it is done at once. It resets through port 0xCF9, or with `path=1` through 0xCF9,
+//! `cycle=`, it is done at once. With `quiet=1` it prints only the boot, `rdpmc`, summary,
+//! digest and reset lines. It resets through port 0xCF9, or with `path=1` through 0xCF9,
 //! the keyboard controller and a triple fault by turns (N % 3). A hypervisor that rebuilds the
 //! vPMU on reset shows the reset values (and the same digest) again on the next boot, never
 //! the pattern.

@@ -233,8 +233,7 @@ impl Backend for Hypervisor {
     }
 
     fn vm_set_pmu(&mut self, id: u32, pmu: hv::vpmu::PmuConfig) -> Result<VmInfo, VmError> {
-        crate::vms::set_pmu(id, pmu).map_err(vm_error)?;
-        self.vm(id)
+        crate::vms::set_pmu(id, pmu).map(vm_info).map_err(vm_error)
     }
 
     fn vm_pmu(&self, id: u32) -> Result<net::api::PmuInfo, VmError> {

@@ -11,6 +11,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use hermit_sync::SpinMutex;
 use hv::cpuid::CpuidView;
@@ -113,8 +114,19 @@ impl core::fmt::Debug for Vm {
     }
 }
 
+/// A VM in the table, with what can be known of it without its lock.
+struct Slot {
+    /// Requests (the API, a CPU going offline) waiting for the VM's lock. While there are any,
+    /// the CPU running the VM ends its slice at the next exit and does not pick the VM again,
+    /// so a request waits for one exit, not for a CPU that keeps re-taking the lock.
+    waiters: AtomicU32,
+    /// Fixed at creation (names are unique).
+    name: hv::vm::Name,
+    vm: SpinMutex<Vm>,
+}
+
 /// The VM table: ids outside the VM locks, so looking a VM up never waits for a running slice.
-static VMS: SpinMutex<Vec<(u32, Arc<SpinMutex<Vm>>)>> = SpinMutex::new(Vec::new());
+static VMS: SpinMutex<Vec<(u32, Arc<Slot>)>> = SpinMutex::new(Vec::new());
 static NEXT_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
 
 /// The bytes of the VM's image: a built-in one, or the upload.
@@ -232,10 +244,7 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
         if table.len() >= MAX_VMS {
             return Err(VmError::TooMany);
         }
-        if table
-            .iter()
-            .any(|(_, v)| v.try_lock().is_some_and(|g| g.config.name == config.name))
-        {
+        if table.iter().any(|(_, v)| v.name == config.name) {
             return Err(VmError::NameTaken);
         }
     }
@@ -279,7 +288,15 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
     if table.len() >= MAX_VMS {
         return Err(VmError::TooMany);
     }
-    table.push((id, Arc::new(SpinMutex::new(vm))));
+    let name = vm.config.name.clone();
+    table.push((
+        id,
+        Arc::new(Slot {
+            waiters: AtomicU32::new(0),
+            name,
+            vm: SpinMutex::new(vm),
+        }),
+    ));
     Ok(id)
 }
 
@@ -415,7 +432,10 @@ pub fn pmu(id: u32) -> Result<net::api::PmuInfo, VmError> {
 /// Set VM `id`'s vPMU configuration. It takes effect at the VM's next reset or start from
 /// stopped (never in the middle of a run); a VM that never ran gets it at once, rebuilt by the
 /// same constructor a reset uses.
-pub fn set_pmu(id: u32, config: PmuConfig) -> Result<(), VmError> {
+///
+/// Returns the VM as it was right after, under the same lock, so that its reset count says
+/// exactly from which boot on the configuration applies (`scripts/reboot-stress` relies on it).
+pub fn set_pmu(id: u32, config: PmuConfig) -> Result<VmView, VmError> {
     let vm = find(id).ok_or(VmError::NotFound)?;
     let mut g = lock(&vm);
     g.pmu
@@ -426,7 +446,7 @@ pub fn set_pmu(id: u32, config: PmuConfig) -> Result<(), VmError> {
         g.pmu.reset(vendor);
         g.rt.cpuid = cpuid_view(&g.pmu);
     }
-    Ok(())
+    Ok(view_of(&g))
 }
 
 /// Replace VM `id`'s image with an uploaded multiboot image. Only while it does not run
@@ -455,21 +475,25 @@ pub fn upload(id: u32, bytes: Vec<u8>) -> Result<(), VmError> {
     Ok(())
 }
 
-fn find(id: u32) -> Option<Arc<SpinMutex<Vm>>> {
+fn find(id: u32) -> Option<Arc<Slot>> {
     VMS.lock()
         .iter()
         .find(|(i, _)| *i == id)
         .map(|(_, v)| v.clone())
 }
 
-/// Lock a VM, yielding while a CPU runs a slice of it.
-fn lock(vm: &SpinMutex<Vm>) -> hermit_sync::SpinMutexGuard<'_, Vm> {
-    loop {
-        if let Some(g) = vm.try_lock() {
-            return g;
+/// Lock a VM for a request: announce the wait (the CPU running it yields at its next exit),
+/// then yield until the lock is free.
+fn lock(slot: &Slot) -> hermit_sync::SpinMutexGuard<'_, Vm> {
+    slot.waiters.fetch_add(1, Ordering::AcqRel);
+    let guard = loop {
+        if let Some(g) = slot.vm.try_lock() {
+            break g;
         }
         hermit::syscalls::sys_yield();
-    }
+    };
+    slot.waiters.fetch_sub(1, Ordering::AcqRel);
+    guard
 }
 
 /// The one reset path, whatever the trigger (API, triple fault, port 0xCF9, keyboard
@@ -503,33 +527,36 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
 
 /// Run one slice of a runnable VM placed on `cpu`, if any. Returns whether one ran.
 pub fn run_some(cpu: usize, host: HostCpu) -> bool {
-    let candidates: heapless::Vec<Arc<SpinMutex<Vm>>, 64> = {
+    let runnable = |s: &Slot| {
+        s.waiters.load(Ordering::Acquire) == 0
+            && s.vm
+                .try_lock()
+                .is_some_and(|g| g.cpu == cpu && g.state == VmState::Running && !g.idle)
+    };
+    let candidates: heapless::Vec<Arc<Slot>, MAX_VMS> = {
         let table = VMS.lock();
         table
             .iter()
             .map(|(_, v)| v)
-            .filter(|v| {
-                v.try_lock()
-                    .is_some_and(|g| g.cpu == cpu && g.state == VmState::Running && !g.idle)
-            })
-            .take(64)
+            .filter(|v| runnable(v))
+            .take(MAX_VMS)
             .cloned()
             .collect()
     };
     let Some(next) = candidates
         .iter()
-        .min_by_key(|v| v.try_lock().map_or(u64::MAX, |g| g.last_run))
+        .min_by_key(|v| v.vm.try_lock().map_or(u64::MAX, |g| g.last_run))
     else {
         return false;
     };
-    let Some(mut vm) = next.try_lock() else {
+    let Some(mut vm) = next.vm.try_lock() else {
         return false;
     };
-    run_slice(&mut vm, cpu, host);
+    run_slice(&mut vm, cpu, host, &next.waiters);
     true
 }
 
-fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu) {
+fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
     let start = hw::monotonic_micros();
     vm.last_run = start;
     loop {
@@ -577,7 +604,9 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu) {
                 reset(vm, Some(trigger));
             }
         }
-        if done || hw::monotonic_micros() - start > SLICE_US {
+        // A request waits for this VM: let it have the lock now rather than in 5 ms.
+        let wanted = waiters.load(Ordering::Acquire) > 0;
+        if done || wanted || hw::monotonic_micros() - start > SLICE_US {
             break;
         }
     }
