@@ -24,7 +24,7 @@ impl Serialize for VmJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let vm = self.0;
         let sum = &vm.summary;
-        let mut o = s.serialize_struct("Vm", 13)?;
+        let mut o = s.serialize_struct("Vm", 14)?;
         o.serialize_field("id", &vm.id)?;
         o.serialize_field("name", sum.name.as_str())?;
         o.serialize_field("image", sum.image.as_str())?;
@@ -37,6 +37,14 @@ impl Serialize for VmJson<'_> {
         o.serialize_field("cmdline", sum.cmdline.as_str())?;
         o.serialize_field("pmu", &PmuJson(vm.pmu))?;
         o.serialize_field("console_bytes", &sum.console_bytes)?;
+        // Every reset so far, whatever its trigger (by trigger: `stats.resets`); also the
+        // `boot=N` the guest's next reset will pass it.
+        let resets = sum
+            .stats
+            .resets
+            .iter()
+            .fold(0u64, |a, &r| a.saturating_add(r));
+        o.serialize_field("resets", &resets)?;
         o.serialize_field("stats", &StatsJson(&sum.stats))?;
         o.end()
     }
