@@ -310,7 +310,7 @@ ROUTES = [
     ("GET", "/v1/vms"), ("POST", "/v1/vms"), ("GET", "/v1/vms/1"), ("DELETE", "/v1/vms/1"),
     ("POST", "/v1/vms/1/start"), ("POST", "/v1/vms/1/pause"), ("POST", "/v1/vms/1/resume"),
     ("POST", "/v1/vms/1/stop"), ("POST", "/v1/vms/1/reset"), ("GET", "/v1/vms/1/console"),
-    ("GET", "/v1/vms/1/stats"), ("PUT", "/v1/vms/1/pmu"), ("PUT", "/v1/vms/1/image"),
+    ("GET", "/v1/vms/1/stats"), ("GET", "/v1/vms/1/pmu"), ("PUT", "/v1/vms/1/pmu"), ("PUT", "/v1/vms/1/image"),
 ]
 
 
