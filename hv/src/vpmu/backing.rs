@@ -334,8 +334,6 @@ impl Layout {
     }
 }
 
-/// Event select EN (bit 22), both vendors.
-const EVTSEL_EN: u64 = 1 << 22;
 /// Event select INT (bit 20): not programmed (see the module docs).
 const EVTSEL_INT: u64 = 1 << 20;
 /// Intel event select AnyThread (bit 21): not programmed.

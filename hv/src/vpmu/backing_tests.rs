@@ -553,7 +553,7 @@ fn busy_intel_host() -> FakePmu {
     let r = &mut host.regs;
     for n in 0..8 {
         r.sel[n] = EN | (1 << 17) | (0x10 + n as u64);
-        r.ctr[n] = 0x1234_5678_9A + n as u64;
+        r.ctr[n] = 0x0012_3456_789A + n as u64;
     }
     for n in 0..4 {
         r.fixed[n] = 0xABCD_0000 + n as u64;
@@ -906,6 +906,8 @@ proptest! {
         let r0 = before.registers();
         let r1 = s.registers();
         let mut status = r0.global_status;
+        // Parallel arrays (before, after, events) indexed by counter number.
+        #[allow(clippy::needless_range_loop)]
         for n in 0..r0.counters.len() {
             let (want, of) = if guest_enabled(&before, n) {
                 let sum = r0.counters[n] + gp_events[n];
@@ -916,6 +918,7 @@ proptest! {
             prop_assert_eq!(r1.counters[n], want, "counter {}", n);
             if of { status |= 1 << n; }
         }
+        #[allow(clippy::needless_range_loop)]
         for n in 0..r0.fixed.len() {
             let (want, of) = if guest_enabled(&before, 32 + n) {
                 let sum = r0.fixed[n] + fixed_events[n];
