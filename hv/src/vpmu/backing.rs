@@ -55,9 +55,9 @@
 //! Guest-only counting:
 //!
 //! - AMD: each event select is programmed with GuestOnly (bit 40) set and HostOnly (bit 41)
-//!   clear (APM vol. 2 §13.2.1 "PerfEvtSeln", Host/Guest Only bits; §15.26 for their meaning
-//!   with EFER.SVME=1), whatever the guest put there, so hypervisor code between load and VMRUN
-//!   and between #VMEXIT and save does not count.
+//!   clear (APM vol. 2 §13.2.1, PerfEvtSeln HG_ONLY bits, which select guest- or host-mode
+//!   counting while EFER.SVME=1, as it is while a guest runs), whatever the guest put there, so
+//!   hypervisor code between load and VMRUN and between #VMEXIT and save does not count.
 //! - Intel: the counters are enabled by the WRMSR of IA32_PERF_GLOBAL_CTRL at the end of `load`
 //!   and disabled at the start of `save`, so the few hypervisor instructions in between and the
 //!   entry/exit themselves are counted (events the guest's USR/OS bits select at CPL 0). Exact
@@ -78,8 +78,8 @@
 //! - Intel SDM vol. 3B §20.2.1 (IA32_PMCx, IA32_PERFEVTSELx), §20.2.2 (fixed counters,
 //!   IA32_FIXED_CTR_CTRL, IA32_PERF_GLOBAL_CTRL/STATUS/OVF_CTRL), §20.2.4 (STATUS_RESET,
 //!   STATUS_SET), §20.2.6 (full-width writes, IA32_A_PMCx); vol. 4 table 2-2 for indices.
-//! - AMD APM vol. 2 §13.2 (PerfEvtSeln/PerfCtrn, core extension, PerfMonV2
-//!   PerfCntrGlobalCtl/Status/StatusClr/StatusSet), §15.26 (Host/Guest-only counting under SVM).
+//! - AMD APM vol. 2 §13.2 (PerfEvtSeln/PerfCtrn and their Host/Guest-only bits, core
+//!   extension, PerfMonV2 PerfCntrGlobalCtl/Status/StatusClr/StatusSet).
 
 use super::model::Model;
 use super::msr::*;

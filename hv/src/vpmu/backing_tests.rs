@@ -901,6 +901,17 @@ proptest! {
         let before = s;
         round_trip(&mut host, &mut s, &gp_events, &fixed_events).unwrap();
         prop_assert_eq!(&host.regs, &host_before);
+        // Only the guest's counters' registers (and the shared control/status ones).
+        let (gp, nf) = (usize::from(s.model().gp_counters()), usize::from(s.model().fixed_counters()));
+        for &msr in &host.touched {
+            let ok = match host.decode(msr) {
+                Reg::Sel(n) | Reg::Ctr(n) | Reg::CtrFullWidth(n) => n < gp,
+                Reg::Fixed(n) => n < nf,
+                Reg::FixedCtrl => nf > 0,
+                _ => true,
+            };
+            prop_assert!(ok, "touched {:#x}", msr);
+        }
 
         let m = before.model();
         let r0 = before.registers();
