@@ -12,6 +12,7 @@
 //! | `crash_test`              | take the panic path once every CPU is up (tests)| off          |
 //! | `vm=IMAGE`                | create and start a VM from a built-in image (repeatable, up to 16) | none |
 //! | `vm_pmu=SPEC`             | the vPMU of `vm=` VMs: `none`, `intel:V[:GP[:FIXED[:WIDTH]]]`, `amd:KIND[:GP]` | `none` |
+//! | `vpmu_backing=none\|hardware` | back guest PMU counters with the host's hardware counters where the host PMU can carry the guest's model (`hv::vpmu::backing`; only unit-tested, so off by default) | `none` |
 //! | `tdx=on\|off\|auto`        | bring the TDX module up (`on` logs why not when the machine cannot) | `off` |
 //! | `api_token=TOKEN`         | require `Authorization: Bearer TOKEN` on every API request (1 to 128 of `A-Z a-z 0-9 - . _ ~ + /`, then `=`s) | none: no auth |
 //! | `http_max_headers=N`      | most header fields in a request, 1..=64 (more: 431) | `32`     |
@@ -75,6 +76,8 @@ pub struct BootConfig {
     pub tdx: TdxRequest,
     /// The vPMU of the VMs started with `vm=`.
     pub vm_pmu: crate::vpmu::PmuConfig,
+    /// Whether guest PMU counters may be backed by the host's hardware counters.
+    pub vpmu_backing: crate::vpmu::BackingRequest,
     /// The API's bearer token; `None`: no authentication.
     pub api_token: Option<ApiToken>,
     /// `http_*` limits; `None` where not given.
@@ -147,6 +150,7 @@ impl Default for BootConfig {
             vms: heapless::Vec::new(),
             tdx: TdxRequest::Off,
             vm_pmu: crate::vpmu::PmuConfig::Off,
+            vpmu_backing: crate::vpmu::BackingRequest::None,
             api_token: None,
             http: HttpConfig::default(),
         }
@@ -204,6 +208,9 @@ impl BootConfig {
                 ("vm_pmu", Some(v)) => {
                     c.vm_pmu = crate::vpmu::PmuConfig::parse_compact(v).ok_or_else(bad)?
                 }
+                ("vpmu_backing", Some(v)) => {
+                    c.vpmu_backing = crate::vpmu::BackingRequest::parse(v).ok_or_else(bad)?
+                }
                 ("exit_after_boot", None) => c.exit_after_boot = true,
                 ("crash_test", None) => c.crash_test = true,
                 ("api_token", Some(v)) => c.api_token = Some(ApiToken::new(v).ok_or_else(bad)?),
@@ -234,7 +241,10 @@ impl BootConfig {
                     }
                 }
                 (k, None) if HTTP_RANGES.iter().any(|r| r.0 == k) => return Err(bad()),
-                ("port" | "ip" | "gw" | "vm" | "vm_pmu" | "tdx" | "api_token", None)
+                (
+                    "port" | "ip" | "gw" | "vm" | "vm_pmu" | "vpmu_backing" | "tdx" | "api_token",
+                    None,
+                )
                 | ("exit_after_boot" | "crash_test", Some(_)) => {
                     return Err(bad());
                 }
@@ -325,6 +335,28 @@ mod tests {
             "vm_pmu=intel:x",
         ] {
             assert!(pmu(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vpmu_backing_word() {
+        use crate::vpmu::BackingRequest;
+        let b = |w: &'static str| BootConfig::parse([w]).map(|c| c.vpmu_backing);
+        assert_eq!(
+            BootConfig::parse([]).unwrap().vpmu_backing,
+            BackingRequest::None
+        );
+        assert_eq!(b("vpmu_backing=hardware"), Ok(BackingRequest::Hardware));
+        assert_eq!(b("vpmu_backing=none"), Ok(BackingRequest::None));
+        for bad in ["vpmu_backing=hw", "vpmu_backing=", "vpmu_backing"] {
+            assert_eq!(
+                b(bad),
+                Err(ConfigError::BadValue {
+                    key: "vpmu_backing",
+                    value: bad.split_once('=').map_or("", |(_, v)| v),
+                }),
+                "{bad}"
+            );
         }
     }
 

@@ -25,7 +25,8 @@ pub fn outl(port: u16, value: u32) {
 
 /// Read an MSR the caller knows exists on this CPU (checked against CPUID first).
 pub fn rdmsr(msr: u32) -> u64 {
-    // SAFETY: ring 0; callers only name MSRs that CPUID enumerates, so no #GP.
+    // SAFETY: ring 0; callers only name MSRs that CPUID enumerates (the vPMU hardware backing:
+    // host PMU MSRs of the PMU `hv::vpmu::Backing::choose` checked), so no #GP.
     unsafe { x86::msr::rdmsr(msr) }
 }
 
@@ -53,7 +54,7 @@ fn trampoline_for(func: extern "C" fn(usize)) -> unsafe extern "C" fn(usize) {
 /// Write an MSR the caller knows exists and accepts `value`.
 pub fn wrmsr(msr: u32, value: u64) {
     // SAFETY: ring 0; callers only write architectural MSRs with values valid for them (the
-    // x2APIC ICR).
+    // x2APIC ICR; host PMU MSRs from `hv::vpmu::backing`, which keeps reserved bits clear).
     unsafe { x86::msr::wrmsr(msr, value) }
 }
 

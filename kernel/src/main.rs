@@ -52,6 +52,7 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
         cpus::count()
     );
     backend::init(features);
+    arch::host_pmu::init(config.vpmu_backing, &features);
     virt::init(features.virt);
     tdx::init(config.tdx);
 

@@ -422,9 +422,8 @@ pub fn pmu(id: u32) -> Result<net::api::PmuInfo, VmError> {
         config: *g.pmu.current(),
         pending: g.pmu.pending().copied(),
         state: *g.pmu.state(),
-        // No emulator here counts events, and the hardware path is not built: the registers
-        // hold what the guest writes.
-        backing: "none",
+        // "hardware" only with `vpmu_backing=hardware` on a host PMU that can carry the model.
+        backing: crate::arch::host_pmu::backing(g.pmu.state()).as_str(),
         probe_digest: hv::vpmu::probe::probe_digest(g.pmu.current(), guest_vendor()),
     })
 }
@@ -565,7 +564,8 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
         // tick that arrives meanwhile stays pending and makes the guest exit at once.
         let run = hw::without_interrupts(|| {
             timer::arm(cpu, SLICE_US as u32);
-            vm.vcpu.run(cpu, host, &vm.ram)
+            // Guest counters on the host PMU around the entry, when `vpmu_backing=hardware`.
+            crate::arch::host_pmu::around(&mut vm.pmu, || vm.vcpu.run(cpu, host, &vm.ram))
         });
         let decoded = match run {
             Ok(d) => d,

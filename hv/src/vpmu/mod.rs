@@ -29,8 +29,10 @@
 //!   takes effect at the next [`VmPmu::reset`] and never mid-run, and the guest-visible state is
 //!   only ever replaced by a fresh `VpmuState::reset(current, vendor)`.
 //!
-//! Nothing here counts events: the registers are what the guest reads and writes; making counters
-//! advance (or not) is a backend's business on top of this model.
+//! Nothing here counts events: the registers are what the guest reads and writes. Where the host
+//! has a PMU of the same kind, [`backing`] programs the guest's counters into it around each
+//! guest entry and reads them back (only unit-tested, and off by default); otherwise they stay
+//! in software.
 //!
 //! # References
 //!
@@ -43,6 +45,9 @@
 //!   PerfMonV2 global control and status); vol. 3 CPUID Fn8000_0001 ECX\[23\] PerfCtrExtCore,
 //!   Fn8000_0022 (PerfMonV2, NumPerfCtrCore) and RDPMC.
 
+pub mod backing;
+#[cfg(test)]
+mod backing_tests;
 mod config;
 mod model;
 mod msr;
@@ -51,6 +56,9 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub use backing::{
+    Backing, BackingRequest, Hardware, HostPmu, HostPmuCaps, Loaded, NoBacking, StaleModel,
+};
 pub use config::{
     AmdKind, ConfigError, INTEL_DEFAULT_GP, INTEL_DEFAULT_WIDTH, INTEL_GP_COUNTERS, INTEL_VERSIONS,
     INTEL_WIDTHS, PmuConfig, intel_default_fixed, intel_default_full_width, intel_max_fixed,
@@ -176,6 +184,28 @@ impl VmPmu {
             },
             _ => return None,
         })
+    }
+
+    /// One guest entry `guest` with the counters backed as `backing` says: for
+    /// [`Backing::Hardware`], the guest's counters are loaded into `host` before and saved back
+    /// after ([`Hardware::load`], [`Loaded::save`]); otherwise `guest` just runs. A choice made
+    /// for another model than the current state's (stale across a reset) runs unbacked.
+    pub fn run_backed<H: HostPmu, R>(
+        &mut self,
+        backing: &Backing,
+        host: &mut H,
+        guest: impl FnOnce() -> R,
+    ) -> R {
+        let Backing::Hardware(hw) = backing else {
+            return guest();
+        };
+        let Ok(loaded) = hw.load(&self.state, host) else {
+            return guest();
+        };
+        let r = guest();
+        // The state cannot change between load and save here, so save cannot be stale.
+        let _ = loaded.save(&mut self.state, host);
+        r
     }
 
     /// Guest reset (API call, triple fault, 0xCF9, keyboard-controller reset): apply the pending

@@ -421,6 +421,13 @@ impl Model {
         low_bits(u32::from(self.counter_width()))
     }
 
+    /// One bit per counter the guest has, in the global registers' layout (general purpose at
+    /// 0.., Intel fixed at 32..), whether or not the model has global registers: which hardware
+    /// counters a backing may use and which overflow bits it may reflect.
+    pub fn counter_bits(&self) -> u64 {
+        self.gp_bits() | self.fixed_bits()
+    }
+
     /// One bit per general-purpose counter, bits 0..n.
     fn gp_bits(&self) -> u64 {
         low_bits(u32::from(self.gp_counters()))

@@ -225,6 +225,25 @@ impl VpmuState {
         Ok(if d.low32 { v & 0xFFFF_FFFF } else { v })
     }
 
+    /// For the hardware backing ([`super::backing`]) only: the counts read back from the
+    /// hardware counters (`counters[n]`, `fixed[n]` for the counters the model has; extra
+    /// entries are ignored) and the overflow the hardware saw. The model decides what sticks:
+    /// counts are masked to the counter width, overflow to the status bits the model has (none
+    /// without global status), ORed in as hardware sets them.
+    pub(super) fn store_counts(&mut self, counters: &[u64], fixed: &[u64], overflow: u64) {
+        let m = self.model;
+        let r = &mut self.regs;
+        let gp = usize::from(m.gp_counters());
+        let nf = usize::from(m.fixed_counters());
+        for (dst, src) in r.counters.iter_mut().zip(counters).take(gp) {
+            *dst = src & m.counter_mask();
+        }
+        for (dst, src) in r.fixed.iter_mut().zip(fixed).take(nf) {
+            *dst = src & m.counter_mask();
+        }
+        r.global_status |= overflow & m.global_status_mask();
+    }
+
     /// IA32_PERF_GLOBAL_INUSE (SDM vol. 3B §20.2.4): PERFEVTSELn_InUse = EVTSELn\[7:0\] != 0,
     /// FCn_InUse = FIXED_CTR_CTRL field n EN != 0, PMI_InUse = any INT / PMI bit set.
     fn in_use(&self) -> u64 {

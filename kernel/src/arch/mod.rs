@@ -3,6 +3,7 @@
 //! files hold the only `unsafe` calls into the backends' thin `hw` layers.
 
 mod frames;
+pub mod host_pmu;
 pub mod nmi;
 pub mod seamcall;
 pub mod svm;
