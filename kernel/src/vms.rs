@@ -368,7 +368,6 @@ pub fn delete(id: u32) -> Result<(), VmError> {
 pub struct VmView {
     pub id: u32,
     pub summary: hv::vm::VmSummary,
-    pub cmdline: hv::vm::Cmdline,
     pub pmu: PmuConfig,
     pub pending_pmu: Option<PmuConfig>,
     /// The CPU it runs on, while it runs.
@@ -379,7 +378,6 @@ fn view_of(vm: &Vm) -> VmView {
     VmView {
         id: vm.id,
         summary: hv::vm::VmSummary::new(&vm.config, vm.state, &vm.rt),
-        cmdline: vm.config.cmdline.clone(),
         pmu: *vm.pmu.current(),
         pending_pmu: vm.pmu.pending().copied(),
         running_on: (vm.state == VmState::Running).then_some(vm.cpu as u32),

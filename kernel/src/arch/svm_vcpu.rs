@@ -104,20 +104,8 @@ impl SvmVcpu {
         Ok(())
     }
 
-    pub fn rip(&self) -> u64 {
-        self.vmcb.save.rip
-    }
-
     pub fn set_rip(&mut self, rip: u64) {
         self.vmcb.save.rip = rip;
-    }
-
-    pub fn rax(&self) -> u64 {
-        self.vmcb.save.rax
-    }
-
-    pub fn set_rax(&mut self, v: u64) {
-        self.vmcb.save.rax = v;
     }
 
     /// RFLAGS.IF of the guest.
