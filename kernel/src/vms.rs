@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use core::fmt::Write as _;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use hermit_sync::SpinMutex;
+use hermit_sync::{InterruptSpinMutex, SpinMutex};
 use hv::cpuid::CpuidView;
 use hv::exit::{Action, ResetTrigger, StopReason};
 use hv::vm::{OnCrash, VmConfig, VmEvent, VmRuntime, VmState};
@@ -126,7 +126,10 @@ struct Slot {
 }
 
 /// The VM table: ids outside the VM locks, so looking a VM up never waits for a running slice.
-static VMS: SpinMutex<Vec<(u32, Arc<Slot>)>> = SpinMutex::new(Vec::new());
+/// Its lock is held only for table operations, with interrupts off: core 0 runs both the
+/// endpoint and a worker, and a worker preempted while holding it would leave the endpoint
+/// spinning.
+static VMS: InterruptSpinMutex<Vec<(u32, Arc<Slot>)>> = InterruptSpinMutex::new(Vec::new());
 static NEXT_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
 
 /// The bytes of the VM's image: a built-in one, or the upload.
