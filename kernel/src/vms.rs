@@ -463,6 +463,7 @@ fn lock(vm: &SpinMutex<Vm>) -> hermit_sync::SpinMutexGuard<'_, Vm> {
 /// reloaded from the image, the vCPU's architectural state rebuilt. The vPMU is rebuilt here
 /// from the VM's current configuration once it exists (the "Virtual PMU" issue).
 fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
+    crate::trace::reset(vm.id, trigger);
     vm.rt.reset(trigger);
     // The vPMU and the CPUID leaves it decides are rebuilt from the current configuration by
     // their one constructor: nothing of the previous run or configuration survives.
@@ -534,6 +535,10 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu) {
             }
         };
         let exit = vm.vcpu.neutral(&decoded);
+        if crate::bench::floor_exit(&mut vm.vcpu, &exit) {
+            continue;
+        }
+        crate::trace::exit(vm.id, exit.kind());
         let action = match vm.pmu.handle_exit(&exit) {
             Some(a) => {
                 vm.rt.stats.exits.record(exit.kind());
