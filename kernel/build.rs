@@ -1,8 +1,11 @@
-//! With the `trace` feature, link defmt's script (`defmt.x`, found on the search path defmt's
-//! own build script adds): it keeps the `.defmt` section of interned strings that
+//! With the `trace` feature, link `trace.x` (defmt's `defmt.x` made to add to the default
+//! layout rather than replace it): it keeps the `.defmt` section of interned strings that
 //! `scripts/trace` decodes with.
 fn main() {
+    println!("cargo:rerun-if-changed=trace.x");
     if std::env::var_os("CARGO_FEATURE_TRACE").is_some() {
-        println!("cargo:rustc-link-arg-bins=-Tdefmt.x");
+        let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+        println!("cargo:rustc-link-search={dir}");
+        println!("cargo:rustc-link-arg-bins=-Ttrace.x");
     }
 }
