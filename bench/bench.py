@@ -63,21 +63,33 @@ class Machine:
     def __init__(self, image=FULL, smp=2, memory=512, append="", extra="", wait_ready=True,
                  timeout=120):
         self.port = free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="hermitage-bench-", suffix=".log",
-                                               delete=False)
         env = dict(os.environ, HERMITAGE_IMAGE=image, HERMITAGE_QEMU_EXTRA=extra)
         args = subprocess.run(
             ["bash", "-c", 'source "$0/scripts/lib/common.sh"; qemu_args "$@"', ROOT,
              str(self.port), str(smp), str(memory), "tcg", append, "0"],
             env=env, check=True, capture_output=True, text=True).stdout.splitlines()
+        # Console lines with the time they arrived (seconds since QEMU's exec), read from a
+        # pipe by a thread: no polling delay in the boot figures.
+        self.lines = []
+        self.cond = threading.Condition()
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(["qemu-system-x86_64"] + args, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         self.ready_s = None
         if wait_ready:
-            self.wait_for(READY, timeout)
-            self.ready_s = time.monotonic() - self.t0
+            self.ready_s = self.wait_for(READY, timeout)[1]
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            t = time.monotonic() - self.t0
+            with self.cond:
+                self.lines.append((raw.decode(errors="replace").rstrip("\r\n"), t))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
 
     def __enter__(self):
         return self
@@ -86,21 +98,35 @@ class Machine:
         self.stop()
 
     def console(self):
-        with open(self.log.name, "r", errors="replace") as f:
-            return f.read()
+        with self.cond:
+            return "\n".join(line for line, _ in self.lines)
 
-    def wait_for(self, rx, timeout=120, poll=0.005):
-        if isinstance(rx, str):
-            rx = re.compile(rx)
+    def when(self, rx):
+        """Time (s since exec) of the first console line matching `rx`, or None."""
+        rx = re.compile(rx) if isinstance(rx, str) else rx
+        with self.cond:
+            return next((t for line, t in self.lines if rx.search(line)), None)
+
+    def wait_for(self, rx, timeout=120, poll=None):
+        """Wait for a console line matching `rx`; returns (match, seconds since exec)."""
+        del poll
+        rx = re.compile(rx) if isinstance(rx, str) else rx
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = rx.search(self.console())
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"QEMU exited before /{rx.pattern}/:\n{self.console()[-2000:]}")
-            time.sleep(poll)
-        raise RuntimeError(f"timeout waiting for /{rx.pattern}/:\n{self.console()[-2000:]}")
+        seen = 0
+        with self.cond:
+            while True:
+                for line, t in self.lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return m, t
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"timeout waiting for /{rx.pattern}/")
+                if self.proc.poll() is not None and not self.reader.is_alive():
+                    tail = "\n".join(line for line, _ in self.lines[-20:])
+                    raise RuntimeError(f"QEMU exited before /{rx.pattern}/:\n{tail}")
+                self.cond.wait(min(left, 0.5))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -110,8 +136,6 @@ class Machine:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.log.close()
-        os.unlink(self.log.name)
 
     def conn(self):
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -155,13 +179,26 @@ class Machine:
 def phase_boot(res, reps):
     """Wall clock from QEMU's exec to 'endpoint ready', full image and minimal, interleaved."""
     full, minimal = [], []
+    # Where the full image's boot goes: console lines that mark its steps.
+    steps = {"boot_step_app_entry_ms": r"hermitage \S+ starting",
+             "boot_step_cpus_up_ms": r"cpus up; host",
+             "boot_step_first_svm_enabled_ms": r"cpu \d+: (svm|vmx) enabled",
+             "boot_step_self_tests_done_ms": r"self-test passed"}
+    at = {k: [] for k in steps}
     for i in range(reps):
         for image, out in ((FULL, full), (MINIMAL, minimal)):
             with Machine(image=image, smp=2) as m:
                 out.append(m.ready_s * 1000)
+                if image == FULL:
+                    for k, rx in steps.items():
+                        t = m.when(rx)
+                        if t is not None:
+                            at[k].append(t * 1000)
         log(f"boot {i + 1}/{reps}: full {full[-1]:.0f} ms, minimal {minimal[-1]:.0f} ms")
     res["boot_ready_ms"] = summary(full, "ms")
     res["boot_ready_minimal_ms"] = summary(minimal, "ms")
+    for k, v in at.items():
+        res[k] = summary(v, "ms since QEMU exec (full image)")
 
 
 BENCH_LINE = re.compile(r"bench: (\w+) per-op median=(\d+) min=(\d+) max=(\d+)")
@@ -174,7 +211,7 @@ def run_bench_guest(image, extra="", smp=2, iters=1000, timeout=300):
     del iters
     with Machine(image=image, smp=smp, append="vm=bench bench_floor", extra=extra,
                  wait_ready=False) as m:
-        m.wait_for(r"bench: done", timeout, poll=0.05)
+        m.wait_for(r"bench: done", timeout)
         text = m.console()
     return {t: tuple(int(x) for x in rest) for t, *rest in BENCH_LINE.findall(text)}
 
