@@ -491,7 +491,12 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
 /// Run one slice of a runnable VM placed on `cpu`, if any. Returns whether one ran.
 pub fn run_some(cpu: usize, host: HostCpu) -> bool {
     let candidates: heapless::Vec<Arc<SpinMutex<Vm>>, 64> = {
-        let table = VMS.lock();
+        // Never spin here: the holder may be the endpoint thread of this same core, which
+        // Hermit does not preempt for us (seen: every worker spinning on VMS, the endpoint
+        // descheduled while holding it, the machine hung). Contended: nothing ran this time.
+        let Some(table) = VMS.try_lock() else {
+            return false;
+        };
         table
             .iter()
             .map(|(_, v)| v)
