@@ -257,6 +257,7 @@ def latency(m, path, clients, per_client):
 
     def worker():
         c = m.conn()
+        c.connect()  # connection setup is not part of a request's latency
         mine = []
         try:
             for _ in range(per_client):
