@@ -42,6 +42,14 @@ ensure_rust() {
     fi
 }
 
+# defmt-print decodes the `trace` feature's COM2 records (scripts/trace, scripts/bench).
+ensure_defmt_print() {
+    command -v defmt-print >/dev/null && return 0
+    ensure_rust
+    log "installing defmt-print (cargo install)"
+    cargo +"$TOOLCHAIN" install defmt-print --locked --quiet
+}
+
 ensure_qemu() { command -v qemu-system-x86_64 >/dev/null || apt_install qemu-system-x86; }
 
 llvm_tool() { # name
