@@ -272,15 +272,19 @@ def phase_trace(res, reps):
 
 
 def phase_icount(res, reps):
-    """Under -icount shift=0 the TSC advances one tick per instruction: instructions/op."""
-    lines = run_bench_guest(FULL, extra="-icount shift=0", smp=1, timeout=600)
-    add_exit_figures(res, "exit_icount", lines, "instructions/op (icount)")
-    for test, (med, lo, hi) in lines.items():
-        if test != "loop":
-            g = GUEST_INSNS[test]
-            res[f"hv_insns_{test}"] = {"unit": "hypervisor instructions/exit", "median": med - g,
-                                      "min": lo - g, "max": hi - g, "n": 9}
-    log(f"icount: {lines}")
+    """Under -icount shift=0 the TSC advances one tick per instruction: instructions/op, for
+    the default image and for the `trace` image (COM2 into a file): deterministic, so the
+    cost of tracing shows without the host's noise."""
+    for image, tag, extra in ((FULL, "", ""), (TRACE, "_trace", "-serial file:/dev/null")):
+        lines = run_bench_guest(image, extra=f"-icount shift=0 {extra}", smp=1, timeout=600)
+        add_exit_figures(res, f"exit_icount{tag}", lines, "instructions/op (icount)")
+        for test, (med, lo, hi) in lines.items():
+            if test != "loop":
+                g = GUEST_INSNS[test]
+                res[f"hv_insns{tag}_{test}"] = {"unit": "hypervisor instructions/exit",
+                                               "median": med - g, "min": lo - g,
+                                               "max": hi - g, "n": 9}
+        log(f"icount{tag}: {lines}")
 
 
 def latency(m, path, clients, per_client):
@@ -486,13 +490,20 @@ def targets(res):
         ratio(res, "ep_v1_health_c8_ms", "min_v1_health_c8_ms", "p99"), "<= 1.5x",
         lambda v: v <= 1.5, "x")
     mem = res.get("mem_per_vm_32_kib", {}).get("median")
-    add("hypervisor memory per VM (32 VMs; +-64 KiB probe resolution)", mem, "<= 64 KiB",
-        lambda v: v <= 64, "KiB")
+    # The probe cannot see allocations that fill partly used 2 MiB blocks: not a verdict.
+    add("hypervisor memory per VM (32 VMs; heap probe, blind below 2 MiB blocks)", mem,
+        "<= 64 KiB", lambda v: None, "KiB")
     add("exits/s 4 CPUs / 1 CPU", ratio(res, "exits_per_s_4cpu", "exits_per_s_1cpu"),
         ">= 3.5x", lambda v: v >= 3.5, "x")
-    add("CPUID exit with trace / without",
+    add("CPUID exit / floor, instructions (icount)",
+        ratio(res, "exit_icount_cpuid", "exit_icount_floor"), "(shown, no target)",
+        lambda v: None, "x")
+    add("CPUID exit with trace / without, TSC (two boots)",
         ratio(res, "exit_tsc_trace_cpuid", "exit_tsc_cpuid"), "(shown, no target)",
-        lambda v: True, "x")
+        lambda v: None, "x")
+    add("CPUID exit with trace / without, instructions (icount)",
+        ratio(res, "hv_insns_trace_cpuid", "hv_insns_cpuid"), "(shown, no target)",
+        lambda v: None, "x")
     return t
 
 
@@ -517,7 +528,9 @@ def markdown(res, meta):
                    f"{fmt(s.get('max'))} | {s.get('n', '-')} |")
     out += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
     for t in res.get("targets", []):
-        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        if t["value"] is None:
+            met = "not measured"
         out.append(f"| {t['target']} | {fmt(t['value'])} {t['unit']} | {t['goal']} | {met} |")
     out += ["", "Notes:", "",
             "- HLT wake-up latency: not measurable, the hypervisor has no virtual interrupts "
