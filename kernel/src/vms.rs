@@ -448,14 +448,25 @@ fn find(id: u32) -> Option<Arc<SpinMutex<Vm>>> {
         .map(|(_, v)| v.clone())
 }
 
+/// Threads waiting in [`lock`]: while any waits, no CPU starts a new slice ([`run_some`]), so a
+/// busy VM, whose lock is free only for microseconds between slices, cannot starve a request
+/// (seen: `POST /v1/vms/N/stop` of a CPUID-looping guest waiting past 30 s).
+static WAITING: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
 /// Lock a VM, yielding while a CPU runs a slice of it.
 fn lock(vm: &SpinMutex<Vm>) -> hermit_sync::SpinMutexGuard<'_, Vm> {
-    loop {
+    if let Some(g) = vm.try_lock() {
+        return g;
+    }
+    WAITING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let g = loop {
         if let Some(g) = vm.try_lock() {
-            return g;
+            break g;
         }
         hermit::syscalls::sys_yield();
-    }
+    };
+    WAITING.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+    g
 }
 
 /// The one reset path, whatever the trigger (API, triple fault, port 0xCF9, keyboard
@@ -490,6 +501,9 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
 
 /// Run one slice of a runnable VM placed on `cpu`, if any. Returns whether one ran.
 pub fn run_some(cpu: usize, host: HostCpu) -> bool {
+    if WAITING.load(core::sync::atomic::Ordering::Relaxed) > 0 {
+        return false;
+    }
     let candidates: heapless::Vec<Arc<SpinMutex<Vm>>, 64> = {
         // Never spin here: the holder may be the endpoint thread of this same core, which
         // Hermit does not preempt for us (seen: every worker spinning on VMS, the endpoint
