@@ -795,8 +795,10 @@ fn bench(asm: &mut Asm) -> Result {
     const ITERS: u32 = layout::VAR_SCRATCH;
     const BATCHES: u32 = layout::VAR_SCRATCH + 4;
     const T0: u32 = layout::VAR_SCRATCH + 8;
-    /// Cycles per operation of each batch (up to 63 batches), sorted after measuring.
+    /// Ticks per operation of each batch (up to 63 batches), one array per test, sorted
+    /// by `report`.
     const SAMPLES: u32 = layout::BSS + 0x100;
+    const SAMPLES_STRIDE: u32 = 0x100;
     const MAX_BATCHES: u32 = 63;
 
     asm.find_arg("idle=")?;
@@ -848,18 +850,19 @@ fn bench(asm: &mut Asm) -> Result {
     asm.print_dec_eax()?;
     asm.newline()?;
 
-    for (name, body) in [
+    // Batches interleave the tests (batch i of each test, then batch i+1 of each), so that a
+    // slow stretch of the host hits every test alike rather than one of them.
+    const TESTS: [(&str, &str); 5] = [
         ("loop", "body_loop"),
         ("cpuid", "body_cpuid"),
         ("floor", "body_floor"),
         ("pio", "body_pio"),
         ("msr", "body_msr"),
-    ] {
-        // [BATCHES] runs of the body, each between two RDTSCs; then the report.
-        asm.print(&format!("bench: {name} per-op"))?;
-        let batch = format!("{body}_batch");
-        asm.a.xor(ebp, ebp)?;
-        asm.here(&batch)?;
+    ];
+    asm.a.xor(ebp, ebp)?;
+    asm.here("bench_batch")?;
+    for (i, (_, body)) in TESTS.iter().enumerate() {
+        let samples = SAMPLES + i as u32 * SAMPLES_STRIDE;
         asm.a.rdtsc()?;
         asm.a.mov(dword_ptr(T0), eax)?;
         asm.call(body)?;
@@ -867,51 +870,54 @@ fn bench(asm: &mut Asm) -> Result {
         asm.a.sub(eax, dword_ptr(T0))?;
         asm.a.xor(edx, edx)?;
         asm.a.div(dword_ptr(ITERS))?;
-        asm.a.mov(dword_ptr(ebp * 4 + SAMPLES), eax)?;
-        asm.a.inc(ebp)?;
-        asm.a.cmp(ebp, dword_ptr(BATCHES))?;
-        asm.jb(&batch)?;
+        asm.a.mov(dword_ptr(ebp * 4 + samples), eax)?;
+    }
+    asm.a.inc(ebp)?;
+    asm.a.cmp(ebp, dword_ptr(BATCHES))?;
+    asm.jb("bench_batch")?;
+    for (i, (name, _)) in TESTS.iter().enumerate() {
+        asm.print(&format!("bench: {name} per-op"))?;
+        asm.a.mov(ebx, SAMPLES + i as u32 * SAMPLES_STRIDE)?;
         asm.call("report")?;
     }
     asm.print("bench: done\n")?;
     asm.exit(gabi::EXIT_OK)?;
 
-    // report: the [BATCHES] samples (TSC ticks per operation of each batch) sorted, then
-    // " median=M min=A max=B\n". Under QEMU -icount shift=0 a TSC tick is one instruction, so
-    // the same lines count instructions per operation.
+    // report: ebx = a test's [BATCHES] samples (TSC ticks per operation of each batch):
+    // sorts them, prints " median=M min=A max=B\n". Under QEMU -icount shift=0 a TSC tick is
+    // one instruction, so the same lines count instructions per operation.
     asm.here("report")?;
-    // Insertion sort of the samples, ascending.
     asm.a.mov(esi, 1u32)?;
     asm.here("sort_outer")?;
     asm.a.cmp(esi, dword_ptr(BATCHES))?;
     asm.jnc("sort_done")?;
-    asm.a.mov(eax, dword_ptr(esi * 4 + SAMPLES))?;
+    asm.a.mov(eax, dword_ptr(ebx + esi * 4))?;
     asm.a.mov(edi, esi)?;
     asm.here("sort_inner")?;
     asm.a.test(edi, edi)?;
     asm.jz("sort_place")?;
-    asm.a.mov(edx, dword_ptr(edi * 4 + (SAMPLES - 4)))?;
+    asm.a.mov(edx, dword_ptr(ebx + edi * 4 - 4))?;
     asm.a.cmp(eax, edx)?;
     asm.jnc("sort_place")?;
-    asm.a.mov(dword_ptr(edi * 4 + SAMPLES), edx)?;
+    asm.a.mov(dword_ptr(ebx + edi * 4), edx)?;
     asm.a.dec(edi)?;
     asm.jmp("sort_inner")?;
     asm.here("sort_place")?;
-    asm.a.mov(dword_ptr(edi * 4 + SAMPLES), eax)?;
+    asm.a.mov(dword_ptr(ebx + edi * 4), eax)?;
     asm.a.inc(esi)?;
     asm.jmp("sort_outer")?;
     asm.here("sort_done")?;
     asm.print(" median=")?;
     asm.a.mov(esi, dword_ptr(BATCHES))?;
     asm.a.shr(esi, 1)?;
-    asm.a.mov(eax, dword_ptr(esi * 4 + SAMPLES))?;
+    asm.a.mov(eax, dword_ptr(ebx + esi * 4))?;
     asm.print_dec_eax()?;
     asm.print(" min=")?;
-    asm.a.mov(eax, dword_ptr(SAMPLES))?;
+    asm.a.mov(eax, dword_ptr(ebx))?;
     asm.print_dec_eax()?;
     asm.print(" max=")?;
     asm.a.mov(esi, dword_ptr(BATCHES))?;
-    asm.a.mov(eax, dword_ptr(esi * 4 + (SAMPLES - 4)))?;
+    asm.a.mov(eax, dword_ptr(ebx + esi * 4 - 4))?;
     asm.print_dec_eax()?;
     asm.newline()?;
     asm.a.ret()?;

@@ -80,9 +80,11 @@
 //! bench: msr per-op ...
 //! bench: done
 //! ```
-//! then exits with 0. Each line runs a body of `iters=I` (default 1000) operations `batches=B`
-//! times (default 9, at most 63) between two RDTSCs and prints the median, minimum and maximum
-//! over the batches of TSC ticks per operation (integer). The bodies: `loop` the bare loop (4
+//! then exits with 0. Each test runs a body of `iters=I` (default 1000) operations `batches=B`
+//! times (default 9, at most 63) between two RDTSCs, the tests' batches interleaved (batch 1
+//! of every test, then batch 2, ...) so that a slow stretch of the host affects all alike; each
+//! line gives the median, minimum and maximum over the batches of TSC ticks per operation
+//! (integer). The bodies: `loop` the bare loop (4
 //! instructions per iteration), `cpuid` CPUID leaf 0 (5), `floor` CPUID leaf 0x400000FF, which
 //! a hypervisor booted with `bench_floor` answers before its exit handler (5), `pio` an 8-bit IN
 //! from port 0x510, which no device claims (3), `msr` RDMSR of IA32_PAT (4). Under QEMU
