@@ -41,6 +41,11 @@ pub const GUESTS: &[Guest] = &[
         description: "reports the PMU it sees (CPUID leaves, every PMU MSR that exists and its value, RDPMC), dirties them, then resets through 0xCF9 in cycles of cycle=K boots",
         program: pmu,
     },
+    Guest {
+        name: "bench",
+        description: "measures VM exit round trips (CPUID, CPUID of the floor leaf, port read, RDMSR) with RDTSC and prints median/min/max per operation; idle=1 halts at once, forever=1 runs CPUID exits forever",
+        program: bench,
+    },
 ];
 
 fn hello(asm: &mut Asm) -> Result {
@@ -904,5 +909,185 @@ fn pmu(asm: &mut Asm) -> Result {
     asm.jnz("fnv_fold.byte")?;
     asm.a.mov(dword_ptr(DIGEST), ebx)?;
     asm.a.popad()?;
+    Ok(asm.a.ret()?)
+}
+
+/// The leaf `bench` measures the exit floor with: with `bench_floor` on the kernel command line
+/// the hypervisor answers it with zeros before any exit handler (kernel `bench.rs`).
+pub const BENCH_FLOOR_LEAF: u32 = 0x4000_00FF;
+
+/// A port no device answers (reads all ones), for the port I/O round trip.
+const BENCH_PORT: u32 = 0x510;
+
+fn bench(asm: &mut Asm) -> Result {
+    const ITERS: u32 = layout::VAR_SCRATCH;
+    const BATCHES: u32 = layout::VAR_SCRATCH + 4;
+    const T0: u32 = layout::VAR_SCRATCH + 8;
+    /// Ticks per operation of each batch (up to 63 batches), one array per test, sorted
+    /// by `report`.
+    const SAMPLES: u32 = layout::BSS + 0x100;
+    const SAMPLES_STRIDE: u32 = 0x100;
+    const MAX_BATCHES: u32 = 63;
+
+    asm.find_arg("idle=")?;
+    asm.jc("bench_args")?;
+    asm.print("bench: idle\n")?;
+    asm.here("bench_idle")?;
+    asm.a.cli()?;
+    asm.a.hlt()?;
+    asm.jmp("bench_idle")?;
+
+    asm.here("bench_args")?;
+    asm.find_arg("forever=")?;
+    asm.jc("bench_measure")?;
+    asm.print("bench: forever\n")?;
+    asm.here("bench_forever")?;
+    asm.a.xor(eax, eax)?;
+    asm.a.xor(ecx, ecx)?;
+    asm.a.cpuid()?;
+    asm.jmp("bench_forever")?;
+
+    asm.here("bench_measure")?;
+    asm.find_arg("iters=")?;
+    asm.jnc("bench_have_iters")?;
+    asm.a.mov(eax, 1000u32)?;
+    asm.here("bench_have_iters")?;
+    asm.a.test(eax, eax)?;
+    asm.jnz("bench_iters_ok")?;
+    asm.a.inc(eax)?;
+    asm.here("bench_iters_ok")?;
+    asm.a.mov(dword_ptr(ITERS), eax)?;
+    asm.find_arg("batches=")?;
+    asm.jnc("bench_have_batches")?;
+    asm.a.mov(eax, 9u32)?;
+    asm.here("bench_have_batches")?;
+    asm.a.test(eax, eax)?;
+    asm.jnz("bench_batches_nonzero")?;
+    asm.a.inc(eax)?;
+    asm.here("bench_batches_nonzero")?;
+    asm.a.cmp(eax, MAX_BATCHES)?;
+    asm.jb("bench_batches_ok")?;
+    asm.a.mov(eax, MAX_BATCHES)?;
+    asm.here("bench_batches_ok")?;
+    asm.a.mov(dword_ptr(BATCHES), eax)?;
+    asm.print("bench: start iters=")?;
+    asm.a.mov(eax, dword_ptr(ITERS))?;
+    asm.print_dec_eax()?;
+    asm.print(" batches=")?;
+    asm.a.mov(eax, dword_ptr(BATCHES))?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+
+    // Batches interleave the tests (batch i of each test, then batch i+1 of each), so that a
+    // slow stretch of the host hits every test alike rather than one of them.
+    const TESTS: [(&str, &str); 5] = [
+        ("loop", "body_loop"),
+        ("cpuid", "body_cpuid"),
+        ("floor", "body_floor"),
+        ("pio", "body_pio"),
+        ("msr", "body_msr"),
+    ];
+    asm.a.xor(ebp, ebp)?;
+    asm.here("bench_batch")?;
+    for (i, (_, body)) in TESTS.iter().enumerate() {
+        let samples = SAMPLES + i as u32 * SAMPLES_STRIDE;
+        asm.a.rdtsc()?;
+        asm.a.mov(dword_ptr(T0), eax)?;
+        asm.call(body)?;
+        asm.a.rdtsc()?;
+        asm.a.sub(eax, dword_ptr(T0))?;
+        asm.a.xor(edx, edx)?;
+        asm.a.div(dword_ptr(ITERS))?;
+        asm.a.mov(dword_ptr(ebp * 4 + samples), eax)?;
+    }
+    asm.a.inc(ebp)?;
+    asm.a.cmp(ebp, dword_ptr(BATCHES))?;
+    asm.jb("bench_batch")?;
+    for (i, (name, _)) in TESTS.iter().enumerate() {
+        asm.print(&format!("bench: {name} per-op"))?;
+        asm.a.mov(ebx, SAMPLES + i as u32 * SAMPLES_STRIDE)?;
+        asm.call("report")?;
+    }
+    asm.print("bench: done\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+
+    // report: ebx = a test's [BATCHES] samples (TSC ticks per operation of each batch):
+    // sorts them, prints " median=M min=A max=B\n". Under QEMU -icount shift=0 a TSC tick is
+    // one instruction, so the same lines count instructions per operation.
+    asm.here("report")?;
+    asm.a.mov(esi, 1u32)?;
+    asm.here("sort_outer")?;
+    asm.a.cmp(esi, dword_ptr(BATCHES))?;
+    asm.jnc("sort_done")?;
+    asm.a.mov(eax, dword_ptr(ebx + esi * 4))?;
+    asm.a.mov(edi, esi)?;
+    asm.here("sort_inner")?;
+    asm.a.test(edi, edi)?;
+    asm.jz("sort_place")?;
+    asm.a.mov(edx, dword_ptr(ebx + edi * 4 - 4))?;
+    asm.a.cmp(eax, edx)?;
+    asm.jnc("sort_place")?;
+    asm.a.mov(dword_ptr(ebx + edi * 4), edx)?;
+    asm.a.dec(edi)?;
+    asm.jmp("sort_inner")?;
+    asm.here("sort_place")?;
+    asm.a.mov(dword_ptr(ebx + edi * 4), eax)?;
+    asm.a.inc(esi)?;
+    asm.jmp("sort_outer")?;
+    asm.here("sort_done")?;
+    asm.print(" median=")?;
+    asm.a.mov(esi, dword_ptr(BATCHES))?;
+    asm.a.shr(esi, 1)?;
+    asm.a.mov(eax, dword_ptr(ebx + esi * 4))?;
+    asm.print_dec_eax()?;
+    asm.print(" min=")?;
+    asm.a.mov(eax, dword_ptr(ebx))?;
+    asm.print_dec_eax()?;
+    asm.print(" max=")?;
+    asm.a.mov(esi, dword_ptr(BATCHES))?;
+    asm.a.mov(eax, dword_ptr(ebx + esi * 4 - 4))?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.ret()?;
+
+    // The bodies: [ITERS] iterations each; they keep ebp. Guest instructions per
+    // iteration (for the icount method): loop 4, cpuid 5, floor 5, pio 3, msr 4.
+    asm.here("body_loop")?;
+    asm.a.mov(edi, dword_ptr(ITERS))?;
+    asm.here("body_loop_next")?;
+    asm.a.xor(eax, eax)?;
+    asm.a.xor(ecx, ecx)?;
+    asm.a.dec(edi)?;
+    asm.jnz("body_loop_next")?;
+    asm.a.ret()?;
+    for (body, leaf) in [("body_cpuid", 0u32), ("body_floor", BENCH_FLOOR_LEAF)] {
+        asm.here(body)?;
+        asm.a.push(ebx)?;
+        asm.a.mov(edi, dword_ptr(ITERS))?;
+        let next = format!("{body}_next");
+        asm.here(&next)?;
+        asm.a.mov(eax, leaf)?;
+        asm.a.xor(ecx, ecx)?;
+        asm.a.cpuid()?;
+        asm.a.dec(edi)?;
+        asm.jnz(&next)?;
+        asm.a.pop(ebx)?;
+        asm.a.ret()?;
+    }
+    asm.here("body_pio")?;
+    asm.a.mov(edi, dword_ptr(ITERS))?;
+    asm.a.mov(dx, BENCH_PORT)?;
+    asm.here("body_pio_next")?;
+    asm.a.in_(al, dx)?;
+    asm.a.dec(edi)?;
+    asm.jnz("body_pio_next")?;
+    asm.a.ret()?;
+    asm.here("body_msr")?;
+    asm.a.mov(edi, dword_ptr(ITERS))?;
+    asm.here("body_msr_next")?;
+    asm.a.mov(ecx, IA32_PAT)?;
+    asm.a.rdmsr()?;
+    asm.a.dec(edi)?;
+    asm.jnz("body_msr_next")?;
     Ok(asm.a.ret()?)
 }

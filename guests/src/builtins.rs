@@ -74,6 +74,30 @@
 //! vPMU on reset shows the reset values (and the same digest) again on the next boot, never
 //! the pattern.
 //!
+//! # `bench`
+//! Times VM exit round trips with RDTSC (`scripts/bench`):
+//! ```text
+//! bench: start iters=<I> batches=<B>
+//! bench: loop per-op median=<M> min=<A> max=<Z>
+//! bench: cpuid per-op median=... min=... max=...
+//! bench: floor per-op ...
+//! bench: pio per-op ...
+//! bench: msr per-op ...
+//! bench: done
+//! ```
+//! then exits with 0. Each test runs a body of `iters=I` (default 1000) operations `batches=B`
+//! times (default 9, at most 63) between two RDTSCs, the tests' batches interleaved (batch 1
+//! of every test, then batch 2, ...) so that a slow stretch of the host affects all alike; each
+//! line gives the median, minimum and maximum over the batches of TSC ticks per operation
+//! (integer). The bodies: `loop` the bare loop (4
+//! instructions per iteration), `cpuid` CPUID leaf 0 (5), `floor` CPUID leaf 0x400000FF, which
+//! a hypervisor booted with `bench_floor` answers before its exit handler (5), `pio` an 8-bit IN
+//! from port 0x510, which no device claims (3), `msr` RDMSR of IA32_PAT (4). Under QEMU
+//! `-icount shift=0` the TSC advances one tick per instruction, so the same lines count
+//! instructions per operation. With `idle=1` it prints `bench: idle` and halts with interrupts
+//! off (for reset timing); with `forever=1` it prints `bench: forever` and executes CPUID
+//! forever (exit-heavy load for scaling).
+//!
 //! # Adding a guest
 //! Write its program as a `fn(&mut Asm) -> Result` in `build/guests.rs` (the runtime gives
 //! `print`, `print_dec_eax`, `print_hex_eax`, `find_arg`, `guarded`, `exit`, named labels),

@@ -113,7 +113,10 @@ fn rodata_has(name: &str, text: &str) -> bool {
 #[test]
 fn the_builtins() {
     let names: Vec<_> = BUILTINS.iter().map(|(name, _)| *name).collect();
-    assert_eq!(names, ["hello", "exerciser", "resetter", "spinner", "pmu"]);
+    assert_eq!(
+        names,
+        ["hello", "exerciser", "resetter", "spinner", "pmu", "bench"]
+    );
     assert!(
         BUILTINS
             .iter()
@@ -226,4 +229,27 @@ fn spinner_ticks() {
     assert_eq!(decoded.port_io.len(), 3, "{:?}", decoded.port_io);
     assert!(rodata_has("spinner", "ticks="));
     assert!(rodata_has("spinner", "spinner: tick "));
+}
+
+#[test]
+fn bench_measures_cpuid_port_reads_and_rdmsr_between_rdtscs() {
+    let decoded = decode("bench");
+    for m in [
+        Mnemonic::Cpuid,
+        Mnemonic::Rdmsr,
+        Mnemonic::Rdtsc,
+        Mnemonic::Div,
+    ] {
+        assert!(decoded.mnemonics.contains(&m), "bench: no {m:?}");
+    }
+    assert!(decoded.port_io.contains(&(0x510, "in", 1)));
+    for line in [
+        "bench: done\n",
+        "bench: idle\n",
+        " median=",
+        " min=",
+        " max=",
+    ] {
+        assert!(rodata_has("bench", line), "{line:?}");
+    }
 }

@@ -10,6 +10,7 @@
 //! | `gw=A.B.C.D`              | default gateway with a static address           | none         |
 //! | `exit_after_boot`         | power off once every CPU is up (for tests)      | off          |
 //! | `crash_test`              | take the panic path once every CPU is up (tests)| off          |
+//! | `bench_floor`             | answer CPUID leaf 0x400000FF with zeros before any exit handler: the exit-cost floor `scripts/bench` measures | off |
 //! | `vm=IMAGE`                | create and start a VM from a built-in image (repeatable, up to 16) | none |
 //! | `vm_pmu=SPEC`             | the vPMU of `vm=` VMs: `none`, `intel:V[:GP[:FIXED[:WIDTH]]]`, `amd:KIND[:GP]` | `none` |
 //! | `vpmu_backing=none\|hardware` | back guest PMU counters with the host's hardware counters where the host PMU can carry the guest's model (`hv::vpmu::backing`; only unit-tested, so off by default) | `none` |
@@ -70,6 +71,9 @@ pub struct BootConfig {
     pub ip: IpConfig,
     pub exit_after_boot: bool,
     pub crash_test: bool,
+    /// Answer CPUID leaf 0x400000FF with zeros straight from the exit loop, skipping the exit
+    /// handler: the floor of the exit cost (`scripts/bench`, the `bench` guest).
+    pub bench_floor: bool,
     /// Built-in images to start as VMs at boot, in order.
     pub vms: heapless::Vec<heapless::String<32>, 16>,
     /// Whether to bring the TDX module up (never fatal when the machine has no TDX).
@@ -147,6 +151,7 @@ impl Default for BootConfig {
             ip: IpConfig::Dhcp,
             exit_after_boot: false,
             crash_test: false,
+            bench_floor: false,
             vms: heapless::Vec::new(),
             tdx: TdxRequest::Off,
             vm_pmu: crate::vpmu::PmuConfig::Off,
@@ -213,6 +218,7 @@ impl BootConfig {
                 }
                 ("exit_after_boot", None) => c.exit_after_boot = true,
                 ("crash_test", None) => c.crash_test = true,
+                ("bench_floor", None) => c.bench_floor = true,
                 ("api_token", Some(v)) => c.api_token = Some(ApiToken::new(v).ok_or_else(bad)?),
                 (k, Some(v)) if k.starts_with("http_") => {
                     let Some(i) = HTTP_RANGES.iter().position(|r| r.0 == k) else {
@@ -245,7 +251,7 @@ impl BootConfig {
                     "port" | "ip" | "gw" | "vm" | "vm_pmu" | "vpmu_backing" | "tdx" | "api_token",
                     None,
                 )
-                | ("exit_after_boot" | "crash_test", Some(_)) => {
+                | ("exit_after_boot" | "crash_test" | "bench_floor", Some(_)) => {
                     return Err(bad());
                 }
                 _ => return Err(ConfigError::UnknownKey(key)),

@@ -152,6 +152,7 @@ impl Backend for Hypervisor {
             crate::tdx::on_online(CpuId(id), l);
         }
         drop(guard);
+        crate::trace::cpu(id, true, result.is_ok());
         result?;
         crate::vms::restore(id as usize);
         // Back in service: prove VMRUN works there again.
@@ -165,7 +166,7 @@ impl Backend for Hypervisor {
         let mut guard = layer();
         let l = guard.as_mut().ok_or(CpuError::NotFound)?;
         let vetoes: [&dyn virt::OfflineVeto; 2] = [&EndpointCpu, &crate::tdx::TdxVeto];
-        l.offline(CpuId(id), &vetoes).map_err(|e| match e {
+        let result = l.offline(CpuId(id), &vetoes).map_err(|e| match e {
             OfflineError::NoSuchCpu => CpuError::NotFound,
             OfflineError::AlreadyOffline => CpuError::Conflict(Conflict::AlreadyOffline),
             OfflineError::LastOnlineCpu => CpuError::Conflict(Conflict::LastOnline),
@@ -176,7 +177,9 @@ impl Backend for Hypervisor {
                 CpuError::Conflict(Conflict::TdxKeysInUse)
             }
             OfflineError::Disable(_) => CpuError::Failed(Failure::VirtDisable),
-        })?;
+        });
+        crate::trace::cpu(id, false, result.is_ok());
+        result?;
         let (moved, paused) = crate::vms::evacuate(id as usize, l.online_cpus());
         if moved + paused > 0 {
             println!("hermitage: cpu {id} offline: {moved} vms moved, {paused} paused");

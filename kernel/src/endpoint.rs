@@ -293,7 +293,10 @@ fn produce(slot: &mut Slot, hv: &mut Hypervisor, ep: &mut Endpoint) {
     if slot.close_after {
         return;
     }
-    if ep.serve(&mut slot.conn, hv, &mut slot.out) == Flow::Close {
+    let before = slot.out.len();
+    let flow = ep.serve(&mut slot.conn, hv, &mut slot.out);
+    crate::trace::api(&slot.out[before..]);
+    if flow == Flow::Close {
         slot.close_after = true;
     }
 }

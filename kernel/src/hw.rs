@@ -444,3 +444,61 @@ pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
     unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
     r
 }
+
+/// COM2, the trace port (`trace` feature): a 16550 at 0x2F8.
+#[cfg(feature = "trace")]
+const COM2: u16 = 0x2F8;
+
+/// Set COM2 up for output: no interrupts, 115200 8N1, FIFOs on.
+#[cfg(feature = "trace")]
+pub fn com2_init() {
+    for (offset, value) in [
+        (1, 0x00),
+        (3, 0x80),
+        (0, 0x01),
+        (1, 0x00),
+        (3, 0x03),
+        (2, 0xC7),
+        (4, 0x03),
+    ] {
+        // SAFETY: ring 0; COM2's registers belong to nothing else in the image (Hermit uses
+        // COM1 only), and programming a UART touches no memory.
+        unsafe { x86::io::outb(COM2 + offset, value) };
+    }
+}
+
+/// Write `bytes` to COM2, waiting for the transmitter before each (LSR.THRE, bit 5).
+#[cfg(feature = "trace")]
+pub fn com2_write(bytes: &[u8]) {
+    for &b in bytes {
+        // Bounded: a UART that never drains (none fitted) must not hang the exit path.
+        for _ in 0..10_000 {
+            // SAFETY: ring 0; reading COM2's line status register has no side effects.
+            if unsafe { x86::io::inb(COM2 + 5) } & 0x20 != 0 {
+                break;
+            }
+        }
+        // SAFETY: ring 0; only the trace logger writes COM2's transmit register.
+        unsafe { x86::io::outb(COM2, b) };
+    }
+}
+
+/// Disable interrupts on this CPU; returns whether they were enabled (for
+/// [`interrupts_restore`]).
+#[cfg(feature = "trace")]
+pub fn interrupts_save_disable() -> bool {
+    let flags: u64;
+    // SAFETY: ring 0; reading RFLAGS and clearing IF touch no memory but the stack slot of
+    // pushfq/pop, which the asm balances.
+    unsafe { core::arch::asm!("pushfq", "pop {}", "cli", out(reg) flags, options(nomem)) };
+    flags & (1 << 9) != 0
+}
+
+/// Re-enable interrupts if [`interrupts_save_disable`] found them enabled.
+#[cfg(feature = "trace")]
+pub fn interrupts_restore(enabled: bool) {
+    if enabled {
+        // SAFETY: ring 0; restores the interrupt flag the caller found set.
+        unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+    }
+}

@@ -12,12 +12,14 @@ extern crate hermit;
 
 mod arch;
 mod backend;
+mod bench;
 mod cpus;
 mod endpoint;
 mod hw;
 mod nic;
 mod percpu;
 mod tdx;
+mod trace;
 mod virt;
 mod vms;
 
@@ -45,6 +47,15 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
         }
     };
 
+    trace::init();
+    bench::init(&config);
+    // The `minimal` image, the baseline of `scripts/bench`: no CPU bring-up, virt layer, TDX
+    // or VMs; straight to the endpoint, where only `/v1/health` means anything.
+    if cfg!(feature = "minimal") {
+        println!("hermitage: minimal image (feature `minimal`): endpoint only");
+        serve(config)
+    }
+
     let up = cpus::bring_up_all();
     let features = cpus::detect_here();
     println!(
@@ -68,7 +79,10 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
         println!("hermitage: exit_after_boot set, powering off");
         hw::power_off(0)
     }
+    serve(config)
+}
 
+fn serve(config: hv::config::BootConfig) -> ! {
     let nic = match nic::Nic::probe() {
         Ok(nic) => nic,
         Err(e) => {

@@ -501,6 +501,7 @@ fn lock(slot: &Slot) -> hermit_sync::SpinMutexGuard<'_, Vm> {
 /// reloaded from the image, the vCPU's architectural state rebuilt. The vPMU is rebuilt here
 /// from the VM's current configuration once it exists (the "Virtual PMU" issue).
 fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
+    crate::trace::reset(vm.id, trigger);
     vm.rt.reset(trigger);
     // The vPMU and the CPUID leaves it decides are rebuilt from the current configuration by
     // their one constructor: nothing of the previous run or configuration survives.
@@ -534,7 +535,11 @@ pub fn run_some(cpu: usize, host: HostCpu) -> bool {
                 .is_some_and(|g| g.cpu == cpu && g.state == VmState::Running && !g.idle)
     };
     let candidates: heapless::Vec<Arc<Slot>, MAX_VMS> = {
-        let table = VMS.lock();
+        // Never spin here: whoever holds the table (the endpoint thread of this core, say)
+        // may need this CPU to get on. Contended: nothing ran this time.
+        let Some(table) = VMS.try_lock() else {
+            return false;
+        };
         table
             .iter()
             .map(|(_, v)| v)
@@ -576,6 +581,10 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
             }
         };
         let exit = vm.vcpu.neutral(&decoded);
+        if crate::bench::floor_exit(&mut vm.vcpu, &exit) {
+            continue;
+        }
+        crate::trace::exit(vm.id, exit.kind());
         let action = match vm.pmu.handle_exit(&exit) {
             Some(a) => {
                 vm.rt.stats.exits.record(exit.kind());

@@ -9,7 +9,7 @@ TOOLCHAIN="$(sed -n 's/^channel = "\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")"
 TARGET=x86_64-unknown-none
 OUT="$ROOT/target/image"
 LOADER="$OUT/hermitage-boot.elf32"
-IMAGE="$OUT/hermitage.elf"
+IMAGE="${HERMITAGE_IMAGE:-$OUT/hermitage.elf}"
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -42,6 +42,14 @@ ensure_rust() {
     fi
 }
 
+# defmt-print decodes the `trace` feature's COM2 records (scripts/trace, scripts/bench).
+ensure_defmt_print() {
+    command -v defmt-print >/dev/null && return 0
+    ensure_rust
+    log "installing defmt-print (cargo install)"
+    cargo +"$TOOLCHAIN" install defmt-print --locked --quiet
+}
+
 ensure_qemu() { command -v qemu-system-x86_64 >/dev/null || apt_install qemu-system-x86; }
 
 llvm_tool() { # name
@@ -50,20 +58,25 @@ llvm_tool() { # name
 }
 
 # Build the loader and the image for x86_64-unknown-none and put them in target/image/.
+# build_image [FEATURES [DEST]]: kernel cargo features (e.g. "trace", "minimal"; default none)
+# and where the image goes (default target/image/hermitage.elf).
 build_image() {
+    local features="${1:-}" dest="${2:-$IMAGE}"
     ensure_rust
-    log "building loader and image (release, $TARGET)"
+    log "building loader and image (release, $TARGET${features:+, features: $features})"
     # One cargo call per binary: built together, cargo would unify the features of their shared
     # dependencies (e.g. hashbrown's `nightly` from the kernel) across both.
     local pkg
     for pkg in hermitage-boot hermitage; do
+        local feat=()
+        [ "$pkg" = hermitage ] && [ -n "$features" ] && feat=(--features "$features")
         (cd "$ROOT" && RUSTFLAGS="-Zmutable-noalias=no" cargo +"$TOOLCHAIN" build --release --locked \
             --target "$TARGET" -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem \
-            -p "$pkg" ${CARGO_QUIET:+--quiet})
+            -p "$pkg" "${feat[@]}" ${CARGO_QUIET:+--quiet})
     done
     mkdir -p "$OUT"
     "$(llvm_tool llvm-objcopy)" -O elf32-i386 "$ROOT/target/$TARGET/release/hermitage-boot" "$LOADER"
-    cp "$ROOT/target/$TARGET/release/hermitage" "$IMAGE"
+    cp "$ROOT/target/$TARGET/release/hermitage" "$dest"
 }
 
 # Can this host run the image under KVM with nested virtualization?
@@ -91,5 +104,7 @@ qemu_args() {
         -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:8080" \
         -device virtio-net-pci,netdev=n0,disable-legacy=on \
         -kernel "$LOADER" -initrd "$IMAGE" -append "-- $append"
+    # Extra QEMU arguments, whitespace-separated (scripts/bench: -icount, a COM2 trace file).
+    [ -z "${HERMITAGE_QEMU_EXTRA:-}" ] || printf '%s\n' ${HERMITAGE_QEMU_EXTRA}
     [ "$reboot" = 1 ] || printf '%s\n' -no-reboot
 }
