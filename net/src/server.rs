@@ -366,21 +366,25 @@ fn vm_reply(
     write_json(out, Status::Ok, keep_alive, max, &VmJson(&reply?))
 }
 
-/// A JSON array of CPU objects, streamed from [`Backend::cpus`].
-fn write_cpus<B: Backend + ?Sized>(
+/// One element of a JSON array, written into the response body.
+type Element<'e> = &'e mut dyn FnMut(&mut BodyWriter<'_>) -> Result<(), ApiError>;
+
+/// A JSON array streamed from a backend's `each` callback: `list` calls its argument once per
+/// element with a writer of that element; nothing is collected first.
+fn write_array(
     out: &mut Vec<u8>,
     keep_alive: bool,
     max: usize,
-    backend: &B,
+    list: impl FnOnce(&mut dyn FnMut(Element<'_>)),
 ) -> Result<Status, ApiError> {
     let head = Head::json(Status::Ok, 0, keep_alive);
     write_response(out, head, &[], max, |w| {
         w.raw(b"[")?;
         let mut result = Ok(());
         let mut first = true;
-        backend.cpus(&mut |cpu| {
+        list(&mut |element| {
             if result.is_ok() {
-                result = if first { Ok(()) } else { w.raw(b",") }.and_then(|()| w.json(cpu));
+                result = if first { Ok(()) } else { w.raw(b",") }.and_then(|()| element(w));
                 first = false;
             }
         });
@@ -389,27 +393,27 @@ fn write_cpus<B: Backend + ?Sized>(
     })
 }
 
-/// A JSON array of VM objects, streamed from [`Backend::vms`].
+/// `GET /v1/cpus`: the CPUs from [`Backend::cpus`].
+fn write_cpus<B: Backend + ?Sized>(
+    out: &mut Vec<u8>,
+    keep_alive: bool,
+    max: usize,
+    backend: &B,
+) -> Result<Status, ApiError> {
+    write_array(out, keep_alive, max, |emit| {
+        backend.cpus(&mut |cpu| emit(&mut |w| w.json(cpu)))
+    })
+}
+
+/// `GET /v1/vms`: the VMs from [`Backend::vms`].
 fn write_vms<B: Backend + ?Sized>(
     out: &mut Vec<u8>,
     keep_alive: bool,
     max: usize,
     backend: &B,
 ) -> Result<Status, ApiError> {
-    let head = Head::json(Status::Ok, 0, keep_alive);
-    write_response(out, head, &[], max, |w| {
-        w.raw(b"[")?;
-        let mut result = Ok(());
-        let mut first = true;
-        backend.vms(&mut |vm| {
-            if result.is_ok() {
-                result =
-                    if first { Ok(()) } else { w.raw(b",") }.and_then(|()| w.json(&VmJson(vm)));
-                first = false;
-            }
-        });
-        result?;
-        w.raw(b"]")
+    write_array(out, keep_alive, max, |emit| {
+        backend.vms(&mut |vm| emit(&mut |w| w.json(&VmJson(vm))))
     })
 }
 
