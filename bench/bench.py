@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "system"))
+from harness import free_port, stop_group  # noqa: E402  (the system tests' harness)
 IMAGES = os.path.join(ROOT, "target", "image")
 FULL = os.path.join(IMAGES, "hermitage.elf")
 MINIMAL = os.path.join(IMAGES, "hermitage-minimal.elf")
@@ -36,12 +37,6 @@ GUEST_INSNS = {"loop": 4, "cpuid": 5, "floor": 5, "pio": 3, "msr": 4}
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def summary(samples, unit):
@@ -129,13 +124,7 @@ class Machine:
                 self.cond.wait(min(left, 0.5))
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
     def conn(self):
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)

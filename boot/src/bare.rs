@@ -124,8 +124,9 @@ fn boot(magic: u32, multiboot_info: u32) -> Result<core::convert::Infallible, Bo
         "hermitage-boot: module {:#x}..{:#x}, kernel to {start:#x}",
         module.start, module.end
     );
-    // SAFETY: `place_kernel` chose usable RAM above the loader that overlaps neither the module
-    // nor anything else we still read (the rest was copied to the heap above).
+    // `place_kernel` chose usable RAM above the loader that overlaps neither the module nor
+    // anything else we still read (the rest was copied to the heap above).
+    // SAFETY: that range is ours alone to write, as said just above.
     let memory = unsafe { phys_slice_mut(start, size as usize) };
     let loaded = kernel.load_kernel(memory, start);
 
@@ -159,8 +160,9 @@ fn boot(magic: u32, multiboot_info: u32) -> Result<core::convert::Infallible, Bo
         "hermitage-boot: entering kernel at {:#x}",
         loaded.entry_point
     );
-    // SAFETY: `tables` identity-map this code, the heap (boot info, device tree, command line,
-    // stack) and the loaded and relocated kernel, whose entry point follows `hermit_entry::Entry`.
+    // `tables` identity-map this code, the heap (boot info, device tree, command line, stack)
+    // and the loaded and relocated kernel, whose entry point follows `hermit_entry::Entry`.
+    // SAFETY: everything the jump needs is mapped, as said just above.
     unsafe {
         start::enter_kernel(
             cr3,
@@ -173,8 +175,9 @@ fn boot(magic: u32, multiboot_info: u32) -> Result<core::convert::Infallible, Bo
 
 /// Reads `N` bytes of physical memory.
 fn read_phys<const N: usize>(addr: u64) -> [u8; N] {
-    // SAFETY: only called for boot loader structures below 4 GiB, which `start.rs` identity-maps
-    // and which nothing writes while the loader runs.
+    // Only called for boot loader structures below 4 GiB, which `start.rs` identity-maps and
+    // which nothing writes while the loader runs.
+    // SAFETY: mapped and not written concurrently, as said just above.
     unsafe { phys_slice(addr, N) }.try_into().unwrap()
 }
 

@@ -202,7 +202,7 @@ impl Backend for Hypervisor {
     }
 
     fn vms(&self, each: &mut dyn FnMut(&VmInfo)) {
-        crate::vms::each(|v| each(&vm_info(v.clone())));
+        crate::vms::each(|v| each(&vm_info(v)));
     }
 
     fn vm(&self, id: u32) -> Result<VmInfo, VmError> {

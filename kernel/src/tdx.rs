@@ -39,7 +39,7 @@ fn seamcall_on(cpu: CpuId, leaf: Leaf, args: Regs) -> Option<Result<Regs, TdxErr
 fn topology() -> Option<Topology> {
     let mut shift = 0;
     for level in 0..8 {
-        let [eax, ebx, ecx, _] = vmx::hw::cpuid(0xB, level);
+        let [eax, ebx, ecx, _] = crate::hw::cpuid(0xB, level);
         if ebx & 0xFFFF == 0 || (ecx >> 8) & 0xFF == 0 {
             break;
         }

@@ -225,6 +225,18 @@ fn cpu_load(except: Option<u32>) -> [u32; crate::cpus::MAX_CPUS] {
     load
 }
 
+/// The least loaded online CPU a VM pinned to `pin` may use (not counting VM `except`), or
+/// `None` if none is online. Call with no VM lock held.
+fn place_on(pin: Option<u32>, except: Option<u32>) -> Option<usize> {
+    let load = cpu_load(except);
+    hv::vm::place(
+        hv::vm::allowed_cpus(pin),
+        online_cpus(),
+        &load[..crate::cpus::count()],
+    )
+    .map(|c| c.index())
+}
+
 /// Create a VM from `config` with vPMU configuration `pmu`: RAM allocated, image loaded, vCPU
 /// built, placed on `cpu` or else the least loaded CPU it may use. Not started.
 pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u32, VmError> {
@@ -251,25 +263,21 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
             return Err(VmError::NameTaken);
         }
     }
-    let bytes = (config.memory_mib as usize) << 20;
-    if crate::hw::probe_free_heap(bytes + HEAP_RESERVE) < bytes + HEAP_RESERVE {
-        return Err(VmError::NoMemory);
-    }
     let pmu = VmPmu::new(pmu, guest_vendor()).map_err(|_| VmError::Vcpu)?;
     let mut ram = GuestRam::new(config.memory_mib as usize).ok_or(VmError::NoMemory)?;
+    // What is left must still serve the hypervisor (dropping `ram` gives it back).
+    if crate::hw::probe_free_heap(HEAP_RESERVE) < HEAP_RESERVE {
+        return Err(VmError::NoMemory);
+    }
     let mut vcpu = Vcpu::new(&ram).map_err(|_| VmError::Vcpu)?;
     if let Some(img) = img {
         let mode = load(&mut ram, &config, img, 0)?;
         vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
     }
     let rt = Box::new(VmRuntime::new(cpuid_view(&pmu), config.on_crash));
-    let allowed = hv::vm::allowed_cpus(config.cpu);
-    let online = online_cpus();
-    let load = cpu_load(None);
-    let cpu = cpu.unwrap_or_else(|| {
-        hv::vm::place(allowed, online, &load[..crate::cpus::count()])
-            .map_or(config.cpu.unwrap_or(0) as usize, |c| c.index())
-    });
+    let cpu = cpu
+        .or_else(|| place_on(config.cpu, None))
+        .unwrap_or(config.cpu.unwrap_or(0) as usize);
     let id = NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let vm = Vm {
         id,
@@ -306,19 +314,16 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
 /// Apply a lifecycle event to VM `id` (start, pause, resume, stop, reset).
 pub fn event(id: u32, ev: VmEvent) -> Result<(), VmError> {
     let vm = find(id).ok_or(VmError::NotFound)?;
-    // Where it may run, decided before its lock is taken (the load count locks every VM).
-    let placement = match ev {
-        VmEvent::Start | VmEvent::Resume | VmEvent::Reset(_) => {
-            let allowed = hv::vm::allowed_cpus(lock(&vm).config.cpu);
-            let online = online_cpus();
-            let load = cpu_load(Some(id));
-            Some((
-                online,
-                hv::vm::place(allowed, online, &load[..crate::cpus::count()]),
-            ))
-        }
-        _ => None,
+    // A VM about to run stays where it was placed unless that CPU left service; then it goes
+    // to the best CPU it may use, decided before its lock is taken (the load count locks
+    // every VM). `Some(None)`: no CPU it may use is online.
+    let (pin, here) = {
+        let g = lock(&vm);
+        (g.config.cpu, g.cpu)
     };
+    let runnable = matches!(ev, VmEvent::Start | VmEvent::Resume | VmEvent::Reset(_));
+    let moved = (runnable && !online_cpus().contains(hv::virt::CpuId(here as u32)))
+        .then(|| place_on(pin, Some(id)));
     let mut vm = lock(&vm);
     let runs = matches!(ev, VmEvent::Start | VmEvent::Reset(_));
     if runs && image_of(&vm.config, vm.uploaded.as_deref()).is_none() {
@@ -335,14 +340,11 @@ pub fn event(id: u32, ev: VmEvent) -> Result<(), VmError> {
         };
         reset(&mut vm, trigger);
     }
-    match placement {
+    match moved {
         _ if vm.state != VmState::Running => {}
-        // It stays where it was placed unless that CPU left service.
-        Some((online, Some(to))) if !online.contains(hv::virt::CpuId(vm.cpu as u32)) => {
-            vm.cpu = to.index();
-        }
+        Some(Some(to)) => vm.cpu = to,
         // No CPU it may use is online: it waits, paused, until one comes back.
-        Some((_, None)) => {
+        Some(None) => {
             if let Ok((s, _)) = hv::vm::apply(vm.state, VmEvent::Pause) {
                 vm.state = s;
                 vm.parked_by_offline = true;
@@ -395,10 +397,12 @@ pub fn view(id: u32) -> Result<VmView, VmError> {
 }
 
 /// Every VM, in id order.
-pub fn each(mut f: impl FnMut(&VmView)) {
+pub fn each(mut f: impl FnMut(VmView)) {
     let table: Vec<_> = VMS.lock().iter().map(|(_, v)| v.clone()).collect();
     for v in &table {
-        f(&view_of(&lock(v)));
+        // Built under the VM's lock, handed over after it is released.
+        let view = view_of(&lock(v));
+        f(view);
     }
 }
 
@@ -672,13 +676,7 @@ fn echo_console(vm: &mut Vm) {
 /// pause them when there is none (they resume on `restore`). Returns (moved, paused).
 pub fn evacuate(cpu: usize, online: hv::virt::CpuSet) -> (usize, usize) {
     let table: Vec<_> = VMS.lock().iter().map(|(_, v)| v.clone()).collect();
-    let mut load = [0u32; crate::cpus::MAX_CPUS];
-    for v in &table {
-        let g = lock(v);
-        if g.state == VmState::Running {
-            load[g.cpu] += 1;
-        }
-    }
+    let mut load = cpu_load(None);
     let (mut moved, mut paused) = (0, 0);
     for v in &table {
         let mut g = lock(v);

@@ -26,6 +26,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop_group(proc):
+    """Stop a process started with start_new_session (QEMU or Bochs and their helpers): SIGTERM
+    to its group, SIGKILL if it has not gone within 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class Hermitage:
     """One booted image. Use as a context manager; the console log is kept for failures."""
 
@@ -74,13 +86,7 @@ class Hermitage:
             raise AssertionError(f"QEMU still running after {timeout}s:\n{self.console()[-3000:]}")
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         self.log_file.close()
 
     def request(self, method, path, body=None, headers=None, timeout=20, conn=None):

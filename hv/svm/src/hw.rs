@@ -66,8 +66,9 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
 /// Read EFER.
 #[inline]
 pub fn read_efer() -> Efer {
-    // SAFETY: this crate runs in ring 0 on x86_64 (the only configuration this module is
-    // compiled for) where EFER always exists; reading it has no side effects.
+    // This crate runs in ring 0 on x86_64 (the only configuration this module is compiled
+    // for), where EFER always exists.
+    // SAFETY: ring 0 and the MSR exists, as said just above; reading it has no side effects.
     Efer::from_bits_retain(unsafe { rdmsr(crate::caps::MSR_EFER) })
 }
 
@@ -164,8 +165,8 @@ pub unsafe fn invlpga(addr: u64, asid: u32) {
 /// CR4.OSFXSR must be set (else the SSE part is not saved) and CR0.EM clear (else #UD).
 #[inline]
 pub unsafe fn fxsave(area: &mut FxArea) {
-    // SAFETY: `area` is a valid, 16-byte aligned, exclusively borrowed 512-byte buffer;
-    // remaining preconditions are the caller's.
+    // `area` is a valid, 16-byte aligned, exclusively borrowed 512-byte buffer.
+    // SAFETY: the buffer is as said just above; the remaining preconditions are the caller's.
     unsafe {
         asm!("fxsave64 [{}]", in(reg) area as *mut FxArea, options(nostack, preserves_flags))
     };

@@ -26,7 +26,7 @@ static SUPPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Detects TDX from this CPU (call on the boot CPU, before [`mark_supported`]).
 pub fn detect_here() -> TdxSupport {
-    let cpuid = CpuidFacts::read(vmx::hw::cpuid);
+    let cpuid = CpuidFacts::read(crate::hw::cpuid);
     let mut rdmsr = |msr: u32| {
         // SAFETY: CPL 0, and `tdx::detect` only asks for MSRs that CPUID (or an MSR it read
         // before) enumerates on this CPU, so RDMSR cannot #GP; these MSRs have no read side

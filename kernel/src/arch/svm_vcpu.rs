@@ -59,18 +59,9 @@ impl SvmVcpu {
     pub fn new(ram: &GuestRam) -> Result<SvmVcpu, VcpuError> {
         let mut frames = HeapFrames::default();
         let mut npt = NestedPageTable::new(&mut frames).map_err(|_| VcpuError::NoMemory)?;
-        for i in 0..ram.len() / GuestRam::CHUNK {
-            let hpa = ram.chunk_phys(i).ok_or(VcpuError::NotContiguous)?;
-            let gpa = (i * GuestRam::CHUNK) as u64;
-            npt.map(
-                &mut frames,
-                GuestPhys(gpa),
-                HostPhys(hpa),
-                GuestRam::CHUNK as u64,
-                Perms::RWX,
-            )
-            .map_err(|_| VcpuError::NoMemory)?;
-        }
+        super::vcpu::map_guest_ram(ram, |gpa, hpa, len| {
+            npt.map(&mut frames, GuestPhys(gpa), HostPhys(hpa), len, Perms::RWX)
+        })?;
         let npt_root = npt.root();
         Ok(SvmVcpu {
             vmcb: Box::new(Vmcb::ZERO),

@@ -23,6 +23,20 @@ pub enum VcpuError {
     Unsupported,
 }
 
+/// Map all of `ram` at guest-physical 0 in 2 MiB steps through `map(gpa, hpa, len)`, the
+/// backend's nested page table (NPT or EPT) insertion.
+pub fn map_guest_ram<T, E>(
+    ram: &GuestRam,
+    mut map: impl FnMut(u64, u64, u64) -> Result<T, E>,
+) -> Result<(), VcpuError> {
+    for i in 0..ram.len() / GuestRam::CHUNK {
+        let hpa = ram.chunk_phys(i).ok_or(VcpuError::NotContiguous)?;
+        let gpa = (i * GuestRam::CHUNK) as u64;
+        map(gpa, hpa, GuestRam::CHUNK as u64).map_err(|_| VcpuError::NoMemory)?;
+    }
+    Ok(())
+}
+
 /// How the vCPU starts (the backends' guest builders take the same three modes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestMode {

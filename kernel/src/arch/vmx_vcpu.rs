@@ -213,18 +213,9 @@ impl VmxVcpu {
         let cfg = VmxConfig::derive(&caps).map_err(|_| VcpuError::Unsupported)?;
         let mut frames = HeapFrames::default();
         let mut ept = Ept::new(&mut frames).map_err(|_| VcpuError::NoMemory)?;
-        for i in 0..ram.len() / GuestRam::CHUNK {
-            let hpa = ram.chunk_phys(i).ok_or(VcpuError::NotContiguous)?;
-            let gpa = (i * GuestRam::CHUNK) as u64;
-            ept.map(
-                &mut frames,
-                GuestPhys(gpa),
-                HostPhys(hpa),
-                GuestRam::CHUNK as u64,
-                Perms::RWX,
-            )
-            .map_err(|_| VcpuError::NoMemory)?;
-        }
+        super::vcpu::map_guest_ram(ram, |gpa, hpa, len| {
+            ept.map(&mut frames, GuestPhys(gpa), HostPhys(hpa), len, Perms::RWX)
+        })?;
         tsc_per_us();
         let mut page = Box::new(Page([0; 4096]));
         let revision = enable::vmxon_region_header(caps.basic().revision_id);
