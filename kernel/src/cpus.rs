@@ -192,6 +192,7 @@ pub fn bring_up_all() -> usize {
     for id in 0..n {
         hw::spawn_pinned(worker, id, id);
     }
+    crate::arch::timer::wake_others();
     // Generous: under Bochs a CPU can take several seconds of guest time to get scheduled.
     let deadline = hw::monotonic_micros() + 60_000_000;
     while (0..n).any(|i| !SLOTS[i].is_up()) && hw::monotonic_micros() < deadline {

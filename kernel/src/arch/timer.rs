@@ -23,6 +23,13 @@ const LVT_MASKED: u32 = 1 << 16;
 /// LVT masked with vector 0 while no sleeper needs a wakeup, so we cannot read it back then.
 const HERMIT_TIMER_VECTOR: u32 = 123;
 const LVT_MODE_MASK: u32 = 0b11 << 17;
+const ICR_LOW: u32 = 0x300;
+/// Hermit 0.11.0's wakeup vector (`apic::WAKEUP_INTERRUPT_NUMBER`): its handler takes the
+/// core's scheduler input (new and woken tasks) and reschedules.
+const HERMIT_WAKEUP_VECTOR: u32 = 121;
+/// ICR: fixed delivery, level assert (bit 14), shorthand all-excluding-self (11b << 18).
+/// SDM vol. 3A 11.6.1.
+const ICR_FIXED_ALL_BUT_SELF: u32 = (1 << 14) | (0b11 << 18);
 
 /// APIC timer ticks per microsecond, per CPU (0 = not calibrated: no preemption tick).
 static TICKS_PER_US: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
@@ -59,6 +66,25 @@ fn write(apic: &Apic, reg: u32, value: u32) {
 /// Identity-map the local APIC page once, from the boot CPU, before the workers start.
 pub fn map_apic() {
     let _ = apic();
+}
+
+/// Send Hermit's wakeup interrupt to every other CPU.
+///
+/// Hermit 0.11.0 idles a core with MONITOR/MWAIT on its priority bitmap when the CPU has
+/// MWAIT, and then sends no wakeup IPI when it hands that core a task: it counts on the task
+/// queue write to end the MWAIT, but the queue is not the monitored line. Real CPUs wake on
+/// the next timer tick anyway; an idle core with no timer armed (Bochs' Intel models) sleeps
+/// until an interrupt comes. After handing cores work from here we send that interrupt.
+pub fn wake_others() {
+    let Some(apic) = apic() else { return };
+    let icr = ICR_FIXED_ALL_BUT_SELF | HERMIT_WAKEUP_VECTOR;
+    match apic {
+        Apic::X2 => hw::wrmsr(0x830, u64::from(icr)),
+        Apic::X1 { base } => {
+            hw::mmio_write32(base + 0x310, 0);
+            hw::mmio_write32(base + u64::from(ICR_LOW), icr);
+        }
+    }
 }
 
 /// Measure this CPU's APIC timer rate (call once on each CPU, from its worker, at bring-up).
