@@ -1,21 +1,29 @@
 //! Our own NIC drivers. Hermit 0.11.0's TCP path has a close defect (see PLATFORM.md), so the
 //! kernel is built without Hermit's network stack and Hermitage drives the NIC and smoltcp
 //! itself: the endpoint then never blocks inside kernel code we do not own.
+//!
+//! Two drivers: virtio-net (QEMU) and the Intel 8254x "e1000" (Bochs, or QEMU `-device e1000`).
 
+mod e1000;
 mod pci;
 mod virtio;
 
-use smoltcp::phy::{Device, DeviceCapabilities};
+use smoltcp::phy::{self, Device, DeviceCapabilities};
 use smoltcp::time::Instant;
 use virtio_drivers::transport::pci::bus::PciRoot;
 
+pub use e1000::E1000;
 pub use virtio::VirtioNic;
+
+/// Largest received frame either driver hands up (a 2 KiB DMA buffer).
+const FRAME: usize = 2048;
 
 /// The NIC the endpoint uses. An enum rather than a trait object so smoltcp's `Device`
 /// (with generic associated token types) stays static.
 #[derive(Debug)]
 pub enum Nic {
     Virtio(VirtioNic),
+    E1000(E1000),
 }
 
 impl Nic {
@@ -27,43 +35,75 @@ impl Nic {
                 if let Some(nic) = VirtioNic::probe(&mut root, df, &info)? {
                     return Ok(Nic::Virtio(nic));
                 }
+                if let Some(nic) = E1000::probe(&mut root, df, &info)? {
+                    return Ok(Nic::E1000(nic));
+                }
             }
         }
-        Err("no supported NIC found (need virtio-net-pci with disable-legacy=on)")
+        Err("no supported NIC found (need virtio-net-pci with disable-legacy=on, or an e1000)")
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Nic::Virtio(_) => "virtio-net",
+            Nic::E1000(_) => "e1000",
         }
     }
 
     pub fn mac(&self) -> [u8; 6] {
         match self {
             Nic::Virtio(n) => n.mac(),
+            Nic::E1000(n) => n.mac(),
+        }
+    }
+}
+
+/// A received frame, copied out of the driver's DMA buffer so the buffer is reused at once.
+pub struct RxToken(heapless::Vec<u8, FRAME>);
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+/// Room to send one frame on either NIC.
+pub enum TxToken<'a> {
+    Virtio(virtio::TxToken<'a>),
+    E1000(e1000::TxToken<'a>),
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        match self {
+            TxToken::Virtio(t) => t.consume(len, f),
+            TxToken::E1000(t) => t.consume(len, f),
         }
     }
 }
 
 impl Device for Nic {
-    type RxToken<'a> = virtio::RxToken;
-    type TxToken<'a> = virtio::TxToken<'a>;
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, ts: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         match self {
-            Nic::Virtio(n) => n.receive(ts),
+            Nic::Virtio(n) => n.receive(ts).map(|(r, t)| (r, TxToken::Virtio(t))),
+            Nic::E1000(n) => n.receive(ts).map(|(r, t)| (r, TxToken::E1000(t))),
         }
     }
 
     fn transmit(&mut self, ts: Instant) -> Option<Self::TxToken<'_>> {
         match self {
-            Nic::Virtio(n) => n.transmit(ts),
+            Nic::Virtio(n) => n.transmit(ts).map(TxToken::Virtio),
+            Nic::E1000(n) => n.transmit(ts).map(TxToken::E1000),
         }
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         match self {
             Nic::Virtio(n) => n.capabilities(),
+            Nic::E1000(n) => n.capabilities(),
         }
     }
 }

@@ -12,6 +12,7 @@ use virtio_drivers::transport::pci::bus::{
 };
 use virtio_drivers::transport::{DeviceType, Transport};
 
+use super::RxToken;
 use crate::hw::VirtioHal;
 
 const QUEUE: usize = 16;
@@ -93,7 +94,7 @@ impl VirtioNic {
         // SAFETY: `rx[i]` is the buffer that was posted under `token`.
         let done = unsafe { self.dev.receive_complete(token, &mut self.rx[i].0) };
         let frame = done.ok().and_then(|(hdr, len)| {
-            let mut frame = heapless::Vec::new();
+            let mut frame = heapless::Vec::<u8, { super::FRAME }>::new();
             frame
                 .extend_from_slice(self.rx[i].0.get(hdr..hdr + len)?)
                 .ok()?;
@@ -113,15 +114,6 @@ impl VirtioNic {
         caps.max_transmission_unit = MTU;
         caps.max_burst_size = Some(1);
         caps
-    }
-}
-
-/// A received frame, copied out of the DMA buffer so the buffer is re-posted at once.
-pub struct RxToken(heapless::Vec<u8, BUF>);
-
-impl phy::RxToken for RxToken {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
     }
 }
 
