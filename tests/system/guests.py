@@ -9,7 +9,7 @@ import re
 import sys
 import time
 
-from harness import Hermitage, run_suite
+from harness import BOCHS, Hermitage, run_suite, slow
 
 JSON = {"Content-Type": "application/json"}
 
@@ -46,7 +46,7 @@ def console(hv, vm_id, offset=0):
 
 
 def wait_vm(hv, vm_id, pred, timeout=60, what="condition"):
-    deadline = time.time() + timeout
+    deadline = time.time() + slow(timeout)
     doc = None
     while time.time() < deadline:
         doc = vm(hv, vm_id)
@@ -57,7 +57,7 @@ def wait_vm(hv, vm_id, pred, timeout=60, what="condition"):
 
 
 def wait_console(hv, vm_id, pattern, timeout=60, count=1):
-    deadline = time.time() + timeout
+    deadline = time.time() + slow(timeout)
     text = ""
     while time.time() < deadline:
         text, _ = console(hv, vm_id)

@@ -1,4 +1,4 @@
-"""Boot the Hermitage image in QEMU and talk to its endpoint: the system tests' one harness.
+"""Boot the Hermitage image in QEMU (or Bochs) and talk to its endpoint: the system tests' one harness.
 
 Each test is a function taking no arguments; `run_suite` runs a list of them, prints one line per
 test and a closing 'N passed, N failed' line, and returns the number failed. Only the standard
@@ -18,6 +18,16 @@ import traceback
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RUN = os.path.join(ROOT, "scripts", "run")
+# HERMITAGE_SYSTEM_EMULATOR=bochs boots every image of a suite in Bochs (the VMX path) instead
+# of QEMU (SVM): the same API tests then run against VMX. scripts/test vmx does this for guests.
+BOCHS = os.environ.get("HERMITAGE_SYSTEM_EMULATOR", "qemu") == "bochs"
+# Bochs runs guests several times slower than QEMU's software CPU: waits stretch by this much.
+SLOW = 3 if BOCHS else 1
+
+
+def slow(seconds):
+    """A wait in seconds, stretched for the emulator in use."""
+    return seconds * SLOW
 
 
 def free_port():
@@ -41,7 +51,12 @@ def stop_group(proc):
 class Hermitage:
     """One booted image. Use as a context manager; the console log is kept for failures."""
 
-    def __init__(self, smp=2, memory=512, append="", ready=True, timeout=90, reboot=False, bochs=False):
+    def __init__(self, smp=2, memory=512, append="", ready=True, timeout=90, reboot=False, bochs=None):
+        bochs = BOCHS if bochs is None else bochs
+        if bochs:
+            # Bochs takes 30-60 s to boot the image on a loaded 2-core machine.
+            timeout = max(timeout, 300)
+        self.emulator = "Bochs" if bochs else "QEMU"
         self.port = free_port()
         self.smp = smp
         self.log_file = tempfile.NamedTemporaryFile(prefix="hermitage-", suffix=".log", delete=False)
@@ -75,7 +90,7 @@ class Hermitage:
             if len(found) >= count:
                 return found[count - 1]
             if self.proc.poll() is not None:
-                raise AssertionError(f"QEMU exited ({self.proc.returncode}) before /{pattern}/:\n{text[-3000:]}")
+                raise AssertionError(f"{self.emulator} exited ({self.proc.returncode}) before /{pattern}/:\n{text[-3000:]}")
             time.sleep(0.05)
         raise AssertionError(f"timeout waiting for /{pattern}/:\n{self.console()[-3000:]}")
 
@@ -83,7 +98,7 @@ class Hermitage:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"QEMU still running after {timeout}s:\n{self.console()[-3000:]}")
+            raise AssertionError(f"{self.emulator} still running after {timeout}s:\n{self.console()[-3000:]}")
 
     def stop(self):
         stop_group(self.proc)
