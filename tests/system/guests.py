@@ -218,7 +218,9 @@ def test_pause_resume_and_memory_comes_back():
         r = create(hv, name="r", image="resetter", on_crash="reset", start=True)["id"]
         wait_console(hv, r, r"resetter: boot 3\n", 60)
         during = free_bytes(hv)
-        wait_vm(hv, r, lambda d: d["resets"] >= 1003, 300, "1,000 more resets")
+        # Bochs resets ~10x slower than QEMU: 100 there.
+        more = 100 if BOCHS else 1000
+        wait_vm(hv, r, lambda d: d["resets"] >= 3 + more, 300, f"{more} more resets")
         assert free_bytes(hv) == during
         act(hv, r, "stop")
         call(hv, "DELETE", f"/v1/vms/{r}", 204)
@@ -343,5 +345,10 @@ TESTS = [test_lifecycle_through_the_api, test_bad_requests_name_the_problem_and_
          test_pause_resume_and_memory_comes_back, test_uploaded_image_runs_and_bad_images_change_nothing,
          test_vpmu_is_rebuilt_from_the_current_configuration_on_every_reset]
 
+if BOCHS:
+    # Its configurations are AMD PMUs for an AMD guest. Under Bochs the guest is Intel: the
+    # Intel vPMU is checked by vmx.py and across resets by scripts/reboot-stress --bochs.
+    TESTS.remove(test_vpmu_is_rebuilt_from_the_current_configuration_on_every_reset)
+
 if __name__ == "__main__":
-    sys.exit(1 if run_suite("guests", TESTS, sys.argv[1:]) else 0)
+    sys.exit(1 if run_suite("guests-bochs" if BOCHS else "guests", TESTS, sys.argv[1:]) else 0)

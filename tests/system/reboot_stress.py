@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from harness import ROOT, Hermitage
+from harness import ROOT, Hermitage, slow
 
 CONFIGS = (["none"]
            + [f"intel:{v}" for v in range(1, 6)]
@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--seed", type=int, default=int(os.environ.get("HERMITAGE_STRESS_SEED", "1")))
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds without a new boot = hang")
     args = ap.parse_args()
+    args.timeout = slow(args.timeout)
     rng = random.Random(args.seed)
     tty = sys.stderr.isatty()
 
