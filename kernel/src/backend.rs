@@ -2,6 +2,8 @@
 //! (online/offline, users), what each CPU published about its hardware (`cpus.rs`), and the
 //! host features decided at boot.
 
+#![forbid(unsafe_code)]
+
 use hermit_sync::OnceCell;
 use hv::features::{HostFeatures, VirtKind};
 use hv::virt::{self, CpuId, OfflineError, OnlineError, VirtLayer};

@@ -6,6 +6,8 @@
 //! next to leaf 0: the difference is what our exit handling adds to the emulator's VMRUN and
 //! #VMEXIT, the arming of the preemption tick and the decode, which every exit pays.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use hv::exit::{Exit, RegUpdate};

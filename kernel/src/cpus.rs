@@ -2,6 +2,8 @@
 //! core runs that core's bring-up (and, later, its vCPU loop and per-CPU commands), and
 //! publishes what it found here for the endpoint to read without locks.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use hv::features::{HostFeatures, VirtKind, VmxCapMsrs};

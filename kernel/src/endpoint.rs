@@ -5,6 +5,8 @@
 //! `net` crate; this file only moves bytes and recycles sockets. No call here can block inside
 //! code we do not own, which is what Hermit 0.11.0's own TCP close path did.
 
+#![forbid(unsafe_code)]
+
 use alloc::vec;
 use alloc::vec::Vec;
 

@@ -6,6 +6,8 @@
 //! pinned to it since bring-up, takes jobs between its other work (later: guest runs). One job
 //! per CPU is outstanding at a time; the mailbox is a fixed slot, nothing is allocated.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use hermit_sync::SpinMutex;

@@ -6,6 +6,8 @@
 //!
 //! Lock order: the virt layer's lock, then [`STATE`]'s.
 
+#![forbid(unsafe_code)]
+
 use hermit_sync::{OnceCell, SpinMutex};
 use hv::virt::{Conflict, CpuId, CpuSet, OfflineVeto, VirtLayer};
 use tdx::seamcall::{Leaf, Regs, TdxError};

@@ -2,6 +2,8 @@
 //! each enable/disable on the CPU it concerns through that CPU's mailbox, and this module owns
 //! the one lock around the layer, the boot sequence and the emergency path.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hermit_sync::{SpinMutex, SpinMutexGuard};

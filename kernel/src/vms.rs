@@ -7,6 +7,8 @@
 //! ends), and applies what the pure handler `hv::exit::handle` decided. The lifecycle is
 //! `hv::vm::apply`; every reset, whatever its trigger, goes through [`reset`].
 
+#![forbid(unsafe_code)]
+
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -530,6 +532,76 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
     vm.echoed = vm.echoed.min(vm.rt.devices.console.total_written());
 }
 
+/// What ended a burst of guest entries.
+enum BurstEnd {
+    /// The entry itself failed (the VM-instruction error or exit code).
+    EntryFailed(u64),
+    /// An exit that needs more than a register update (halt, stop, reset), or an interrupt
+    /// exit, whose action the caller applies with interrupts on.
+    Exit { action: Action, interrupt: bool },
+    /// Only register updates, then a request waiting for the VM or (without the tick) the
+    /// slice's deadline.
+    Yield,
+}
+
+/// Enter the guest again and again while its exits only need register updates: the hot path
+/// of a VM exit. Runs with interrupts off; allocates nothing and takes no lock another CPU
+/// holds (the VM's own lock is held by the caller).
+fn burst(
+    vm: &mut Vm,
+    cpu: usize,
+    host: HostCpu,
+    waiters: &AtomicU32,
+    deadline: Option<u64>,
+) -> BurstEnd {
+    loop {
+        // Guest counters on the host PMU around the entry, when `vpmu_backing=hardware`.
+        let run = crate::arch::host_pmu::around(&mut vm.pmu, || vm.vcpu.run(cpu, host, &vm.ram));
+        let decoded = match run {
+            Ok(d) => d,
+            Err(code) => return BurstEnd::EntryFailed(code),
+        };
+        let exit = vm.vcpu.neutral(&decoded);
+        if !crate::bench::floor_exit(&mut vm.vcpu, &exit) {
+            crate::trace::exit(vm.id, exit.kind());
+            let action = match vm.pmu.handle_exit(&exit) {
+                Some(a) => {
+                    vm.rt.stats.exits.record(exit.kind());
+                    a
+                }
+                None => hv::exit::handle(&exit, &vm.vcpu.view(), &mut vm.rt),
+            };
+            let interrupt = matches!(exit, hv::exit::Exit::ExternalInterrupt);
+            let registers_only = matches!(
+                action,
+                Action::Resume
+                    | Action::ResumeAt { .. }
+                    | Action::ResumeWith { .. }
+                    | Action::InjectException { .. }
+            );
+            if interrupt || !registers_only {
+                return BurstEnd::Exit { action, interrupt };
+            }
+            apply_regs(vm, action);
+        }
+        if waiters.load(Ordering::Acquire) > 0
+            || deadline.is_some_and(|d| hw::monotonic_micros() >= d)
+        {
+            return BurstEnd::Yield;
+        }
+    }
+}
+
+/// Apply an action that only changes guest registers or injects an event.
+fn apply_regs(vm: &mut Vm, action: Action) {
+    match action {
+        Action::ResumeAt { rip } => vm.vcpu.set_rip(rip),
+        Action::ResumeWith { rip, regs } => vm.vcpu.apply(rip, &regs),
+        Action::InjectException { vector, error_code } => vm.vcpu.inject(vector, error_code),
+        Action::Resume | Action::Halt { .. } | Action::Stop(_) | Action::Reset(_) => {}
+    }
+}
+
 /// Run one slice of a runnable VM placed on `cpu`, if any. Returns whether one ran.
 pub fn run_some(cpu: usize, host: HostCpu) -> bool {
     let runnable = |s: &Slot| {
@@ -568,59 +640,54 @@ pub fn run_some(cpu: usize, host: HostCpu) -> bool {
 fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
     let start = hw::monotonic_micros();
     vm.last_run = start;
+    // With the preemption tick the slice ends when it fires (an interrupt exit); without it
+    // (TSC-deadline mode) the clock is read after every exit.
+    let ticking = timer::available(cpu);
     loop {
-        // Arm the tick and enter with interrupts off in between: a host timer interrupt there
-        // would let Hermit reprogram (mask) the timer and leave the guest without a tick. A
-        // tick that arrives meanwhile stays pending and makes the guest exit at once.
-        let run = hw::without_interrupts(|| {
-            timer::arm(cpu, SLICE_US as u32);
-            // Guest counters on the host PMU around the entry, when `vpmu_backing=hardware`.
-            crate::arch::host_pmu::around(&mut vm.pmu, || vm.vcpu.run(cpu, host, &vm.ram))
+        let elapsed = hw::monotonic_micros() - start;
+        if elapsed >= SLICE_US {
+            break;
+        }
+        let deadline = (!ticking).then_some(start + SLICE_US);
+        // Arm the tick once and enter with interrupts off for the whole burst: a host timer
+        // interrupt in between would let Hermit reprogram (mask) the timer, or switch tasks,
+        // and leave the guest without a tick. A tick that arrives meanwhile stays pending and
+        // makes the guest exit at once, which ends the burst.
+        let end = hw::without_interrupts(|| {
+            timer::arm(cpu, (SLICE_US - elapsed) as u32);
+            burst(vm, cpu, host, waiters, deadline)
         });
-        let decoded = match run {
-            Ok(d) => d,
-            Err(code) => {
+        let done = match end {
+            BurstEnd::EntryFailed(code) => {
                 stop(vm, StopReason::EntryFailed { code });
-                break;
+                true
             }
-        };
-        let exit = vm.vcpu.neutral(&decoded);
-        if crate::bench::floor_exit(&mut vm.vcpu, &exit) {
-            continue;
-        }
-        crate::trace::exit(vm.id, exit.kind());
-        let action = match vm.pmu.handle_exit(&exit) {
-            Some(a) => {
-                vm.rt.stats.exits.record(exit.kind());
-                a
-            }
-            None => hv::exit::handle(&exit, &vm.vcpu.view(), &mut vm.rt),
-        };
-        let mut done = matches!(exit, hv::exit::Exit::ExternalInterrupt);
-        match action {
-            Action::Resume => {}
-            Action::ResumeAt { rip } => vm.vcpu.set_rip(rip),
-            Action::ResumeWith { rip, regs } => vm.vcpu.apply(rip, &regs),
-            Action::InjectException { vector, error_code } => vm.vcpu.inject(vector, error_code),
-            Action::Halt { rip } => {
-                vm.vcpu.set_rip(rip);
-                vm.idle = true;
-                done = true;
-            }
-            Action::Stop(reason) => {
-                stop(vm, reason);
-                done = true;
-            }
-            Action::Reset(trigger) => {
-                if let Ok((state, _)) = hv::vm::apply(vm.state, VmEvent::Reset(trigger)) {
-                    vm.state = state;
+            BurstEnd::Yield => true,
+            BurstEnd::Exit { action, interrupt } => match action {
+                Action::Halt { rip } => {
+                    vm.vcpu.set_rip(rip);
+                    vm.idle = true;
+                    true
                 }
-                reset(vm, Some(trigger));
-            }
-        }
+                Action::Stop(reason) => {
+                    stop(vm, reason);
+                    true
+                }
+                Action::Reset(trigger) => {
+                    if let Ok((state, _)) = hv::vm::apply(vm.state, VmEvent::Reset(trigger)) {
+                        vm.state = state;
+                    }
+                    reset(vm, Some(trigger));
+                    interrupt
+                }
+                action => {
+                    apply_regs(vm, action);
+                    interrupt
+                }
+            },
+        };
         // A request waits for this VM: let it have the lock now rather than in 5 ms.
-        let wanted = waiters.load(Ordering::Acquire) > 0;
-        if done || wanted || hw::monotonic_micros() - start > SLICE_US {
+        if done || waiters.load(Ordering::Acquire) > 0 {
             break;
         }
     }

@@ -2,6 +2,8 @@
 //! 4 KiB-aligned heap object, so it is physically contiguous; the backends' NPT/EPT builders
 //! reach it through the `Frames` trait by its physical address.
 
+#![forbid(unsafe_code)]
+
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 

@@ -7,6 +7,8 @@
 //! (`hv::vpmu::Backing::choose`, pure and cheap) from the host PMU and the guest's current model,
 //! so a reset that rebuilds the guest's vPMU can never meet a stale choice.
 
+#![forbid(unsafe_code)]
+
 use hermit_sync::OnceCell;
 use hv::features::{HostFeatures, Vendor};
 use hv::vpmu::{
@@ -42,6 +44,10 @@ pub fn backing(state: &VpmuState) -> Backing {
 /// hardware backing, the guest's counters are loaded into the host PMU before and saved back
 /// after; otherwise `guest` just runs. Call with interrupts off, around the entry only.
 pub fn around<R>(pmu: &mut VmPmu, guest: impl FnOnce() -> R) -> R {
+    // Not asked for (the default): nothing to choose on this hot path.
+    if !matches!(HOST.get(), Some((BackingRequest::Hardware, _))) {
+        return guest();
+    }
     let backing = backing(pmu.state());
     pmu.run_backed(&backing, &mut Msrs, guest)
 }

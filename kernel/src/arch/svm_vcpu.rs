@@ -30,6 +30,8 @@ static ASIDS: [SpinMutex<Option<AsidAllocator>>; MAX_CPUS] =
 
 pub struct SvmVcpu {
     vmcb: Box<Vmcb>,
+    /// The VMCB's physical address (its box never moves), for every VMRUN.
+    vmcb_pa: HostPhys,
     pub regs: GuestRegs,
     guest_fx: Box<FxArea>,
     host_fx: Box<FxArea>,
@@ -39,6 +41,9 @@ pub struct SvmVcpu {
     npt_root: HostPhys,
     /// The ASID this vCPU last had, and on which CPU.
     asid: Option<(usize, AsidTag)>,
+    /// The VMCB passed the VMRUN consistency checks and nothing but GPRs and RIP changed
+    /// since (the guest itself cannot make it inconsistent: the CPU checks what it writes).
+    checked: bool,
 }
 
 impl core::fmt::Debug for SvmVcpu {
@@ -63,8 +68,11 @@ impl SvmVcpu {
             npt.map(&mut frames, GuestPhys(gpa), HostPhys(hpa), len, Perms::RWX)
         })?;
         let npt_root = npt.root();
+        let vmcb = Box::new(Vmcb::ZERO);
+        let vmcb_pa = HostPhys(phys_of(&*vmcb).ok_or(VcpuError::NotContiguous)?);
         Ok(SvmVcpu {
-            vmcb: Box::new(Vmcb::ZERO),
+            vmcb,
+            vmcb_pa,
             regs: GuestRegs::default(),
             guest_fx: Box::new(FxArea::default()),
             host_fx: Box::new(FxArea::default()),
@@ -73,6 +81,7 @@ impl SvmVcpu {
             _frames: frames,
             npt_root,
             asid: None,
+            checked: false,
         })
     }
 
@@ -92,6 +101,7 @@ impl SvmVcpu {
         guest::build_vmcb(&cfg, &mut self.vmcb, &mut self.regs);
         *self.guest_fx = FxArea::reset();
         self.asid = None;
+        self.checked = false;
         Ok(())
     }
 
@@ -107,6 +117,7 @@ impl SvmVcpu {
     /// Inject an exception at the next entry.
     pub fn inject(&mut self, vector: u8, error_code: Option<u32>) {
         self.vmcb.control.event_inj = Event::exception(vector, error_code).encode();
+        self.checked = false;
     }
 
     /// Enter the guest once on CPU `cpu` and decode why it left. `nrips` says whether the CPU
@@ -119,9 +130,11 @@ impl SvmVcpu {
         nrips: bool,
     ) -> Result<DecodedExit, u64> {
         self.assign_asid(cpu);
-        let vmcb_pa = phys_of(&*self.vmcb).ok_or(u64::MAX)?;
-        if guest::check_vmrun_consistency(&self.vmcb).is_err() {
-            return Err(self.vmcb.control.exit_code);
+        if !self.checked {
+            if guest::check_vmrun_consistency(&self.vmcb).is_err() {
+                return Err(self.vmcb.control.exit_code);
+            }
+            self.checked = true;
         }
         // SAFETY: SVM is on on this CPU (the worker runs guests only while its CPU is online
         // and enabled) with its VM_HSAVE_PA page; `host_area` is this CPU's VMSAVE page; the
@@ -130,7 +143,7 @@ impl SvmVcpu {
         unsafe {
             hw::fxsave(&mut self.host_fx);
             hw::fxrstor(&self.guest_fx);
-            hw::vmrun(HostPhys(vmcb_pa), HostPhys(host_area), &mut self.regs);
+            hw::vmrun(self.vmcb_pa, HostPhys(host_area), &mut self.regs);
             hw::fxsave(&mut self.guest_fx);
             hw::fxrstor(&self.host_fx);
         }
@@ -247,9 +260,11 @@ impl SvmVcpu {
         if let Some(v) = u.efer {
             // The guest's EFER always keeps SVME in the VMCB (VMRUN requires it).
             self.vmcb.save.efer = svm::vmcb::Efer::from_bits_retain(v) | svm::vmcb::Efer::SVME;
+            self.checked = false;
         }
         if let Some(v) = u.pat {
             self.vmcb.save.g_pat = v;
+            self.checked = false;
         }
     }
 }

@@ -8,6 +8,8 @@
 //! The APIC timer rate is unknown to us (Hermit calibrates it privately), so each CPU measures
 //! it once against the monotonic clock at bring-up.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::cpus::MAX_CPUS;
@@ -111,6 +113,11 @@ pub fn calibrate(cpu: usize) {
     let rate = (u64::from(ticks) / elapsed_us.max(1)) as u32;
 
     TICKS_PER_US[cpu].store(rate.max(1), Ordering::Relaxed);
+}
+
+/// Whether this CPU has the preemption tick (its APIC timer rate was measured).
+pub fn available(cpu: usize) -> bool {
+    TICKS_PER_US[cpu].load(Ordering::Relaxed) != 0
 }
 
 /// Arm the one-shot timer to fire after `us` microseconds, with Hermit's vector.

@@ -3,6 +3,8 @@
 //! chosen by the host's virtualization kind. Both backends map their decoded exits onto the
 //! core's neutral `hv::exit::Exit`, so the exit handler is shared.
 
+#![forbid(unsafe_code)]
+
 use alloc::boxed::Box;
 
 use hv::exit::{Exit, GuestView, RegUpdate};
@@ -102,14 +104,19 @@ pub enum HostCpu {
 
 impl HostCpu {
     /// CPU `cpu`'s context if it can run guests now (virtualization of `kind` on here).
-    /// Call on that CPU.
+    /// Call on that CPU, before each slice.
     pub fn here(kind: VirtKind, cpu: usize, nrips: bool) -> Option<HostCpu> {
         match kind {
             VirtKind::Svm if super::svm::is_enabled() => Some(HostCpu::Svm {
                 host_area: super::svm::host_area(cpu),
                 nrips,
             }),
-            VirtKind::Vmx if super::vmx::is_enabled() => Some(HostCpu::Vmx),
+            VirtKind::Vmx if super::vmx::is_enabled() => {
+                // Deleted VMs' VMCSs still active here are cleared and freed between slices,
+                // not on every entry.
+                super::vmx_vcpu::reap(cpu);
+                Some(HostCpu::Vmx)
+            }
             _ => None,
         }
     }

@@ -122,7 +122,7 @@ pub fn clear_all_here(cpu: usize) -> usize {
 }
 
 /// VMCLEAR and let go of the VMCSs on this CPU's list whose vCPU is gone.
-fn reap(cpu: usize) {
+pub fn reap(cpu: usize) {
     let mut list = ACTIVE[cpu].lock();
     list.retain(|v| {
         // Only the list holds it: its vCPU was dropped, nobody can run it again.
@@ -414,7 +414,6 @@ impl VmxVcpu {
     /// with the VM-instruction error number (or a `CODE_*`); a VM-entry failure after guest
     /// state was loaded is an `Ok` exit that `neutral` maps to `EntryFailed`.
     pub fn run(&mut self, cpu: usize) -> Result<DecodedExit, u64> {
-        reap(cpu);
         let launch = self.prepare(cpu)?;
         // SAFETY: the VMCS is current on this CPU with controls from `VmxConfig::derive`,
         // guest state that passed `check_guest_state` at reset, this CPU's host state (checked

@@ -7,6 +7,8 @@
 //! writes by DMA (descriptor rings and packet buffers) is made of atomics, so every access is a
 //! real load or store the compiler cannot elide or reorder past the fences we place.
 
+#![forbid(unsafe_code)]
+
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, Ordering, fence};
 
