@@ -179,6 +179,10 @@ extern "C" fn worker(id: usize) {
             hermit::syscalls::sys_yield();
         } else {
             slot.publish_hw_state();
+            // A plain sleep, not a futex another CPU could wake early: in Hermit 0.11.0 a
+            // futex wait with a timeout races with a wake from another core (the timed-out
+            // task is woken twice and the scheduler hits `unreachable!` in
+            // `BlockedTaskQueue::custom_wakeup`). Seen here; so idle CPUs poll every 10 ms.
             hermit::syscalls::sys_usleep(10_000);
         }
     }
