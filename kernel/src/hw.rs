@@ -272,6 +272,29 @@ pub fn cr4() -> u64 {
     unsafe { x86::controlregs::cr4() }.bits() as u64
 }
 
+/// The time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter; CR4.TSD does not matter at CPL 0.
+    unsafe { x86::time::rdtsc() }
+}
+
+/// TSC ticks per microsecond, measured once against the monotonic clock (1 ms).
+pub fn tsc_per_us() -> u64 {
+    static RATE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    let known = RATE.load(core::sync::atomic::Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
+    let (t0, c0) = (monotonic_micros(), rdtsc());
+    while monotonic_micros() < t0 + 1_000 {
+        core::hint::spin_loop();
+    }
+    let (t1, c1) = (monotonic_micros(), rdtsc());
+    let rate = (c1.wrapping_sub(c0) / (t1 - t0).max(1)).max(1);
+    RATE.store(rate, core::sync::atomic::Ordering::Relaxed);
+    rate
+}
+
 /// Microseconds since boot (Hermit's monotonic clock).
 pub fn monotonic_micros() -> u64 {
     let mut ts = hermit::time::timespec {

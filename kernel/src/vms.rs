@@ -539,8 +539,7 @@ enum BurstEnd {
     /// An exit that needs more than a register update (halt, stop, reset), or an interrupt
     /// exit, whose action the caller applies with interrupts on.
     Exit { action: Action, interrupt: bool },
-    /// Only register updates, then a request waiting for the VM or (without the tick) the
-    /// slice's deadline.
+    /// Only register updates, then a request waiting for the VM or the slice's deadline.
     Yield,
 }
 
@@ -552,7 +551,7 @@ fn burst(
     cpu: usize,
     host: HostCpu,
     waiters: &AtomicU32,
-    deadline: Option<u64>,
+    tsc_deadline: u64,
 ) -> BurstEnd {
     loop {
         // Guest counters on the host PMU around the entry, when `vpmu_backing=hardware`.
@@ -582,21 +581,19 @@ fn burst(
             if interrupt || !registers_only {
                 return BurstEnd::Exit { action, interrupt };
             }
-            apply_regs(vm, action);
+            apply_regs(vm, &action);
         }
-        if waiters.load(Ordering::Acquire) > 0
-            || deadline.is_some_and(|d| hw::monotonic_micros() >= d)
-        {
+        if waiters.load(Ordering::Acquire) > 0 || hw::rdtsc() >= tsc_deadline {
             return BurstEnd::Yield;
         }
     }
 }
 
 /// Apply an action that only changes guest registers or injects an event.
-fn apply_regs(vm: &mut Vm, action: Action) {
-    match action {
+fn apply_regs(vm: &mut Vm, action: &Action) {
+    match *action {
         Action::ResumeAt { rip } => vm.vcpu.set_rip(rip),
-        Action::ResumeWith { rip, regs } => vm.vcpu.apply(rip, &regs),
+        Action::ResumeWith { rip, ref regs } => vm.vcpu.apply(rip, regs),
         Action::InjectException { vector, error_code } => vm.vcpu.inject(vector, error_code),
         Action::Resume | Action::Halt { .. } | Action::Stop(_) | Action::Reset(_) => {}
     }
@@ -640,15 +637,16 @@ pub fn run_some(cpu: usize, host: HostCpu) -> bool {
 fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
     let start = hw::monotonic_micros();
     vm.last_run = start;
-    // With the preemption tick the slice ends when it fires (an interrupt exit); without it
-    // (TSC-deadline mode) the clock is read after every exit.
-    let ticking = timer::available(cpu);
     loop {
         let elapsed = hw::monotonic_micros() - start;
         if elapsed >= SLICE_US {
             break;
         }
-        let deadline = (!ticking).then_some(start + SLICE_US);
+        // The tick normally ends the slice (an interrupt exit). The TSC, read after every
+        // exit, is the backstop where the tick cannot make the guest exit: no usable APIC
+        // timer (TSC-deadline mode), or Bochs, which keeps a guest with IF=0 running despite
+        // a pending external interrupt.
+        let deadline = hw::rdtsc() + (SLICE_US - elapsed) * hw::tsc_per_us();
         // Arm the tick once and enter with interrupts off for the whole burst: a host timer
         // interrupt in between would let Hermit reprogram (mask) the timer, or switch tasks,
         // and leave the guest without a tick. A tick that arrives meanwhile stays pending and
@@ -681,7 +679,7 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
                     interrupt
                 }
                 action => {
-                    apply_regs(vm, action);
+                    apply_regs(vm, &action);
                     interrupt
                 }
             },

@@ -115,11 +115,6 @@ pub fn calibrate(cpu: usize) {
     TICKS_PER_US[cpu].store(rate.max(1), Ordering::Relaxed);
 }
 
-/// Whether this CPU has the preemption tick (its APIC timer rate was measured).
-pub fn available(cpu: usize) -> bool {
-    TICKS_PER_US[cpu].load(Ordering::Relaxed) != 0
-}
-
 /// Arm the one-shot timer to fire after `us` microseconds, with Hermit's vector.
 pub fn arm(cpu: usize, us: u32) {
     let rate = TICKS_PER_US[cpu].load(Ordering::Relaxed);

@@ -19,7 +19,7 @@
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU16, Ordering};
 
 use hermit_sync::SpinMutex;
 use hv::exit::{Exit, GuestView, RegUpdate};
@@ -49,31 +49,6 @@ pub const CODE_NO_PHYS: u64 = 0x1_0003;
 /// first; the timer is the backstop that bounds each entry where the tick cannot make the guest
 /// exit (see `vmx::controls::PIN_OPTIONAL`).
 const ENTRY_BUDGET_US: u64 = 10_000;
-
-/// TSC ticks per microsecond, measured once (0 = not yet).
-static TSC_PER_US: AtomicU64 = AtomicU64::new(0);
-
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC is available on every CPU with VMX and CR4.TSD does not matter at CPL 0;
-    // it only reads the time-stamp counter.
-    unsafe { x86::time::rdtsc() }
-}
-
-/// The TSC rate against Hermit's monotonic clock, measured over 1 ms the first time.
-fn tsc_per_us() -> u64 {
-    let known = TSC_PER_US.load(Ordering::Relaxed);
-    if known != 0 {
-        return known;
-    }
-    let (t0, c0) = (crate::hw::monotonic_micros(), rdtsc());
-    while crate::hw::monotonic_micros() < t0 + 1_000 {
-        core::hint::spin_loop();
-    }
-    let (t1, c1) = (crate::hw::monotonic_micros(), rdtsc());
-    let rate = (c1.wrapping_sub(c0) / (t1 - t0).max(1)).max(1);
-    TSC_PER_US.store(rate, Ordering::Relaxed);
-    rate
-}
 
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
@@ -216,7 +191,7 @@ impl VmxVcpu {
         super::vcpu::map_guest_ram(ram, |gpa, hpa, len| {
             ept.map(&mut frames, GuestPhys(gpa), HostPhys(hpa), len, Perms::RWX)
         })?;
-        tsc_per_us();
+        crate::hw::tsc_per_us();
         let mut page = Box::new(Page([0; 4096]));
         let revision = enable::vmxon_region_header(caps.basic().revision_id);
         page.0[..4].copy_from_slice(&revision.to_le_bytes());
@@ -404,7 +379,7 @@ impl VmxVcpu {
         if self.cfg.preemption_timer() {
             let budget = self
                 .cfg
-                .preemption_timer_value(ENTRY_BUDGET_US, tsc_per_us());
+                .preemption_timer_value(ENTRY_BUDGET_US, crate::hw::tsc_per_us());
             write(F::VmxPreemptionTimerValue, u64::from(budget))?;
         }
         Ok(plan.launch)
