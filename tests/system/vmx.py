@@ -163,16 +163,23 @@ def ticks(hv, vm_id):
 
 
 def test_endpoint_over_e1000_and_vmx_on_every_cpu():
-    """Two CPUs in Bochs: each comes up with VMX on and passes its VMLAUNCH self-test, and the
-    endpoint answers through our e1000 driver and Bochs' slirp network."""
-    with Hermitage(smp=2, bochs=True) as hv:
+    """Four CPUs in Bochs: each comes up with VMX on and passes its VMLAUNCH self-test, a guest
+    from the command line runs under VMX on each of CPUs 1-3, and the endpoint answers through
+    our e1000 driver and Bochs' slirp network."""
+    with Hermitage(smp=4, bochs=True, append="vm=spinner vm=spinner vm=spinner") as hv:
         assert "hermitage: nic e1000 mac 52:54:00:12:34:56" in hv.console(), hv.console()[-3000:]
         health = hv.get_json("/v1/health")
-        assert (health["status"], health["cpus"], health["virt"]) == ("ok", 2, "vmx"), health
+        assert (health["status"], health["cpus"], health["virt"]) == ("ok", 4, "vmx"), health
         cpus = hv.get_json("/v1/cpus")
         assert [(c["id"], c["online"], c["virt"], c["users"], c["selftest"], c["last_error"]) for c in cpus] \
-            == [(0, True, "vmx", 1, "passed", None), (1, True, "vmx", 1, "passed", None)], cpus
-        assert re.search(r"cpu 1 up: apic_id=1 vendor=intel virt=vmx ept=yes vpid=yes", hv.console())
+            == [(i, True, "vmx", 1, "passed", None) for i in range(4)], cpus
+        for i in range(4):
+            assert re.search(rf"cpu {i} up: apic_id=\d+ vendor=intel virt=vmx ept=yes vpid=yes", hv.console())
+        vms = call(hv, "GET", "/v1/vms", 200)
+        assert sorted((v["name"], v["running_on"]) for v in vms) \
+            == [("spinner-1", 1), ("spinner-2", 2), ("spinner-3", 3)], vms
+        for v in vms:
+            wait_console(hv, v["id"], r"spinner: tick 2\n", 120)
 
 
 def test_offline_online_moves_vmx_vcpus_and_keeps_their_state():
