@@ -12,7 +12,7 @@
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, Ordering, fence};
 
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, DeviceCapabilities};
 
 use super::RxToken;
 use smoltcp::time::Instant;
@@ -336,11 +336,7 @@ impl E1000 {
     }
 
     pub fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MTU;
-        caps.max_burst_size = Some(1);
-        caps
+        super::ethernet_caps(MTU)
     }
 }
 

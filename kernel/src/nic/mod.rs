@@ -58,6 +58,15 @@ impl Nic {
     }
 }
 
+/// What both drivers tell smoltcp: Ethernet frames up to `mtu` bytes, one frame per poll.
+fn ethernet_caps(mtu: usize) -> DeviceCapabilities {
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = smoltcp::phy::Medium::Ethernet;
+    caps.max_transmission_unit = mtu;
+    caps.max_burst_size = Some(1);
+    caps
+}
+
 /// A received frame, copied out of the driver's DMA buffer so the buffer is reused at once.
 pub struct RxToken(heapless::Vec<u8, FRAME>);
 

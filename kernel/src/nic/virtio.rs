@@ -3,7 +3,7 @@
 
 use alloc::boxed::Box;
 
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, DeviceCapabilities};
 use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::PciTransport;
@@ -109,11 +109,7 @@ impl VirtioNic {
     }
 
     pub fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MTU;
-        caps.max_burst_size = Some(1);
-        caps
+        super::ethernet_caps(MTU)
     }
 }
 
