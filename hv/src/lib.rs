@@ -6,11 +6,14 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod config;
 pub mod cpuid;
 pub mod devices;
 pub mod exit;
 pub mod features;
+pub mod firmware;
 pub mod irq;
 pub mod mem;
 pub mod msr;
