@@ -13,6 +13,10 @@
 //!   information structure, memory map, loader name and command line at
 //!   [`abi::BOOT_INFO_ADDR`]. A bad image or command line leaves guest memory as it was.
 //!
+//! - [`load_with_modules`] does the same and also loads boot modules (spec 3.3, `mods_*`):
+//!   each page-aligned above the image, then the module list and the modules' strings on the
+//!   next page; `check_with_modules` refuses what would not fit before anything is written.
+//!
 //! The memory map it writes: `0..0x9FC00` available, `0x9FC00..0x100000` reserved (EBDA, VGA,
 //! ROM on a PC), `0x100000..mem.len()` available; `mem_lower` = 639, `mem_upper` =
 //! `(mem.len() - 1 MiB) / 1 KiB`.
@@ -93,6 +97,12 @@ pub enum LoadError {
     CmdlineTooLong { len: usize },
     /// Command line containing a NUL byte, which would cut it short in the guest.
     CmdlineHasNul,
+    /// More than [`MAX_MODULES`] modules.
+    TooManyModules { count: usize },
+    /// A module's string is longer than [`MODULE_STRING_MAX`] or contains a NUL byte.
+    BadModuleString { index: usize },
+    /// The modules (with their list) do not fit in guest RAM above the image.
+    ModulesOutsideMemory { needed: u64 },
 }
 
 impl LoadError {
@@ -118,6 +128,9 @@ impl LoadError {
             Self::MemoryTooSmall { .. } => "guest memory smaller than 1 MiB",
             Self::CmdlineTooLong { .. } => "command line too long",
             Self::CmdlineHasNul => "command line contains a NUL byte",
+            Self::TooManyModules { .. } => "too many boot modules",
+            Self::BadModuleString { .. } => "module string too long or contains a NUL byte",
+            Self::ModulesOutsideMemory { .. } => "boot modules do not fit in guest memory",
         }
     }
 }
@@ -138,9 +151,74 @@ impl fmt::Display for LoadError {
             Self::EntryOutsideImage { entry } => write!(f, " ({entry:#x})"),
             Self::MemoryTooSmall { bytes } => write!(f, " ({bytes} bytes)"),
             Self::CmdlineTooLong { len } => write!(f, " ({len} bytes, at most {CMDLINE_MAX})"),
+            Self::TooManyModules { count } => write!(f, " ({count}, at most {MAX_MODULES})"),
+            Self::BadModuleString { index } => write!(f, " (module {index})"),
+            Self::ModulesOutsideMemory { needed } => write!(f, " (needs {needed:#x} bytes)"),
             _ => Ok(()),
         }
     }
+}
+
+/// The most boot modules [`load_with_modules`] passes.
+pub const MAX_MODULES: usize = 16;
+/// The longest module string, in bytes without the terminating NUL.
+pub const MODULE_STRING_MAX: usize = 255;
+const PAGE: u64 = 4096;
+
+/// A boot module: its contents and its string (by convention its command line or name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Module<'a> {
+    /// The module's bytes.
+    pub bytes: &'a [u8],
+    /// Its string.
+    pub string: &'a str,
+}
+
+/// Where the modules go: each module's start, and where the module list starts (its strings
+/// follow it). Computed by [`module_layout`], written by [`load_with_modules`].
+struct ModuleLayout {
+    starts: [u64; MAX_MODULES],
+    list: u64,
+    end: u64,
+}
+
+const fn page_up(x: u64) -> u64 {
+    x.div_ceil(PAGE) * PAGE
+}
+
+/// Place `modules` page-aligned above the highest byte of `image`, then the list.
+fn module_layout(
+    image: &Image<'_>,
+    mem_len: usize,
+    modules: &[Module<'_>],
+) -> Result<ModuleLayout, LoadError> {
+    if modules.len() > MAX_MODULES {
+        return Err(LoadError::TooManyModules {
+            count: modules.len(),
+        });
+    }
+    for (index, m) in modules.iter().enumerate() {
+        if m.string.len() > MODULE_STRING_MAX || m.string.as_bytes().contains(&0) {
+            return Err(LoadError::BadModuleString { index });
+        }
+    }
+    let image_end = image
+        .segments()
+        .map(|s| s.end())
+        .fold(u64::from(abi::HIGH_MEMORY_START), u64::max);
+    let mut at = page_up(image_end);
+    let mut starts = [0u64; MAX_MODULES];
+    for (i, m) in modules.iter().enumerate() {
+        starts[i] = at;
+        at = page_up(at + m.bytes.len() as u64);
+    }
+    let list = at;
+    let strings: u64 = modules.iter().map(|m| m.string.len() as u64 + 1).sum();
+    let end = list + (modules.len() * abi::MODULE_ENTRY_LEN) as u64 + strings;
+    if !modules.is_empty() && (end > mem_len as u64 || end > u64::from(u32::MAX)) {
+        return Err(LoadError::ModulesOutsideMemory { needed: end });
+    }
+    Ok(ModuleLayout { starts, list, end })
 }
 
 /// Where to start the guest: `eip` = entry point, `ebx` = information structure; `eax` must be
@@ -501,7 +579,18 @@ fn elf_layout(bytes: &[u8]) -> Result<(Layout, u32), LoadError> {
 /// `cmdline`, without touching any memory: for callers that must clear RAM before loading and
 /// want to refuse a bad image while the VM is still unchanged.
 pub fn check(image: &[u8], mem_len: usize, cmdline: &str) -> Result<(), LoadError> {
-    check_parsed(image, mem_len, cmdline).map(|_| ())
+    check_with_modules(image, mem_len, cmdline, &[])
+}
+
+/// [`check`] for [`load_with_modules`].
+pub fn check_with_modules(
+    image: &[u8],
+    mem_len: usize,
+    cmdline: &str,
+    modules: &[Module<'_>],
+) -> Result<(), LoadError> {
+    let image = check_parsed(image, mem_len, cmdline)?;
+    module_layout(&image, mem_len, modules).map(|_| ())
 }
 
 fn check_parsed<'a>(
@@ -545,7 +634,20 @@ fn check_parsed<'a>(
 /// Only the segments and the boot information page are written; the rest of `mem` is left as
 /// it is (a fresh VM's RAM is zero; a reset that wants that again must clear it itself).
 pub fn load(image: &[u8], mem: &mut [u8], cmdline: &str) -> Result<Entry, LoadError> {
+    load_with_modules(image, mem, cmdline, &[])
+}
+
+/// [`load`], and the boot modules: each page-aligned above the image (header flag bit 0 is
+/// always honoured), the module list (`mods_addr`, `mods_count`, info flag bit 3) and the
+/// modules' strings on the page after the last one. On error `mem` is unchanged.
+pub fn load_with_modules(
+    image: &[u8],
+    mem: &mut [u8],
+    cmdline: &str,
+    modules: &[Module<'_>],
+) -> Result<Entry, LoadError> {
     let image = check_parsed(image, mem.len(), cmdline)?;
+    let layout = module_layout(&image, mem.len(), modules)?;
 
     // From here on nothing can fail.
     for segment in image.segments() {
@@ -556,10 +658,49 @@ pub fn load(image: &[u8], mem: &mut [u8], cmdline: &str) -> Result<Entry, LoadEr
         bss.fill(0);
     }
     write_boot_info(mem, cmdline);
+    if !modules.is_empty() {
+        write_modules(mem, modules, &layout);
+    }
     Ok(Entry {
         eip: image.entry(),
         ebx: abi::BOOT_INFO_ADDR,
     })
+}
+
+/// Copy the modules and write their list and strings; then point the information structure at
+/// the list. `layout` fits `mem` (checked by [`module_layout`]).
+fn write_modules(mem: &mut [u8], modules: &[Module<'_>], layout: &ModuleLayout) {
+    let mut string_at = layout.list as usize + modules.len() * abi::MODULE_ENTRY_LEN;
+    for (i, m) in modules.iter().enumerate() {
+        let start = layout.starts[i] as usize;
+        mem[start..start + m.bytes.len()].copy_from_slice(m.bytes);
+        let entry = layout.list as usize + i * abi::MODULE_ENTRY_LEN;
+        let fields = [
+            start as u32,
+            (start + m.bytes.len()) as u32,
+            string_at as u32,
+            0,
+        ];
+        for (k, v) in fields.into_iter().enumerate() {
+            mem[entry + 4 * k..entry + 4 * k + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        mem[string_at..string_at + m.string.len()].copy_from_slice(m.string.as_bytes());
+        mem[string_at + m.string.len()] = 0;
+        string_at += m.string.len() + 1;
+    }
+    debug_assert_eq!(string_at as u64, layout.end);
+    let info = abi::BOOT_INFO_ADDR as usize;
+    let put = |mem: &mut [u8], offset: usize, v: u32| {
+        mem[info + offset..info + offset + 4].copy_from_slice(&v.to_le_bytes())
+    };
+    let flags = u32::from_le_bytes(
+        mem[info + abi::INFO_FLAGS..info + abi::INFO_FLAGS + 4]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    put(mem, abi::INFO_FLAGS, flags | abi::INFO_FLAG_MODS);
+    put(mem, abi::INFO_MODS_COUNT, modules.len() as u32);
+    put(mem, abi::INFO_MODS_ADDR, layout.list as u32);
 }
 
 /// The information structure (spec 3.3) with memory sizes, memory map, loader name and command

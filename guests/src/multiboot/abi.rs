@@ -7,8 +7,7 @@
 pub const HEADER_MAGIC: u32 = 0x1BAD_B002;
 /// The multiboot header must lie wholly inside this many leading bytes of the image (spec 3.1.1).
 pub const HEADER_SEARCH_LEN: usize = 8192;
-/// Header flag bit 0: align boot modules on 4 KiB pages (spec 3.1.2). We load no modules, so
-/// it is trivially honoured.
+/// Header flag bit 0: align boot modules on 4 KiB pages (spec 3.1.2). The loader always does.
 pub const HEADER_FLAG_PAGE_ALIGN: u32 = 1 << 0;
 /// Header flag bit 1: the OS wants `mem_*` (and the memory map) in the information structure.
 pub const HEADER_FLAG_MEMORY_INFO: u32 = 1 << 1;
@@ -30,6 +29,7 @@ pub const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
 /// Information structure flag bits (spec 3.3): which fields are valid.
 pub const INFO_FLAG_MEMORY: u32 = 1 << 0;
 pub const INFO_FLAG_CMDLINE: u32 = 1 << 2;
+pub const INFO_FLAG_MODS: u32 = 1 << 3;
 pub const INFO_FLAG_MMAP: u32 = 1 << 6;
 pub const INFO_FLAG_LOADER_NAME: u32 = 1 << 9;
 
@@ -38,12 +38,16 @@ pub const INFO_FLAGS: usize = 0;
 pub const INFO_MEM_LOWER: usize = 4;
 pub const INFO_MEM_UPPER: usize = 8;
 pub const INFO_CMDLINE: usize = 16;
+pub const INFO_MODS_COUNT: usize = 20;
+pub const INFO_MODS_ADDR: usize = 24;
 pub const INFO_MMAP_LENGTH: usize = 44;
 pub const INFO_MMAP_ADDR: usize = 48;
 pub const INFO_LOADER_NAME: usize = 64;
 /// Size of the structure up to and including the framebuffer fields.
 pub const INFO_LEN: usize = 116;
 
+/// One module list entry: `mod_start`, `mod_end` (exclusive), `string`, reserved (spec 3.3).
+pub const MODULE_ENTRY_LEN: usize = 16;
 /// One memory map entry: `size` (u32, not counting itself), `base_addr` (u64), `length` (u64),
 /// `type` (u32) (spec 3.3, "mmap_*").
 pub const MMAP_ENTRY_LEN: usize = 24;

@@ -762,3 +762,114 @@ fn check_agrees_with_load() {
         assert_eq!(check(image, len, cmdline), loaded, "len {len:#x}");
     }
 }
+
+/// What a Multiboot kernel (kvm-unit-tests reads its environment this way) finds of its
+/// modules: flag bit 3, the count, the list, each module page-aligned with its bytes and string.
+#[test]
+fn modules_are_loaded_page_aligned_with_their_strings() {
+    let mut mem = ram(16 * MIB);
+    let env = b"NR_CPUS=1\nMEMSIZE=16\n";
+    let blob = vec![0x5Au8; 5000];
+    let modules = [
+        Module {
+            bytes: env,
+            string: "env",
+        },
+        Module {
+            bytes: &blob,
+            string: "blob arg=1",
+        },
+    ];
+    load_with_modules(hello(), &mut mem, "x", &modules).unwrap();
+    let info = abi::BOOT_INFO_ADDR as usize;
+    let flags = le32(&mem, info + abi::INFO_FLAGS);
+    assert_ne!(flags & abi::INFO_FLAG_MODS, 0);
+    assert_ne!(flags & abi::INFO_FLAG_CMDLINE, 0, "other flags kept");
+    assert_eq!(le32(&mem, info + abi::INFO_MODS_COUNT), 2);
+    let list = le32(&mem, info + abi::INFO_MODS_ADDR) as usize;
+    let image_end = Image::parse(hello())
+        .unwrap()
+        .segments()
+        .map(|s| s.end())
+        .max()
+        .unwrap();
+    let mut last_end = image_end;
+    for (i, m) in modules.iter().enumerate() {
+        let e = list + i * abi::MODULE_ENTRY_LEN;
+        let (start, end) = (le32(&mem, e), le32(&mem, e + 4));
+        assert_eq!(start % 4096, 0, "page aligned");
+        assert!(
+            u64::from(start) >= last_end,
+            "above the image and the previous module"
+        );
+        assert_eq!((end - start) as usize, m.bytes.len());
+        assert_eq!(&mem[start as usize..end as usize], m.bytes);
+        assert_eq!(c_str(&mem, le32(&mem, e + 8)), m.string);
+        last_end = u64::from(end);
+    }
+    assert!(list as u64 >= last_end);
+    assert_eq!(list % 4096, 0);
+}
+
+#[test]
+fn module_errors_leave_memory_untouched() {
+    let before = ram(2 * MIB);
+    let big = vec![1u8; 2 * MIB];
+    // The module starts on the page after the image; the list (one 16-byte entry) and the
+    // empty string's NUL follow the module's last page.
+    let image_end = Image::parse(hello())
+        .unwrap()
+        .segments()
+        .map(|s| s.end())
+        .max()
+        .unwrap();
+    let needed = image_end.div_ceil(4096) * 4096 + 2 * MIB as u64 + 16 + 1;
+    let cases: [(&[Module<'_>], LoadError); 3] = [
+        (
+            &[Module {
+                bytes: &big,
+                string: "",
+            }],
+            LoadError::ModulesOutsideMemory { needed },
+        ),
+        (
+            &[Module {
+                bytes: b"",
+                string: "a\0b",
+            }],
+            LoadError::BadModuleString { index: 0 },
+        ),
+        (
+            &[Module {
+                bytes: b"",
+                string: "",
+            }; MAX_MODULES + 1],
+            LoadError::TooManyModules {
+                count: MAX_MODULES + 1,
+            },
+        ),
+    ];
+    for (modules, want) in cases {
+        let mut mem = before.clone();
+        assert_eq!(
+            check_with_modules(hello(), mem.len(), "", modules),
+            Err(want)
+        );
+        assert_eq!(load_with_modules(hello(), &mut mem, "", modules), Err(want));
+        assert!(mem == before, "{want:?} wrote to memory");
+    }
+    let long = "x".repeat(MODULE_STRING_MAX + 1);
+    let m = [Module {
+        bytes: b"",
+        string: &long,
+    }];
+    assert_eq!(
+        check_with_modules(hello(), 2 * MIB, "", &m),
+        Err(LoadError::BadModuleString { index: 0 })
+    );
+    // Without modules nothing about them is written (flag bit 3 clear).
+    let mut mem = ram(2 * MIB);
+    load(hello(), &mut mem, "").unwrap();
+    let flags = le32(&mem, abi::BOOT_INFO_ADDR as usize + abi::INFO_FLAGS);
+    assert_eq!(flags & abi::INFO_FLAG_MODS, 0);
+}
