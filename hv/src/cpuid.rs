@@ -45,7 +45,9 @@
 //! - **Interrupt controller and topology**: APIC (`1:EDX[9]`), x2APIC (`1:ECX[21]`),
 //!   TSC-deadline (`1:ECX[24]`), ExtApicSpace and TopologyExtensions
 //!   (`0x8000_0001:ECX[3,22]`), HTT (`1:EDX[28]`); one vCPU with APIC ID 0 in a single-core
-//!   package. There is no virtual APIC yet.
+//!   package. A VM with a virtual local APIC ([`GuestPlatform::local_apic`]) sees APIC,
+//!   x2APIC, TSC-deadline and ARAT (`6:EAX[2]`, the APIC timer keeps running in deep C-states:
+//!   ours always does) and its vCPU's initial APIC ID; others see none of them.
 //! - **MONITOR/MWAIT** (`1:ECX[3]`, leaf 5 zero) and MONITORX (`0x8000_0001:ECX[29]`).
 //! - **XSAVE and everything built on it** (XSAVE/OSXSAVE/AVX/FMA/F16C, AVX2, AVX-512, AMX, PKU,
 //!   CET, leaf 0xD zero): the world switch saves only the FXSAVE area, and the neutral exit
@@ -129,6 +131,41 @@ pub const EXT8_EBX_ALLOW: u32 = bits(&[0, 2, 9]);
 /// null selector clears base (6).
 pub const EXT21_EAX_ALLOW: u32 = bits(&[0, 2, 6]);
 
+/// `CPUID.1:EDX[9]`: on-chip local APIC.
+pub const LEAF1_EDX_APIC: u32 = 1 << 9;
+/// `CPUID.1:ECX[21]`: x2APIC.
+pub const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+/// `CPUID.1:ECX[24]`: TSC-deadline mode of the local APIC timer.
+pub const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// `CPUID.6:EAX[2]`: always-running APIC timer (ARAT).
+pub const LEAF6_EAX_ARAT: u32 = 1 << 2;
+
+/// What the VM's platform adds to the view: the interrupt controllers a vCPU finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GuestPlatform {
+    /// The vCPU has a virtual local APIC (xAPIC and x2APIC, timer with TSC-deadline mode).
+    pub local_apic: bool,
+    /// The vCPU's initial APIC ID (`1:EBX[31:24]`).
+    pub apic_id: u8,
+}
+
+impl GuestPlatform {
+    /// The platform's changes to one filtered leaf.
+    fn apply(&self, leaf: u32, subleaf: u32, regs: CpuidRegs) -> CpuidRegs {
+        let [a, b, c, d] = regs;
+        match (leaf, subleaf, self.local_apic) {
+            (1, _, true) => [
+                a,
+                (b & 0x00FF_FFFF) | (u32::from(self.apic_id) << 24),
+                c | LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE,
+                d | LEAF1_EDX_APIC,
+            ],
+            (6, _, true) => [a | LEAF6_EAX_ARAT, b, c, d],
+            _ => regs,
+        }
+    }
+}
+
 /// Leaves whose answer depends on the subleaf (ECX) in the table.
 const fn indexed(leaf: u32) -> bool {
     matches!(leaf, 4 | 7 | 0x23)
@@ -182,6 +219,16 @@ impl CpuidView {
     /// Build the view from the host's CPUID (`host(leaf, subleaf)`), with the vPMU's hook if
     /// there is one.
     pub fn from_host(host: impl Fn(u32, u32) -> CpuidRegs, pmu: Option<&dyn PmuCpuid>) -> Self {
+        Self::for_platform(host, pmu, &GuestPlatform::default())
+    }
+
+    /// [`from_host`](Self::from_host) for a VM whose platform is `platform` (interrupt
+    /// controllers).
+    pub fn for_platform(
+        host: impl Fn(u32, u32) -> CpuidRegs,
+        pmu: Option<&dyn PmuCpuid>,
+        platform: &GuestPlatform,
+    ) -> Self {
         let leaf0 = host(0, 0);
         let vendor = vendor_of(leaf0);
         let host_basic = leaf0[0].min(MAX_BASIC_LEAF);
@@ -212,6 +259,7 @@ impl CpuidView {
         };
         let add = |leaf: u32, subleaf: u32, view: &mut CpuidView| {
             let mut regs = filter(leaf, subleaf, host(leaf, subleaf), max_basic, max_extended);
+            regs = platform.apply(leaf, subleaf, regs);
             if let Some(pmu) = pmu {
                 regs = pmu.pmu_cpuid(leaf, subleaf, regs);
             }
@@ -644,6 +692,34 @@ mod tests {
 
     const fn bit(r: u32, n: u32) -> bool {
         r & (1 << n) != 0
+    }
+
+    /// A VM with a local APIC sees APIC, x2APIC, TSC-deadline, ARAT and its APIC ID, on a host
+    /// that lacks some of them too (QEMU TCG has no TSC-deadline: the virtual APIC does).
+    #[test]
+    fn local_apic_platform() {
+        for table in [INTEL_SPR_KVM, AMD_EPYC] {
+            let plain = view(table);
+            let p = GuestPlatform {
+                local_apic: true,
+                apic_id: 3,
+            };
+            let apic = CpuidView::for_platform(host(table), None, &p);
+            let (l1, a1) = (plain.get(1, 0), apic.get(1, 0));
+            assert!(!bit(l1[3], 9) && bit(a1[3], 9), "APIC");
+            assert!(!bit(l1[2], 21) && bit(a1[2], 21), "x2APIC");
+            assert!(!bit(l1[2], 24) && bit(a1[2], 24), "TSC-deadline");
+            assert_eq!(l1[1] >> 24, 0);
+            assert_eq!(a1[1] >> 24, 3, "initial APIC ID");
+            assert_eq!(a1[1] & 0x00FF_FFFF, l1[1] & 0x00FF_FFFF);
+            assert!(bit(a1[2], 31), "still the hypervisor bit");
+            assert_eq!(plain.get(6, 0)[0] & LEAF6_EAX_ARAT, 0);
+            assert_ne!(apic.get(6, 0)[0] & LEAF6_EAX_ARAT, 0, "ARAT");
+            // Nothing else changes.
+            for leaf in [0, 7, 0x8000_0001, 0x8000_0008] {
+                assert_eq!(plain.get(leaf, 0), apic.get(leaf, 0), "leaf {leaf:#x}");
+            }
+        }
     }
 
     #[test]
