@@ -50,6 +50,11 @@ pub mod layout {
     pub const VAR_FAIL: u32 = BSS + 0x14;
     /// 16 bytes for any guest's use.
     pub const VAR_SCRATCH: u32 = BSS + 0x20;
+    /// Interrupt hook: called (all registers saved, `eax` = vector) from every interrupt
+    /// stub of a guest that asked for interrupt vectors; 0: none.
+    pub const VAR_IRQ_HOOK: u32 = BSS + 0x30;
+    /// Per interrupt vector 32.. a 32-bit count of arrivals (`IRQ_VECTORS` of them).
+    pub const VAR_IRQ_COUNTS: u32 = BSS + 0x80;
     pub const NO_FAULT: u32 = u32::MAX;
     /// Our own GDT's selectors (the Multiboot spec leaves GDTR undefined at entry).
     pub const CODE_SELECTOR: u16 = 0x08;
@@ -59,6 +64,9 @@ pub mod layout {
 /// Vectors that push an error code (SDM Vol. 3A, Table 6-1).
 const ERROR_CODE_VECTORS: [u8; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
 const EXCEPTION_VECTORS: u8 = 32;
+/// Interrupt vectors 32..32+IRQ_VECTORS get stubs and gates when a guest asks for them
+/// ([`Asm::interrupts`]): the PIC's 16 (at 0x20 and 0x28) and the local APIC's few.
+pub const IRQ_VECTORS: u8 = 32;
 /// Placeholder for addresses in pass 1: large, so that no encoding could get shorter.
 const PLACEHOLDER: u32 = mb_abi::IMAGE_BASE;
 
@@ -70,6 +78,8 @@ pub struct Asm {
     known: HashMap<String, u32>,
     rodata: Vec<(String, Vec<u8>)>,
     fresh: usize,
+    /// The guest takes interrupts: emit the interrupt stubs and their IDT gates.
+    irqs: bool,
 }
 
 /// A guest's program: emits `main` (entered with the runtime set up; must not return).
@@ -133,6 +143,7 @@ impl Asm {
             known,
             rodata: Vec::new(),
             fresh: 0,
+            irqs: false,
         })
     }
 
@@ -235,6 +246,14 @@ impl Asm {
         instruction(self)?;
         self.here(&resume)?;
         self.call("unguard")
+    }
+
+    /// This guest takes external interrupts: vectors 32..32+[`IRQ_VECTORS`] get IDT gates to
+    /// stubs that count each arrival in `[VAR_IRQ_COUNTS + 4 * (vector - 32)]` and call the
+    /// routine at `[VAR_IRQ_HOOK]` (if not 0) with `eax` = vector, all registers saved. The
+    /// hook sends the EOI. Call from the program, before `sti`.
+    pub fn interrupts(&mut self) {
+        self.irqs = true;
     }
 
     /// Prints a line break.
@@ -432,7 +451,37 @@ impl Asm {
         self.a.ret()?;
 
         self.find_arg_routine()?;
-        self.exception_handlers()
+        self.exception_handlers()?;
+        self.interrupt_handlers()
+    }
+
+    /// Stubs for vectors 32.. (see [`Asm::interrupts`]): push the vector, count it, call the
+    /// hook, return with IRET.
+    fn interrupt_handlers(&mut self) -> Result {
+        if !self.irqs {
+            return Ok(());
+        }
+        for vector in EXCEPTION_VECTORS..EXCEPTION_VECTORS + IRQ_VECTORS {
+            self.here(&format!("irq_{vector}"))?;
+            self.a.push(i32::from(vector))?;
+            self.jmp("irq_common")?;
+        }
+        self.here("irq_common")?;
+        self.a.pushad()?;
+        self.a.mov(eax, dword_ptr(esp + 32))?;
+        self.a.inc(dword_ptr(
+            eax * 4 + (layout::VAR_IRQ_COUNTS as i32 - 4 * i32::from(EXCEPTION_VECTORS)),
+        ))?;
+        self.a.mov(ecx, dword_ptr(layout::VAR_IRQ_HOOK))?;
+        let no_hook = self.fresh("no_hook");
+        self.a.test(ecx, ecx)?;
+        self.jz(&no_hook)?;
+        self.a.call(ecx)?;
+        self.here(&no_hook)?;
+        self.a.popad()?;
+        self.a.add(esp, 4)?;
+        self.a.iretd()?;
+        Ok(())
     }
 
     /// find_arg: esi = command line or 0, edi = NUL-terminated key (with its '='). Finds the
@@ -548,8 +597,13 @@ impl Asm {
         self.data("gdtr", pseudo_descriptor(gdt_len, gdt_addr));
 
         let mut idt = Vec::new();
-        for vector in 0..EXCEPTION_VECTORS {
-            let handler = self.addr(&format!("exception_{vector}"));
+        let vectors = EXCEPTION_VECTORS + if self.irqs { IRQ_VECTORS } else { 0 };
+        for vector in 0..vectors {
+            let handler = if vector < EXCEPTION_VECTORS {
+                self.addr(&format!("exception_{vector}"))
+            } else {
+                self.addr(&format!("irq_{vector}"))
+            };
             let gate = u64::from(handler & 0xFFFF)
                 | u64::from(layout::CODE_SELECTOR) << 16
                 | 0x8E00 << 32 // present, DPL 0, 32-bit interrupt gate

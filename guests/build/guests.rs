@@ -42,6 +42,11 @@ pub const GUESTS: &[Guest] = &[
         program: pmu,
     },
     Guest {
+        name: "ticker",
+        description: "programs the 8259A pair and PIT channel 0 (hz=N, default 1000), counts ticks=K (default 50) timer interrupts while halted and checks their span against the guest TSC (tsc_khz=T); exit 0 iff within 25%",
+        program: ticker,
+    },
+    Guest {
         name: "bench",
         description: "measures VM exit round trips (CPUID, CPUID of the floor leaf, port read, RDMSR) with RDTSC and prints median/min/max per operation; idle=1 halts at once, forever=1 runs CPUID exits forever",
         program: bench,
@@ -1089,5 +1094,178 @@ fn bench(asm: &mut Asm) -> Result {
     asm.a.rdmsr()?;
     asm.a.dec(edi)?;
     asm.jnz("body_msr_next")?;
+    Ok(asm.a.ret()?)
+}
+
+/// The PIT's input clock (Intel 8254 datasheet; every PC since the 5150).
+const PIT_HZ: u32 = 1_193_182;
+
+/// `ticker`: the legacy timer path an OS without a local APIC uses (PIT channel 0 in rate
+/// generator mode on IRQ 0 through the master 8259A), with HLT between ticks.
+fn ticker(asm: &mut Asm) -> Result {
+    const RELOAD: u32 = layout::VAR_SCRATCH;
+    const TICKS: u32 = layout::VAR_SCRATCH + 4;
+    const TSC_KHZ: u32 = layout::VAR_SCRATCH + 8;
+    const T0: u32 = layout::BSS + 0x40;
+    const T1: u32 = layout::BSS + 0x48;
+    const VECTOR_BASE: u32 = 0x20;
+    const COUNT_IRQ0: u32 = layout::VAR_IRQ_COUNTS;
+    const COUNT_IRQ7: u32 = layout::VAR_IRQ_COUNTS + 4 * 7;
+
+    asm.interrupts();
+    let hook = asm.addr("ticker_hook");
+    asm.a.mov(dword_ptr(layout::VAR_IRQ_HOOK), hook)?;
+    asm.find_arg("tsc_khz=")?;
+    asm.a.mov(dword_ptr(TSC_KHZ), eax)?;
+    asm.find_arg("hz=")?;
+    asm.jnc("ticker_have_hz")?;
+    asm.a.mov(eax, 1000u32)?;
+    asm.here("ticker_have_hz")?;
+    asm.a.mov(ebx, eax)?;
+    asm.a.mov(eax, PIT_HZ)?;
+    asm.a.xor(edx, edx)?;
+    asm.a.div(ebx)?;
+    asm.a.mov(dword_ptr(RELOAD), eax)?;
+    asm.find_arg("ticks=")?;
+    asm.jnc("ticker_have_ticks")?;
+    asm.a.mov(eax, 50u32)?;
+    asm.here("ticker_have_ticks")?;
+    asm.a.mov(dword_ptr(TICKS), eax)?;
+
+    // ICW1 (edge, cascade, ICW4), ICW2 (vector base), ICW3 (slave on IR2 / slave ID 2), ICW4
+    // (8086 mode): Linux's init_8259A with its own bases.
+    for (port, value) in [
+        (0x20u32, 0x11u32),
+        (0x21, VECTOR_BASE),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0xA0, 0x11),
+        (0xA1, VECTOR_BASE + 8),
+        (0xA1, 0x02),
+        (0xA1, 0x01),
+        (0x21, 0xFE),
+        (0xA1, 0xFF),
+    ] {
+        asm.a.mov(al, value)?;
+        asm.a.out(port, al)?;
+    }
+    // The mask must read back (Linux's probe_8259A), else there is no PIC.
+    asm.a.in_(al, 0x21u32)?;
+    asm.a.cmp(al, 0xFE)?;
+    asm.je("ticker_pic_ok")?;
+    asm.print("ticker: FAIL no 8259A (mask did not read back)\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here("ticker_pic_ok")?;
+
+    asm.print("ticker: hz reload=")?;
+    asm.a.mov(eax, dword_ptr(RELOAD))?;
+    asm.print_dec_eax()?;
+    asm.print(" ticks=")?;
+    asm.a.mov(eax, dword_ptr(TICKS))?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    // Channel 0, lobyte/hibyte, mode 2 (rate generator), binary.
+    asm.a.mov(al, 0x34)?;
+    asm.a.out(0x43u32, al)?;
+    asm.a.mov(eax, dword_ptr(RELOAD))?;
+    asm.a.out(0x40u32, al)?;
+    asm.a.mov(al, ah)?;
+    asm.a.out(0x40u32, al)?;
+
+    // Sleep until tick K+1; the hook time-stamps ticks 1 and K+1.
+    asm.a.sti()?;
+    asm.here("ticker_wait")?;
+    asm.a.hlt()?;
+    asm.a.mov(eax, dword_ptr(TICKS))?;
+    asm.a.inc(eax)?;
+    asm.a.cmp(dword_ptr(COUNT_IRQ0), eax)?;
+    asm.jb("ticker_wait")?;
+    asm.a.cli()?;
+    asm.a.mov(al, 0xFF)?;
+    asm.a.out(0x21u32, al)?;
+
+    // expected = ticks * reload * tsc_khz * 1000 / PIT_HZ (the span of K periods in TSC ticks).
+    asm.a.mov(eax, dword_ptr(TICKS))?;
+    asm.a.mul(dword_ptr(RELOAD))?;
+    asm.a.mul(dword_ptr(TSC_KHZ))?;
+    asm.a.mov(esi, edx)?;
+    asm.a.mov(ecx, 1000u32)?;
+    asm.a.mul(ecx)?;
+    asm.a.imul_3(esi, esi, 1000)?;
+    asm.a.add(edx, esi)?;
+    asm.a.mov(ecx, PIT_HZ)?;
+    asm.a.cmp(edx, ecx)?;
+    asm.jb("ticker_div_ok")?;
+    asm.print("ticker: FAIL span too long to check\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here("ticker_div_ok")?;
+    asm.a.div(ecx)?;
+    asm.a.mov(edi, eax)?; // edi = expected
+    // ebx = measured span (64-bit, must fit 32 bits).
+    asm.a.mov(eax, dword_ptr(T1))?;
+    asm.a.mov(edx, dword_ptr(T1 + 4))?;
+    asm.a.sub(eax, dword_ptr(T0))?;
+    asm.a.sbb(edx, dword_ptr(T0 + 4))?;
+    asm.a.mov(ebx, eax)?;
+    asm.print("ticker: ticks=")?;
+    asm.a.mov(eax, dword_ptr(COUNT_IRQ0))?;
+    asm.a.dec(eax)?;
+    asm.print_dec_eax()?;
+    asm.print(" tsc=")?;
+    asm.a.mov(eax, ebx)?;
+    asm.print_dec_eax()?;
+    asm.print(" expected=")?;
+    asm.a.mov(eax, edi)?;
+    asm.print_dec_eax()?;
+    asm.print(" spurious=")?;
+    asm.a.mov(eax, dword_ptr(COUNT_IRQ7))?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.test(edx, edx)?;
+    asm.jnz("ticker_fail")?;
+    asm.a.cmp(dword_ptr(TSC_KHZ), 0)?;
+    asm.je("ticker_fail")?;
+    // |measured - expected| <= expected / 5
+    asm.a.mov(eax, ebx)?;
+    asm.a.sub(eax, edi)?;
+    asm.jnc("ticker_abs")?;
+    asm.a.neg(eax)?;
+    asm.here("ticker_abs")?;
+    asm.a.mov(ecx, edi)?;
+    asm.a.shr(ecx, 2)?;
+    asm.a.cmp(eax, ecx)?;
+    asm.ja("ticker_fail")?;
+    asm.print("ticker: PASS\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+    asm.here("ticker_fail")?;
+    asm.print("ticker: FAIL\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+
+    // The interrupt hook: eax = vector. Time-stamp ticks 1 and K+1, EOI the master.
+    asm.here("ticker_hook")?;
+    asm.a.cmp(eax, VECTOR_BASE)?;
+    asm.jne("ticker_hook_eoi")?;
+    asm.a.mov(ecx, dword_ptr(COUNT_IRQ0))?;
+    asm.a.cmp(ecx, 1)?;
+    asm.jne("ticker_hook_last")?;
+    asm.a.rdtsc()?;
+    asm.a.mov(dword_ptr(T0), eax)?;
+    asm.a.mov(dword_ptr(T0 + 4), edx)?;
+    asm.jmp("ticker_hook_eoi")?;
+    asm.here("ticker_hook_last")?;
+    asm.a.mov(eax, dword_ptr(TICKS))?;
+    asm.a.inc(eax)?;
+    asm.a.cmp(ecx, eax)?;
+    asm.jne("ticker_hook_eoi")?;
+    asm.a.rdtsc()?;
+    asm.a.mov(dword_ptr(T1), eax)?;
+    asm.a.mov(dword_ptr(T1 + 4), edx)?;
+    asm.here("ticker_hook_eoi")?;
+    // Non-specific EOI (OCW2 0x20); a spurious IRQ 7 gets none (it was never in service).
+    asm.a.cmp(dword_ptr(esp + 32 + 4), VECTOR_BASE + 7)?;
+    asm.je("ticker_hook_done")?;
+    asm.a.mov(al, 0x20)?;
+    asm.a.out(0x20u32, al)?;
+    asm.here("ticker_hook_done")?;
     Ok(asm.a.ret()?)
 }

@@ -74,6 +74,23 @@
 //! vPMU on reset shows the reset values (and the same digest) again on the next boot, never
 //! the pattern.
 //!
+//! # `ticker`
+//! The timer path of an OS without a local APIC: initialises the 8259A pair the way Linux does
+//! (ICW1 0x11, vector bases 0x20/0x28, cascade on IR2, 8086 mode), checks that the master's
+//! mask reads back, programs PIT channel 0 in mode 2 with `reload = 1193182 / hz` (`hz=N`,
+//! default 1000), enables interrupts and halts until `ticks=K` (default 50) more IRQ 0s have
+//! arrived after the first, sending a non-specific EOI for each. It time-stamps the first and
+//! the last tick with RDTSC and compares the span with `K * reload / 1193182` seconds of a
+//! `tsc_khz=T` TSC:
+//! ```text
+//! ticker: hz reload=<reload> ticks=<K>
+//! ticker: ticks=<K> tsc=<measured> expected=<expected> spurious=<IRQ 7 count>
+//! ticker: PASS|FAIL
+//! ```
+//! Exit 0 if the span is within 25% of the expectation, 1 otherwise (or when `tsc_khz` is
+//! missing or the span does not fit 32 bits). Interrupt vectors 32..63 have stubs that count
+//! arrivals (the runtime's `interrupts()` support).
+//!
 //! # `bench`
 //! Times VM exit round trips with RDTSC (`scripts/bench`):
 //! ```text

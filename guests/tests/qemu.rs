@@ -321,3 +321,43 @@ fn pmu_reports_what_it_sees_and_resets_in_cycles() {
         }
     }
 }
+
+/// The host's TSC rate in kHz as Linux reports it (`cpu MHz` in /proc/cpuinfo): QEMU's TCG
+/// passes the host TSC through to the guest, and its PIT runs on host time.
+fn host_tsc_khz() -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u32)
+}
+
+/// The ticker against QEMU's own 8259A and 8254: the guest's programming of them, its
+/// interrupt stubs and its TSC check are right on real (emulated) hardware.
+#[test]
+fn ticker_counts_pit_interrupts_over_a_tsc_interval() {
+    if !have_qemu() {
+        return;
+    }
+    let Some(khz) = host_tsc_khz() else {
+        println!("skipped: no cpu MHz in /proc/cpuinfo");
+        return;
+    };
+    let (output, end) = run("ticker", &format!("tsc_khz={khz} hz=250 ticks=25"), never);
+    assert!(
+        output.contains("ticker: hz reload=4772 ticks=25\n"),
+        "{output:?}"
+    );
+    assert!(output.contains("ticker: ticks=25 "), "{output:?}");
+    assert!(output.contains("ticker: PASS\n"), "{output:?}");
+    assert_eq!(end, End::Exit(abi::EXIT_OK), "{output:?}");
+    // Without the TSC rate it cannot check, and says so.
+    let (output, end) = run("ticker", "hz=1000 ticks=2", never);
+    assert!(output.contains("ticker: FAIL\n"), "{output:?}");
+    assert_eq!(end, End::Exit(abi::EXIT_CHECKS_FAILED));
+}
