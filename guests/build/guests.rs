@@ -1225,7 +1225,7 @@ fn ticker(asm: &mut Asm) -> Result {
     asm.jnz("ticker_fail")?;
     asm.a.cmp(dword_ptr(TSC_KHZ), 0)?;
     asm.je("ticker_fail")?;
-    // |measured - expected| <= expected / 5
+    // |measured - expected| <= expected / 4
     asm.a.mov(eax, ebx)?;
     asm.a.sub(eax, edi)?;
     asm.jnc("ticker_abs")?;
