@@ -219,7 +219,7 @@ impl Asm {
         Ok(self.a.call(label)?)
     }
 
-    branches!(jmp, jz, jnz, je, jne, jb, ja, jc, jnc);
+    branches!(jmp, jz, jnz, je, jne, jb, ja, jc, jnc, jae, jbe, jns);
 
     /// Stops the VM with `code` through the debug-exit port.
     pub fn exit(&mut self, code: u32) -> Result {

@@ -47,6 +47,11 @@ pub const GUESTS: &[Guest] = &[
         program: ticker,
     },
     Guest {
+        name: "apic",
+        description: "the local APIC as an OS uses it (x2apic=1: through MSRs, else xAPIC MMIO at 0xFEE00000): timer rate against the TSC, one-shot, periodic and TSC-deadline (tsc_khz=T) modes, a self IPI; exit 0 iff all pass",
+        program: apic,
+    },
+    Guest {
         name: "bench",
         description: "measures VM exit round trips (CPUID, CPUID of the floor leaf, port read, RDMSR) with RDTSC and prints median/min/max per operation; idle=1 halts at once, forever=1 runs CPUID exits forever",
         program: bench,
@@ -1267,5 +1272,343 @@ fn ticker(asm: &mut Asm) -> Result {
     asm.a.mov(al, 0x20)?;
     asm.a.out(0x20u32, al)?;
     asm.here("ticker_hook_done")?;
+    Ok(asm.a.ret()?)
+}
+
+/// `apic`: the local APIC timer in its three modes and a self IPI, through x2APIC MSRs
+/// (`x2apic=1`) or the xAPIC page (SDM vol. 3A chapter 11).
+fn apic(asm: &mut Asm) -> Result {
+    const X2: u32 = layout::VAR_SCRATCH;
+    const TSC_KHZ: u32 = layout::VAR_SCRATCH + 4;
+    const DT: u32 = layout::VAR_SCRATCH + 8;
+    const DC: u32 = layout::VAR_SCRATCH + 12;
+    const LAST: u32 = layout::BSS + 0x40;
+    const T0: u32 = layout::BSS + 0x48;
+    const FAILS: u32 = layout::BSS + 0x4C;
+    const TIMER: u32 = 0x30;
+    const IPI: u32 = 0x31;
+    const SPURIOUS: u32 = 0x3F;
+    const COUNT_TIMER: u32 = layout::VAR_IRQ_COUNTS + 4 * (TIMER - 32);
+    const COUNT_IPI: u32 = layout::VAR_IRQ_COUNTS + 4 * (IPI - 32);
+    const INITIAL: u32 = 0x20_0000;
+    const PERIODS: u32 = 10;
+    const XAPIC_BASE: u32 = 0xFEE0_0000;
+    // Register offsets in the xAPIC page; the x2APIC MSR is 0x800 + offset / 16.
+    const SVR: u32 = 0xF0;
+    const EOI: u32 = 0xB0;
+    const VERSION: u32 = 0x30;
+    const ICR_LOW: u32 = 0x300;
+    const LVT_TIMER: u32 = 0x320;
+    const TIMER_INITIAL: u32 = 0x380;
+    const TIMER_CURRENT: u32 = 0x390;
+    const TIMER_DIVIDE: u32 = 0x3E0;
+    const IA32_APIC_BASE: u32 = 0x1B;
+    const IA32_TSC_DEADLINE: u32 = 0x6E0;
+
+    asm.interrupts();
+    let hook = asm.addr("apic_hook");
+    asm.a.mov(dword_ptr(layout::VAR_IRQ_HOOK), hook)?;
+    asm.find_arg("tsc_khz=")?;
+    asm.a.mov(dword_ptr(TSC_KHZ), eax)?;
+    asm.find_arg("x2apic=")?;
+    asm.a.mov(dword_ptr(X2), eax)?;
+    cpuid(asm, 1)?;
+    asm.a.test(edx, 1u32 << 9)?;
+    asm.jnz("apic_present")?;
+    asm.print("apic: FAIL no local APIC in CPUID\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here("apic_present")?;
+    asm.a.cmp(dword_ptr(X2), 0)?;
+    asm.je("apic_mode_ok")?;
+    asm.a.test(ecx, 1u32 << 21)?;
+    asm.jnz("apic_mode_ok")?;
+    asm.print("apic: FAIL no x2APIC in CPUID\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here("apic_mode_ok")?;
+    // IA32_APIC_BASE: EN (bit 11), and EXTD (bit 10) for x2APIC mode.
+    asm.a.mov(ecx, IA32_APIC_BASE)?;
+    asm.a.rdmsr()?;
+    asm.a.or(eax, 1 << 11)?;
+    asm.a.cmp(dword_ptr(X2), 0)?;
+    asm.je("apic_base_set")?;
+    asm.a.or(eax, 1 << 10)?;
+    asm.here("apic_base_set")?;
+    asm.a.wrmsr()?;
+    asm.a.mov(ecx, SVR)?;
+    asm.a.mov(eax, 0x100 | SPURIOUS)?;
+    asm.call("apic_wr")?;
+    asm.a.mov(ecx, VERSION)?;
+    asm.call("apic_rd")?;
+    asm.print("apic: mode ")?;
+    asm.a.push(eax)?;
+    asm.a.mov(eax, dword_ptr(X2))?;
+    asm.print_dec_eax()?;
+    asm.print(" version ")?;
+    asm.a.pop(eax)?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.a.mov(ecx, TIMER_DIVIDE)?;
+    asm.a.mov(eax, 0xBu32)?; // divide by 1
+    asm.call("apic_wr")?;
+
+    // Rate: a masked one-shot count read twice across a busy loop, against the TSC.
+    asm.a.mov(ecx, LVT_TIMER)?;
+    asm.a.mov(eax, (1u32 << 16) | TIMER)?;
+    asm.call("apic_wr")?;
+    asm.a.mov(ecx, TIMER_INITIAL)?;
+    asm.a.mov(eax, u32::MAX)?;
+    asm.call("apic_wr")?;
+    asm.a.mov(ecx, TIMER_CURRENT)?;
+    asm.call("apic_rd")?;
+    asm.a.mov(ebx, eax)?;
+    asm.a.rdtsc()?;
+    asm.a.mov(esi, eax)?;
+    asm.a.mov(edi, 1u32 << 18)?;
+    asm.here("apic_spin")?;
+    asm.a.dec(edi)?;
+    asm.jnz("apic_spin")?;
+    asm.a.rdtsc()?;
+    asm.a.sub(eax, esi)?;
+    asm.a.mov(dword_ptr(DT), eax)?;
+    asm.a.mov(ecx, TIMER_CURRENT)?;
+    asm.call("apic_rd")?;
+    asm.a.sub(ebx, eax)?;
+    asm.a.mov(dword_ptr(DC), ebx)?;
+    asm.print("apic: rate counts=")?;
+    asm.a.mov(eax, dword_ptr(DC))?;
+    asm.print_dec_eax()?;
+    asm.print(" tsc=")?;
+    asm.a.mov(eax, dword_ptr(DT))?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.cmp(dword_ptr(DC), 0)?;
+    asm.jne("apic_counts")?;
+    asm.print("apic: FAIL timer does not count\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here("apic_counts")?;
+    asm.a.sti()?;
+
+    // One-shot: one interrupt, no earlier than INITIAL counts, and no second one.
+    asm.a.mov(ecx, LVT_TIMER)?;
+    asm.a.mov(eax, TIMER)?;
+    asm.call("apic_wr")?;
+    asm.a.rdtsc()?;
+    asm.a.mov(dword_ptr(T0), eax)?;
+    asm.a.mov(ecx, TIMER_INITIAL)?;
+    asm.a.mov(eax, INITIAL)?;
+    asm.call("apic_wr")?;
+    asm.here("apic_oneshot_wait")?;
+    asm.a.hlt()?;
+    asm.a.cmp(dword_ptr(COUNT_TIMER), 0)?;
+    asm.je("apic_oneshot_wait")?;
+    // Expected span in TSC ticks: INITIAL * DT / DC; the arrival may not be earlier than 3/4.
+    asm.a.mov(eax, INITIAL)?;
+    asm.call("apic_counts_to_tsc")?;
+    asm.a.mov(ebx, eax)?;
+    asm.a.mov(eax, dword_ptr(LAST))?;
+    asm.a.sub(eax, dword_ptr(T0))?;
+    asm.print("apic: one-shot after tsc=")?;
+    asm.print_dec_eax()?;
+    asm.print(" expected=")?;
+    asm.a.xchg(eax, ebx)?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.mov(ecx, eax)?;
+    asm.a.shr(ecx, 2)?;
+    asm.a.sub(eax, ecx)?;
+    asm.a.cmp(ebx, eax)?;
+    asm.jae("apic_oneshot_not_early")?;
+    asm.call("apic_fail")?;
+    asm.here("apic_oneshot_not_early")?;
+    asm.a.mov(ecx, TIMER_CURRENT)?;
+    asm.call("apic_rd")?;
+    asm.a.test(eax, eax)?;
+    asm.jz("apic_oneshot_stopped")?;
+    asm.call("apic_fail")?;
+    asm.here("apic_oneshot_stopped")?;
+
+    // Periodic: PERIODS intervals between the first and the last of PERIODS + 1 interrupts.
+    asm.a.mov(dword_ptr(COUNT_TIMER), 0u32)?;
+    asm.a.mov(ecx, LVT_TIMER)?;
+    asm.a.mov(eax, (1u32 << 17) | TIMER)?;
+    asm.call("apic_wr")?;
+    asm.a.mov(ecx, TIMER_INITIAL)?;
+    asm.a.mov(eax, INITIAL)?;
+    asm.call("apic_wr")?;
+    asm.here("apic_periodic_first")?;
+    asm.a.hlt()?;
+    asm.a.cmp(dword_ptr(COUNT_TIMER), 0)?;
+    asm.je("apic_periodic_first")?;
+    asm.a.mov(eax, dword_ptr(LAST))?;
+    asm.a.mov(dword_ptr(T0), eax)?;
+    asm.here("apic_periodic_wait")?;
+    asm.a.hlt()?;
+    asm.a.cmp(dword_ptr(COUNT_TIMER), PERIODS + 1)?;
+    asm.jb("apic_periodic_wait")?;
+    asm.a.mov(ecx, TIMER_INITIAL)?;
+    asm.a.xor(eax, eax)?;
+    asm.call("apic_wr")?;
+    asm.a.mov(eax, INITIAL * PERIODS)?;
+    asm.call("apic_counts_to_tsc")?;
+    asm.a.mov(ebx, eax)?;
+    asm.a.mov(eax, dword_ptr(LAST))?;
+    asm.a.sub(eax, dword_ptr(T0))?;
+    asm.print("apic: periodic span tsc=")?;
+    asm.print_dec_eax()?;
+    asm.print(" expected=")?;
+    asm.a.xchg(eax, ebx)?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.call("apic_within_quarter")?;
+
+    // TSC-deadline, if offered: the interrupt comes at or after the deadline.
+    cpuid(asm, 1)?;
+    asm.a.test(ecx, 1u32 << 24)?;
+    asm.jnz("apic_deadline")?;
+    asm.print("apic: tsc-deadline not offered\n")?;
+    asm.jmp("apic_self_ipi")?;
+    asm.here("apic_deadline")?;
+    asm.a.mov(dword_ptr(COUNT_TIMER), 0u32)?;
+    asm.a.mov(ecx, LVT_TIMER)?;
+    asm.a.mov(eax, (2u32 << 17) | TIMER)?;
+    asm.call("apic_wr")?;
+    // 5 ms from now.
+    asm.a.mov(eax, dword_ptr(TSC_KHZ))?;
+    asm.a.imul_3(ebx, eax, 5)?;
+    asm.a.rdtsc()?;
+    asm.a.add(eax, ebx)?;
+    asm.a.adc(edx, 0)?;
+    asm.a.mov(dword_ptr(T0), eax)?;
+    asm.a.mov(ecx, IA32_TSC_DEADLINE)?;
+    asm.a.wrmsr()?;
+    asm.here("apic_deadline_wait")?;
+    asm.a.hlt()?;
+    asm.a.cmp(dword_ptr(COUNT_TIMER), 0)?;
+    asm.je("apic_deadline_wait")?;
+    asm.a.mov(eax, dword_ptr(LAST))?;
+    asm.a.sub(eax, dword_ptr(T0))?;
+    asm.print("apic: tsc-deadline late by tsc=")?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.test(eax, eax)?;
+    asm.jns("apic_self_ipi")?;
+    asm.call("apic_fail")?;
+
+    // A self IPI arrives before a short loop ends.
+    asm.here("apic_self_ipi")?;
+    asm.a.cmp(dword_ptr(X2), 0)?;
+    asm.je("apic_self_ipi_xapic")?;
+    asm.a.mov(ecx, 0x83Fu32)?; // x2APIC SELF IPI
+    asm.a.mov(eax, IPI)?;
+    asm.a.xor(edx, edx)?;
+    asm.a.wrmsr()?;
+    asm.jmp("apic_self_ipi_sent")?;
+    asm.here("apic_self_ipi_xapic")?;
+    asm.a.mov(ecx, ICR_LOW)?;
+    asm.a.mov(eax, (1u32 << 18) | IPI)?; // shorthand "self", fixed
+    asm.call("apic_wr")?;
+    asm.here("apic_self_ipi_sent")?;
+    asm.a.mov(ecx, 1000u32)?;
+    asm.here("apic_self_ipi_loop")?;
+    asm.a.dec(ecx)?;
+    asm.jnz("apic_self_ipi_loop")?;
+    asm.a.cli()?;
+    asm.print("apic: self ipi count=")?;
+    asm.a.mov(eax, dword_ptr(COUNT_IPI))?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.cmp(eax, 1)?;
+    asm.je("apic_done")?;
+    asm.call("apic_fail")?;
+    asm.here("apic_done")?;
+    asm.a.cmp(dword_ptr(FAILS), 0)?;
+    asm.jne("apic_failed")?;
+    asm.print("apic: PASS\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+    asm.here("apic_failed")?;
+    asm.print("apic: FAIL\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+
+    // apic_fail: count a failed check.
+    asm.here("apic_fail")?;
+    asm.a.inc(dword_ptr(FAILS))?;
+    asm.a.ret()?;
+
+    // apic_within_quarter: eax = measured, ebx = expected; counts a failure unless
+    // |eax - ebx| <= ebx / 4.
+    asm.here("apic_within_quarter")?;
+    asm.a.push(ecx)?;
+    asm.a.sub(eax, ebx)?;
+    asm.jnc("apic_wq_abs")?;
+    asm.a.neg(eax)?;
+    asm.here("apic_wq_abs")?;
+    asm.a.mov(ecx, ebx)?;
+    asm.a.shr(ecx, 2)?;
+    asm.a.cmp(eax, ecx)?;
+    asm.jbe("apic_wq_ok")?;
+    asm.call("apic_fail")?;
+    asm.here("apic_wq_ok")?;
+    asm.a.pop(ecx)?;
+    asm.a.ret()?;
+
+    // apic_counts_to_tsc: eax = timer counts -> eax = TSC ticks (counts * DT / DC).
+    asm.here("apic_counts_to_tsc")?;
+    asm.a.push(edx)?;
+    asm.a.mul(dword_ptr(DT))?;
+    asm.a.cmp(edx, dword_ptr(DC))?;
+    asm.jb("apic_ctt_div")?;
+    asm.a.mov(eax, u32::MAX)?;
+    asm.jmp("apic_ctt_done")?;
+    asm.here("apic_ctt_div")?;
+    asm.a.div(dword_ptr(DC))?;
+    asm.here("apic_ctt_done")?;
+    asm.a.pop(edx)?;
+    asm.a.ret()?;
+
+    // apic_wr: ecx = register offset, eax = value. apic_rd: ecx = offset -> eax.
+    asm.here("apic_wr")?;
+    asm.a.push(ecx)?;
+    asm.a.push(edx)?;
+    asm.a.cmp(dword_ptr(X2), 0)?;
+    asm.je("apic_wr_mmio")?;
+    asm.a.shr(ecx, 4)?;
+    asm.a.add(ecx, 0x800)?;
+    asm.a.xor(edx, edx)?;
+    asm.a.wrmsr()?;
+    asm.jmp("apic_wr_done")?;
+    asm.here("apic_wr_mmio")?;
+    asm.a.mov(dword_ptr(ecx + XAPIC_BASE as i32), eax)?;
+    asm.here("apic_wr_done")?;
+    asm.a.pop(edx)?;
+    asm.a.pop(ecx)?;
+    asm.a.ret()?;
+    asm.here("apic_rd")?;
+    asm.a.push(ecx)?;
+    asm.a.push(edx)?;
+    asm.a.cmp(dword_ptr(X2), 0)?;
+    asm.je("apic_rd_mmio")?;
+    asm.a.shr(ecx, 4)?;
+    asm.a.add(ecx, 0x800)?;
+    asm.a.rdmsr()?;
+    asm.jmp("apic_rd_done")?;
+    asm.here("apic_rd_mmio")?;
+    asm.a.mov(eax, dword_ptr(ecx + XAPIC_BASE as i32))?;
+    asm.here("apic_rd_done")?;
+    asm.a.pop(edx)?;
+    asm.a.pop(ecx)?;
+    asm.a.ret()?;
+
+    // The interrupt hook: time-stamp the arrival, EOI (not for the spurious vector).
+    asm.here("apic_hook")?;
+    asm.a.push(eax)?;
+    asm.a.rdtsc()?;
+    asm.a.mov(dword_ptr(LAST), eax)?;
+    asm.a.pop(eax)?;
+    asm.a.cmp(eax, SPURIOUS)?;
+    asm.je("apic_hook_done")?;
+    asm.a.mov(ecx, EOI)?;
+    asm.a.xor(eax, eax)?;
+    asm.call("apic_wr")?;
+    asm.here("apic_hook_done")?;
     Ok(asm.a.ret()?)
 }

@@ -91,6 +91,25 @@
 //! missing or the span does not fit 32 bits). Interrupt vectors 32..63 have stubs that count
 //! arrivals (the runtime's `interrupts()` support).
 //!
+//! # `apic`
+//! The local APIC as an OS drives it, through the x2APIC MSRs (`x2apic=1`; CPUID must offer
+//! x2APIC) or the xAPIC page at 0xFEE00000: enables it (IA32_APIC_BASE EN, EXTD; SVR with
+//! spurious vector 0x3F), measures the timer's rate against the TSC with a masked count read
+//! twice, then checks a one-shot interrupt (not early, the count stops at 0), ten periodic
+//! intervals (within 25% of ten times the initial count at that rate), a TSC-deadline interrupt
+//! 5 ms after now (`tsc_khz=T`; at or after the deadline; only if CPUID offers the mode) and a
+//! self IPI (x2APIC SELF IPI MSR, or ICR shorthand "self") arriving at once:
+//! ```text
+//! apic: mode <0|1> version 0x<version register>
+//! apic: rate counts=<n> tsc=<m>
+//! apic: one-shot after tsc=<measured> expected=<expected>
+//! apic: periodic span tsc=<measured> expected=<expected>
+//! apic: tsc-deadline late by tsc=<n>            (or: apic: tsc-deadline not offered)
+//! apic: self ipi count=1
+//! apic: PASS|FAIL
+//! ```
+//! Exit 0 iff every check passed.
+//!
 //! # `bench`
 //! Times VM exit round trips with RDTSC (`scripts/bench`):
 //! ```text

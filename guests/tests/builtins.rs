@@ -128,6 +128,7 @@ fn the_builtins() {
             "spinner",
             "pmu",
             "ticker",
+            "apic",
             "bench"
         ]
     );
@@ -301,5 +302,31 @@ fn ticker_programs_the_pic_and_pit_and_halts_between_ticks() {
         "ticker: FAIL\n",
     ] {
         assert!(rodata_has("ticker", text), "{text:?}");
+    }
+}
+
+#[test]
+fn apic_uses_msrs_and_the_xapic_page() {
+    let decoded = decode("apic");
+    for m in [
+        Mnemonic::Rdmsr,
+        Mnemonic::Wrmsr,
+        Mnemonic::Sti,
+        Mnemonic::Hlt,
+        Mnemonic::Rdtsc,
+        Mnemonic::Div,
+    ] {
+        assert!(decoded.mnemonics.contains(&m), "apic: no {m:?}");
+    }
+    for text in [
+        "tsc_khz=",
+        "x2apic=",
+        "apic: one-shot after tsc=",
+        "apic: periodic span tsc=",
+        "apic: tsc-deadline late by tsc=",
+        "apic: self ipi count=",
+        "apic: PASS\n",
+    ] {
+        assert!(rodata_has("apic", text), "{text:?}");
     }
 }

@@ -361,3 +361,22 @@ fn ticker_counts_pit_interrupts_over_a_tsc_interval() {
     assert!(output.contains("ticker: FAIL\n"), "{output:?}");
     assert_eq!(end, End::Exit(abi::EXIT_CHECKS_FAILED));
 }
+
+/// The apic guest against QEMU's own local APIC in xAPIC mode (TCG has no x2APIC and no
+/// TSC-deadline timer): rate, one-shot, periodic and the self IPI.
+#[test]
+fn apic_timer_modes_and_self_ipi_on_the_xapic() {
+    if !have_qemu() {
+        return;
+    }
+    let Some(khz) = host_tsc_khz() else {
+        println!("skipped: no cpu MHz in /proc/cpuinfo");
+        return;
+    };
+    let (output, end) = run("apic", &format!("tsc_khz={khz}"), never);
+    println!("{output}");
+    assert!(output.contains("apic: mode 0 version 0x"), "{output:?}");
+    assert!(output.contains("apic: self ipi count=1\n"), "{output:?}");
+    assert!(output.contains("apic: PASS\n"), "{output:?}");
+    assert_eq!(end, End::Exit(abi::EXIT_OK), "{output:?}");
+}
