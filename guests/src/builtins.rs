@@ -87,7 +87,7 @@
 //! ticker: ticks=<K> tsc=<measured> expected=<expected> spurious=<IRQ 7 count>
 //! ticker: PASS|FAIL
 //! ```
-//! Exit 0 if the span is within 25% of the expectation, 1 otherwise (or when `tsc_khz` is
+//! Exit 0 if the span is within `tolerance=P` percent (default 25) of the expectation, 1 otherwise (or when `tsc_khz` is
 //! missing or the span does not fit 32 bits). Interrupt vectors 32..63 have stubs that count
 //! arrivals (the runtime's `interrupts()` support).
 //!
@@ -96,7 +96,7 @@
 //! x2APIC) or the xAPIC page at 0xFEE00000: enables it (IA32_APIC_BASE EN, EXTD; SVR with
 //! spurious vector 0x3F), measures the timer's rate against the TSC with a masked count read
 //! twice, then checks a one-shot interrupt (not early, the count stops at 0), ten periodic
-//! intervals (within 25% of ten times the initial count at that rate), a TSC-deadline interrupt
+//! intervals (within `tolerance=P` percent, default 25, of ten times the initial count at that rate), a TSC-deadline interrupt
 //! 5 ms after now (`tsc_khz=T`; at or after the deadline; only if CPUID offers the mode) and a
 //! self IPI (x2APIC SELF IPI MSR, or ICR shorthand "self") arriving at once:
 //! ```text

@@ -114,11 +114,15 @@ fn run_image(
             child.wait().unwrap();
             break End::Stopped;
         }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "{name} {args}: no end after {TIMEOUT:?}: {:?}",
-            output.lock().unwrap()
-        );
+        if start.elapsed() >= TIMEOUT {
+            // Never leave QEMU behind (it holds our stderr).
+            child.kill().ok();
+            child.wait().ok();
+            panic!(
+                "{name} {args}: no end after {TIMEOUT:?}: {:?}",
+                output.lock().unwrap()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     };
     reader.join().unwrap();
@@ -338,7 +342,10 @@ fn host_tsc_khz() -> Option<u32> {
 }
 
 /// The ticker against QEMU's own 8259A and 8254: the guest's programming of them, its
-/// interrupt stubs and its TSC check are right on real (emulated) hardware.
+/// interrupt stubs and its TSC check are right on real (emulated) hardware. QEMU's timers run
+/// on host time while a loaded host starves its TCG thread (late ticks are coalesced), so the
+/// span check here only catches gross errors (`tolerance=400`); Hermitage, whose timers follow
+/// the guest TSC, is held to the default.
 #[test]
 fn ticker_counts_pit_interrupts_over_a_tsc_interval() {
     if !have_qemu() {
@@ -348,7 +355,11 @@ fn ticker_counts_pit_interrupts_over_a_tsc_interval() {
         println!("skipped: no cpu MHz in /proc/cpuinfo");
         return;
     };
-    let (output, end) = run("ticker", &format!("tsc_khz={khz} hz=250 ticks=25"), never);
+    let (output, end) = run(
+        "ticker",
+        &format!("tsc_khz={khz} hz=250 ticks=25 tolerance=400"),
+        never,
+    );
     assert!(
         output.contains("ticker: hz reload=4772 ticks=25\n"),
         "{output:?}"
@@ -373,7 +384,7 @@ fn apic_timer_modes_and_self_ipi_on_the_xapic() {
         println!("skipped: no cpu MHz in /proc/cpuinfo");
         return;
     };
-    let (output, end) = run("apic", &format!("tsc_khz={khz}"), never);
+    let (output, end) = run("apic", &format!("tsc_khz={khz} tolerance=400"), never);
     println!("{output}");
     assert!(output.contains("apic: mode 0 version 0x"), "{output:?}");
     assert!(output.contains("apic: self ipi count=1\n"), "{output:?}");
