@@ -1,0 +1,1 @@
+//! Local APIC (in progress).
