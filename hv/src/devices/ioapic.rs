@@ -333,7 +333,11 @@ impl Ioapic {
             i if (REG_REDTBL..REG_REDTBL + 2 * IOAPIC_PINS as u8).contains(&i) => {
                 let pin = usize::from((i - REG_REDTBL) / 2);
                 let e = self.redtbl[pin];
-                if i & 1 == 0 { e as u32 } else { (e >> 32) as u32 }
+                if i & 1 == 0 {
+                    e as u32
+                } else {
+                    (e >> 32) as u32
+                }
             }
             _ => return None,
         })
@@ -497,7 +501,11 @@ mod tests {
     fn entry_read_back_and_read_only_bits() {
         let mut io = Ioapic::new();
         wr(&mut io, REG_REDTBL + 1, 0xFFFF_FFFF);
-        assert_eq!(rd(&mut io, REG_REDTBL + 1), 0xFF00_0000, "bits 55:32 reserved");
+        assert_eq!(
+            rd(&mut io, REG_REDTBL + 1),
+            0xFF00_0000,
+            "bits 55:32 reserved"
+        );
         wr(&mut io, REG_REDTBL, 0xFFFF_FFFF);
         // Delivery status (12), remote IRR (14) and bits 31:17 do not take writes (the entry is
         // masked, so nothing is delivered and remote IRR stays clear).
@@ -598,7 +606,11 @@ mod tests {
         let d = program(&mut io, 10, 0x4A | RTE_LEVEL as u32, 1).expect("on unmask");
         assert_eq!((d.vector, d.dest, d.level), (0x4A, 1, true));
         // Masking while remote IRR is set, then EOI: no delivery until unmasked again.
-        wr(&mut io, REG_REDTBL + 20, 0x4A | (RTE_LEVEL | RTE_MASK) as u32);
+        wr(
+            &mut io,
+            REG_REDTBL + 20,
+            0x4A | (RTE_LEVEL | RTE_MASK) as u32,
+        );
         assert!(io.eoi(0x4A).is_empty());
         assert!(wr(&mut io, REG_REDTBL + 20, 0x4A | RTE_LEVEL as u32).is_some());
     }
