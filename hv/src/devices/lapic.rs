@@ -2449,5 +2449,44 @@ mod tests {
             prop_assert_eq!(l.poll(now), t >= end);
             prop_assert_eq!(l.pending_vector().is_some(), t >= end);
         }
+
+        /// Any MSR access in any mode either succeeds or #GPs, never panics, and a #GP
+        /// changes nothing.
+        #[test]
+        fn msr_fuzz(start_x2 in any::<bool>(), accesses in proptest::collection::vec(
+            (0x7F0u32..0x910, any::<u64>(), any::<bool>(), 0u64..1 << 40), 1..100)) {
+            let mut l = if start_x2 { x2apic() } else { xapic() };
+            for (index, value, write, now) in accesses {
+                let value = if index & 1 == 0 { value & 0xFFFF_FFFF } else { value };
+                let before = l.clone();
+                let r = if write {
+                    l.msr_write(index, value, GuestTime(now), &CLOCK).map(|_| ())
+                } else {
+                    l.msr_read(index, GuestTime(now)).map(|_| ())
+                };
+                if r.is_err() {
+                    prop_assert_eq!(&l, &before);
+                }
+                let _ = l.poll(GuestTime(now));
+                let _ = l.acknowledge();
+            }
+        }
+
+        /// MMIO accesses of any width at any offset never panic.
+        #[test]
+        fn mmio_fuzz(accesses in proptest::collection::vec(
+            (0u64..0x1010, proptest::collection::vec(any::<u8>(), 0..17), 0u64..1 << 30), 1..100)) {
+            let mut l = enabled_xapic();
+            for (off, data, now) in accesses {
+                let mut buf = data.clone();
+                l.mmio_read(off, &mut buf, GuestTime(now));
+                let _ = l.mmio_write(off, &data, GuestTime(now));
+                // Aligned 32-bit writes with random values, too.
+                if data.len() >= 4 {
+                    let _ = l.mmio_write(off & !0xF, &data[..4], GuestTime(now));
+                }
+                let _ = l.poll(GuestTime(now));
+            }
+        }
     }
 }
