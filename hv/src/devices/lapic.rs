@@ -2488,5 +2488,55 @@ mod tests {
                 let _ = l.poll(GuestTime(now));
             }
         }
+
+        /// IA32_APIC_BASE as a state machine over random writes: a write succeeds exactly when
+        /// SDM figure 11-27 allows the transition and no reserved bit is set; a refused write
+        /// changes nothing; reaching "disabled" leaves the power-on register state.
+        #[test]
+        fn apic_base_state_machine(writes in proptest::collection::vec(
+            (0u8..4, any::<bool>(), any::<bool>()), 1..60)) {
+            use ApicMode::*;
+            let mut l = enabled_xapic();
+            for (mode_bits, moved, reserved) in writes {
+                let base = if moved { 0xFED0_0000u64 } else { APIC_DEFAULT_BASE };
+                let value = base
+                    | if mode_bits & 1 != 0 { BASE_EN } else { 0 }
+                    | if mode_bits & 2 != 0 { BASE_EXTD } else { 0 }
+                    | if reserved { 1 << 9 } else { 0 };
+                let from = l.mode();
+                let to = match mode_bits {
+                    0 => Some(Disabled),
+                    1 => Some(XApic),
+                    3 => Some(X2Apic),
+                    _ => None,
+                };
+                let legal = !reserved
+                    && match (from, to) {
+                        (_, None) => false,
+                        (X2Apic, Some(XApic)) | (Disabled, Some(X2Apic)) => false,
+                        _ => true,
+                    };
+                let before = l.clone();
+                let r = l.write_apic_base(value);
+                prop_assert_eq!(r.is_ok(), legal, "{:?} -> {:#x}", from, value);
+                if legal {
+                    prop_assert_eq!(Some(l.mode()), to);
+                    prop_assert_eq!(l.base(), base);
+                    prop_assert_eq!(l.apic_base() & BASE_BSP, BASE_BSP);
+                    if l.mode() == Disabled {
+                        prop_assert!(!l.software_enabled());
+                        prop_assert_eq!(l.lvt, [LVT_MASK; 7]);
+                        prop_assert_eq!(l.pending_vector(), None);
+                    }
+                } else {
+                    prop_assert_eq!(&l, &before);
+                }
+                // Some activity between writes.
+                if l.mode() != Disabled {
+                    l.write_svr(0x1FF);
+                    l.accept(0x80, true);
+                }
+            }
+        }
     }
 }
