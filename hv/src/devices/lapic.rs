@@ -2511,11 +2511,10 @@ mod tests {
                     _ => None,
                 };
                 let legal = !reserved
-                    && match (from, to) {
-                        (_, None) => false,
-                        (X2Apic, Some(XApic)) | (Disabled, Some(X2Apic)) => false,
-                        _ => true,
-                    };
+                    && !matches!(
+                        (from, to),
+                        (_, None) | (X2Apic, Some(XApic)) | (Disabled, Some(X2Apic))
+                    );
                 let before = l.clone();
                 let r = l.write_apic_base(value);
                 prop_assert_eq!(r.is_ok(), legal, "{:?} -> {:#x}", from, value);
