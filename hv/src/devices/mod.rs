@@ -25,6 +25,8 @@
 
 pub mod console;
 pub mod fw_cfg;
+pub mod ioapic;
+pub mod lapic;
 pub mod uart;
 
 pub use console::{CONSOLE_RING_SIZE, ConsoleRead, ConsoleRing};
