@@ -9,6 +9,7 @@
 pub mod config;
 pub mod cpuid;
 pub mod devices;
+pub mod emulate;
 pub mod exit;
 pub mod features;
 pub mod irq;
