@@ -26,12 +26,16 @@
 //! device, or nothing: the bus answers all ones). An access that crosses a page boundary is
 //! split at it.
 //!
-//! Cost: one decode into a stack [`Instruction`], no allocation, at most one guest page walk
-//! per operand and iteration. REP string instructions run at most [`MAX_REP_ITERATIONS`]
+//! Cost: one decode into a stack [`Instruction`], no allocation (iced builds its decoder tables,
+//! on the heap, at the first decode in the process: call [`warm_up`] once at boot so that no
+//! exit pays for it), at most one guest page walk per operand and iteration. REP string instructions run at most [`MAX_REP_ITERATIONS`]
 //! iterations per call and stop early when an iteration no longer touches the faulting page;
 //! RIP then stays on the instruction and the guest re-executes it (the CPU continues in RAM
 //! natively and faults again on the next device access), as the architecture allows for REP
 //! (SDM vol. 2B "REP/REPE/REPZ/REPNE/REPNZ": interruptible between iterations).
+//!
+//! Left to the caller: the single-step trap after the instruction when RFLAGS.TF = 1, and
+//! clearing the interrupt shadow (none of the emulated forms sets one).
 
 mod alu;
 #[cfg(test)]
@@ -55,6 +59,14 @@ pub const MAX_REP_ITERATIONS: u32 = 256;
 /// RFLAGS.VM (virtual-8086 mode: 16-bit code whatever CS says).
 const RFLAGS_VM: u64 = 1 << 17;
 const PAGE_SIZE: u64 = 4096;
+
+/// Build iced-x86's decoder tables now. They are built (and allocated) once per image at the
+/// first decode; calling this at boot or VM creation keeps that out of the exit path, here
+/// and in the SVM backend's instruction-length decoder, which shares them.
+pub fn warm_up() {
+    let mut insn = Instruction::default();
+    Decoder::new(64, &[0x90], DecoderOptions::NONE).decode_out(&mut insn);
+}
 
 /// Device registers at guest-physical addresses, as the emulator sees them: whatever the
 /// access width, a device sees the bytes (little-endian, `data.len()` is 1, 2, 4 or 8, or less
