@@ -1110,3 +1110,110 @@ fn non_canonical_is_general_protection() {
         Err(EmuError::AddressMismatch { .. })
     ));
 }
+
+// ---- Properties ----
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// REP STOS/MOVS into the device page against a closed form: iterations are the count,
+        /// capped by the batch limit and by the accesses that still touch the page.
+        #[test]
+        fn rep_string_closed_form(movs in any::<bool>(), size_log in 0u32..4, rep in any::<bool>(),
+                                  count in 0u64..700, df in any::<bool>(), off in 0u64..4096,
+                                  a32 in any::<bool>()) {
+            let size = 1u64 << size_log;
+            let off = off & !(size - 1);
+            let mut bytes = Vec::new();
+            if a32 { bytes.push(0x67); }
+            if rep { bytes.push(0xF3); }
+            if size == 2 { bytes.push(0x66); }
+            if size == 8 { bytes.push(0x48); }
+            let opcode = match (movs, size) { (false, 1) => 0xAA, (false, _) => 0xAB, (true, 1) => 0xA4, (true, _) => 0xA5 };
+            bytes.push(opcode);
+
+            let mut w0 = World::apic();
+            let mut s = long_mode();
+            if df { s.regs.rflags |= RFLAGS_DF; }
+            s.regs.set(Rax, 0x0102_0304_0506_0708);
+            s.regs.set(Rcx, count);
+            s.regs.set(Rdi, APIC + off);
+            s.regs.set(Rsi, 0x1_0000);
+            let rip = s.regs.rip;
+            let res = w0.run(&bytes, &mut s, APIC + off).unwrap();
+
+            let in_page = if df { off / size + 1 } else { (4096 - off).div_ceil(size) };
+            let expect = if rep { count.min(MAX_REP_ITERATIONS as u64).min(in_page) } else { 1 };
+            let complete = !rep || expect == count;
+            prop_assert_eq!(res.iterations as u64, expect);
+            prop_assert_eq!(res.complete, complete);
+            prop_assert_eq!(res.len as usize, bytes.len());
+            prop_assert_eq!(s.regs.rip, if complete { rip + bytes.len() as u64 } else { rip });
+            let moved = expect.wrapping_mul(if df { size.wrapping_neg() } else { size });
+            prop_assert_eq!(s.regs.get(Rdi), (APIC + off).wrapping_add(moved));
+            prop_assert_eq!(s.regs.get(Rsi), if movs { 0x1_0000u64.wrapping_add(moved) } else { 0x1_0000 });
+            prop_assert_eq!(s.regs.get(Rcx), if rep { count - expect } else { count });
+            prop_assert_eq!(w0.dev.log.len() as u64, expect);
+            for (i, io) in w0.dev.log.iter().enumerate() {
+                let step = (i as u64).wrapping_mul(if df { size.wrapping_neg() } else { size });
+                prop_assert_eq!(io.gpa, (APIC + off).wrapping_add(step));
+                prop_assert!(io.write);
+                let want = if movs {
+                    let a = 0x1_0000u64.wrapping_add(step) as usize;
+                    value(&w0.ram.bytes[a..a + size as usize])
+                } else {
+                    0x0102_0304_0506_0708 & mask(size as u8)
+                };
+                prop_assert_eq!(io.value, want);
+            }
+        }
+
+        /// A load into any register of any width changes exactly the bits the SDM says
+        /// (vol. 1 3.4.1.1: 32-bit results zero-extend, 8- and 16-bit results merge).
+        #[test]
+        fn load_changes_only_the_destination_bits(reg in 0u8..16, width in prop_oneof![Just(1u8), Just(2), Just(4), Just(8)],
+                                                  high in any::<bool>(), rex in any::<bool>(),
+                                                  regs in proptest::array::uniform16(any::<u64>()),
+                                                  data in any::<u64>()) {
+            let gpa = APIC + 0x800;
+            let mut w0 = World::apic();
+            w0.dev.set(gpa, &data.to_le_bytes());
+            let mut s = long_mode();
+            s.regs.gprs = regs;
+            // The address comes from a displacement-only operand so every register is free:
+            // mov disp32(,%riz) via SIB with no base and no index: ModRM 00 reg 100, SIB 0x25.
+            let mut bytes = Vec::new();
+            // AH..BH (encodings 4-7 without REX) only exist for the first four registers.
+            let high = high && width == 1 && reg < 4;
+            let enc = if high { reg + 4 } else { reg };
+            let rex_bits = if width == 8 { 8 } else { 0 } | if reg >= 8 { 4 } else { 0 };
+            // SPL..DIL need a REX; with AL..BL one is optional (and changes nothing).
+            let need_rex = rex_bits != 0 || (width == 1 && (4..8).contains(&reg)) || (rex && !high);
+            if width == 2 { bytes.push(0x66); }
+            if need_rex { bytes.push(0x40 | rex_bits); }
+            bytes.push(if width == 1 { 0x8A } else { 0x8B });
+            bytes.push(((enc & 7) << 3) | 0x04);
+            bytes.push(0x25);
+            bytes.extend_from_slice(&(gpa as u32).to_le_bytes());
+            // gpa is above 2 GiB: disp32 sign-extends, so use the address the guest would see.
+            let va = gpa as u32 as i32 as i64 as u64;
+            w0.pages.map = vec![(va & !0xFFF, gpa & !0xFFF)];
+            prop_assert_eq!(w0.run(&bytes, &mut s, gpa), done(Op::Mov, bytes.len() as u8));
+            let target = Gpr::from_index(reg).unwrap();
+            let old = regs[reg as usize];
+            let want = match (width, high) {
+                (1, true) => (old & !0xFF00) | ((data & 0xFF) << 8),
+                (1, false) => (old & !0xFF) | (data & 0xFF),
+                (2, _) => (old & !0xFFFF) | (data & 0xFFFF),
+                (4, _) => data & 0xFFFF_FFFF,
+                _ => data,
+            };
+            for g in Gpr::ALL {
+                let expect = if g == target { want } else { regs[g as usize] };
+                prop_assert_eq!(s.regs.get(g), expect, "{:?} after {:02x?}", g, bytes);
+            }
+        }
+    }
+}
