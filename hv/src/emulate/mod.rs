@@ -729,6 +729,7 @@ where
                 let rf = &mut self.state.regs.rflags;
                 *rf = (*rf & !STATUS_FLAGS) | flags;
             }
+            // String forms go through `string`; `single` never returns them.
             Op::Stos | Op::Movs => {}
         }
         Ok(())
