@@ -11,6 +11,7 @@ extern crate alloc;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
+pub mod emulate;
 pub mod exit;
 pub mod features;
 pub mod firmware;

@@ -4,13 +4,16 @@
 //! starts. With the NRIPS feature the CPU writes it to the VMCB (nRIP, offset 0x0C8; APM
 //! 15.7.1 "State Saved on Exit"). QEMU TCG's SVM does not offer NRIPS (shared/PLATFORM.md), so
 //! we decode the few instructions we skip ourselves, from guest instruction bytes the backend
-//! fetched at the guest's RIP. Instructions with prefixes (redundant 66/67/F2/F3/segment
+//! fetched at the guest's RIP, with iced-x86 (the decoder `hv::emulate` uses for MMIO, so one
+//! decoder knows the encodings; one decode into a stack `Instruction` per exit, no allocation). Instructions with prefixes (redundant 66/67/F2/F3/segment
 //! overrides, REX in 64-bit code) are legal, so the length is not a constant per exit.
 //!
 //! The rule ([`next_rip`]): use nRIP if the CPU provided it; IOIO exits always carry the next
 //! RIP in EXITINFO2 (APM 15.10.2, even without NRIPS) and are handled in [`crate::exit`];
 //! otherwise decode the bytes.
 #![forbid(unsafe_code)]
+
+use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction};
 
 /// Architectural maximum instruction length (APM vol. 3, 1.1).
 pub const MAX_INSN_LEN: usize = 15;
@@ -54,6 +57,15 @@ pub enum CodeSize {
 }
 
 impl CodeSize {
+    /// 16, 32 or 64 (the decoder's bitness).
+    pub const fn bits(self) -> u32 {
+        match self {
+            Self::Bits16 => 16,
+            Self::Bits32 => 32,
+            Self::Bits64 => 64,
+        }
+    }
+
     /// Add an instruction length to RIP with this code size's wrap-around.
     pub const fn advance(self, rip: u64, len: u8) -> u64 {
         let next = rip.wrapping_add(len as u64);
@@ -117,73 +129,84 @@ pub enum InsnLenError {
     },
 }
 
-fn is_legacy_prefix(b: u8) -> bool {
-    matches!(
-        b,
-        0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3
-    )
+/// The first byte after the prefixes (legacy prefixes, and REX in 64-bit code), for
+/// [`InsnLenError::Mismatch`]; 0 if there is none.
+fn first_opcode(bytes: &[u8], code: CodeSize) -> u8 {
+    bytes
+        .iter()
+        .copied()
+        .find(|&b| {
+            !(matches!(
+                b,
+                0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3
+            ) || (code == CodeSize::Bits64 && (0x40..=0x4F).contains(&b)))
+        })
+        .unwrap_or(0)
+}
+
+/// Whether the instruction in the 15 `bytes` is still incomplete after 14 of them: then an
+/// invalid decode of all 15 means it would be longer than 15 (the CPU raises #GP). Only on
+/// the error path.
+fn needs_more_than(bytes: &[u8], code: CodeSize) -> bool {
+    let mut insn = Instruction::default();
+    let mut decoder = Decoder::new(
+        code.bits(),
+        &bytes[..MAX_INSN_LEN - 1],
+        DecoderOptions::NONE,
+    );
+    decoder.decode_out(&mut insn);
+    insn.is_invalid() && decoder.last_error() == DecoderError::NoMoreBytes
 }
 
 /// Identify one of the [`SkipInsn`] instructions at the start of `bytes` and return it with
-/// its total length (prefixes included).
+/// its total length (prefixes included). One iced-x86 decode into a stack `Instruction`.
 pub fn identify(bytes: &[u8], code: CodeSize) -> Result<(SkipInsn, u8), InsnLenError> {
     if bytes.is_empty() {
         return Err(InsnLenError::NoBytes);
     }
-    let mut i = 0usize;
-    let mut rep = false;
-    loop {
-        if i >= MAX_INSN_LEN {
-            return Err(InsnLenError::TooLong);
-        }
-        let Some(&b) = bytes.get(i) else {
-            return Err(InsnLenError::Truncated);
-        };
-        if is_legacy_prefix(b) {
-            rep |= b == 0xF3;
-            i += 1;
-        } else if code == CodeSize::Bits64 && (0x40..=0x4F).contains(&b) {
-            // REX: only meaningful right before the opcode, but always part of the length.
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    let byte = |k: usize| -> Result<u8, InsnLenError> {
-        if k >= MAX_INSN_LEN {
-            return Err(InsnLenError::TooLong);
-        }
-        bytes.get(k).copied().ok_or(InsnLenError::Truncated)
-    };
-    let op = byte(i)?;
-    let (insn, len) = match op {
-        0xF4 => (SkipInsn::Hlt, 1),
-        0x90 if rep => (SkipInsn::Pause, 1),
-        0x0F => match byte(i + 1)? {
-            0xA2 => (SkipInsn::Cpuid, 2),
-            0x32 => (SkipInsn::Rdmsr, 2),
-            0x30 => (SkipInsn::Wrmsr, 2),
-            0x33 => (SkipInsn::Rdpmc, 2),
-            0x31 => (SkipInsn::Rdtsc, 2),
-            0x08 => (SkipInsn::Invd, 2),
-            0x09 => (SkipInsn::Wbinvd, 2),
-            0x01 => match byte(i + 2)? {
-                0xD9 => (SkipInsn::Vmmcall, 3),
-                0xF9 => (SkipInsn::Rdtscp, 3),
-                0xD1 => (SkipInsn::Xsetbv, 3),
-                0xC8 | 0xFA => (SkipInsn::Monitor, 3),
-                0xC9 | 0xFB => (SkipInsn::Mwait, 3),
-                _ => return Err(InsnLenError::Mismatch { opcode: op }),
+    let bytes = &bytes[..bytes.len().min(MAX_INSN_LEN)];
+    let mut insn = Instruction::default();
+    let mut decoder = Decoder::new(code.bits(), bytes, DecoderOptions::NONE);
+    decoder.decode_out(&mut insn);
+    if insn.is_invalid() {
+        return Err(match decoder.last_error() {
+            // iced reports running out of bytes only when fewer than 15 were supplied.
+            DecoderError::NoMoreBytes => InsnLenError::Truncated,
+            _ if bytes.len() == MAX_INSN_LEN && needs_more_than(bytes, code) => {
+                InsnLenError::TooLong
+            }
+            _ => InsnLenError::Mismatch {
+                opcode: first_opcode(bytes, code),
             },
-            _ => return Err(InsnLenError::Mismatch { opcode: op }),
-        },
-        _ => return Err(InsnLenError::Mismatch { opcode: op }),
-    };
-    let total = i + len;
-    if total > MAX_INSN_LEN {
-        return Err(InsnLenError::TooLong);
+        });
     }
-    Ok((insn, total as u8))
+    let found = match insn.code() {
+        Code::Cpuid => SkipInsn::Cpuid,
+        Code::Hlt => SkipInsn::Hlt,
+        Code::Rdmsr => SkipInsn::Rdmsr,
+        Code::Wrmsr => SkipInsn::Wrmsr,
+        Code::Vmmcall => SkipInsn::Vmmcall,
+        Code::Rdpmc => SkipInsn::Rdpmc,
+        Code::Rdtsc => SkipInsn::Rdtsc,
+        Code::Rdtscp => SkipInsn::Rdtscp,
+        Code::Pause => SkipInsn::Pause,
+        Code::Invd => SkipInsn::Invd,
+        Code::Wbinvd | Code::Wbnoinvd => SkipInsn::Wbinvd,
+        Code::Xsetbv => SkipInsn::Xsetbv,
+        Code::Monitorw
+        | Code::Monitord
+        | Code::Monitorq
+        | Code::Monitorxw
+        | Code::Monitorxd
+        | Code::Monitorxq => SkipInsn::Monitor,
+        Code::Mwait | Code::Mwaitx => SkipInsn::Mwait,
+        _ => {
+            return Err(InsnLenError::Mismatch {
+                opcode: first_opcode(bytes, code),
+            });
+        }
+    };
+    Ok((found, insn.len() as u8))
 }
 
 /// Length of `expected` at the start of `bytes`, or why it cannot be determined.
@@ -196,13 +219,7 @@ pub fn insn_len(bytes: &[u8], code: CodeSize, expected: SkipInsn) -> Result<u8, 
         Ok(len)
     } else {
         // Report the first opcode byte for diagnostics.
-        let opcode = bytes
-            .iter()
-            .copied()
-            .find(|&b| {
-                !(is_legacy_prefix(b) || (code == CodeSize::Bits64 && (0x40..=0x4F).contains(&b)))
-            })
-            .unwrap_or(0);
+        let opcode = first_opcode(bytes, code);
         Err(InsnLenError::Mismatch { opcode })
     }
 }
@@ -340,6 +357,37 @@ mod tests {
         assert_eq!(
             insn_len(&[0xCC], Bits64, Hlt),
             Err(InsnLenError::Mismatch { opcode: 0xCC })
+        );
+    }
+
+    #[test]
+    fn decoder_rules() {
+        // LOCK on CPUID is #UD on hardware, never an intercepted CPUID.
+        assert_eq!(
+            identify(&[0xF0, 0x0F, 0xA2], Bits64),
+            Err(InsnLenError::Mismatch { opcode: 0x0F })
+        );
+        // An address-size prefix on MONITOR (it uses rAX as an address) is part of it.
+        assert_eq!(
+            identify(&[0x67, 0x0F, 0x01, 0xC8], Bits64),
+            Ok((Monitor, 4))
+        );
+        assert_eq!(
+            identify(&[0x67, 0x0F, 0x01, 0xFA], Bits16),
+            Ok((Monitor, 4))
+        );
+        // A valid instruction that is not one we skip.
+        assert_eq!(
+            identify(&[0x0F, 0x0B], Bits32),
+            Err(InsnLenError::Mismatch { opcode: 0x0F })
+        );
+        // 15 bytes with a complete but foreign instruction are a mismatch, not too long.
+        let mut ud2 = [0x66u8; 15];
+        ud2[0] = 0x0F;
+        ud2[1] = 0x0B;
+        assert_eq!(
+            identify(&ud2, Bits64),
+            Err(InsnLenError::Mismatch { opcode: 0x0F })
         );
     }
 
