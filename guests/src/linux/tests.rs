@@ -829,3 +829,250 @@ fn debian_bzimage_parses_and_loads() {
     ));
     check(&image, 128 * MIB, &config(cmdline, &initrd)).unwrap();
 }
+
+/// A Multiboot 1 image (a.out kludge, loaded at 1 MiB) that stands in for Hermitage's vCPU
+/// reset: QEMU's own Multiboot loader enters it in 32-bit protected mode with the three
+/// modules (boot area, protected-mode kernel, initrd) somewhere above it; it copies them to
+/// where [`load`] put them (the boot area last, since QEMU's information structure may lie
+/// there), then sets up exactly the [`Entry`] state (GDTR, CR4, CR3, EFER.LME, CR0, far jump to
+/// CS, data selectors, RSI, RSP) and jumps to RIP. Hand-assembled: 32-bit code, then 64-bit.
+fn trampoline(entry: &Entry, kernel_dest: u64, initrd_dest: u64) -> Vec<u8> {
+    const BASE: u32 = 0x10_0000;
+    const CODE: u32 = 0x40; // code offset in the file; the GDTR pseudo-descriptor at 0x30
+    let mut t = vec![0u8; CODE as usize];
+    let flags: u32 = 0x0001_0003; // page-aligned modules, memory info, address fields
+    for (i, v) in [
+        0x1BAD_B002u32,
+        flags,
+        0u32.wrapping_sub(0x1BAD_B002u32.wrapping_add(flags)),
+        BASE, // header_addr
+        BASE, // load_addr
+        0,    // load_end_addr: whole file
+        0,    // bss_end_addr
+        BASE + CODE,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        set32(&mut t, 4 * i, v);
+    }
+    set16(&mut t, 0x30, entry.gdt_limit);
+    set32(&mut t, 0x32, entry.gdt_base as u32);
+    let imm = |v: u64| (v as u32).to_le_bytes();
+    let mut c: Vec<u8> = Vec::new();
+    c.extend([0x8B, 0x6B, 0x18]); // mov ebp, [ebx+24]: mods_addr
+    for (slot, dest) in [(1u8, kernel_dest), (2, initrd_dest), (0, BOOT_AREA_START)] {
+        let at = slot * 16;
+        c.extend([0x8B, 0x75, at]); // mov esi, [ebp+at]: mod_start
+        c.extend([0x8B, 0x4D, at + 4]); // mov ecx, [ebp+at+4]: mod_end
+        c.extend([0x29, 0xF1]); // sub ecx, esi
+        c.push(0xBF); // mov edi, dest
+        c.extend(imm(dest));
+        c.extend([0xFC, 0xF3, 0xA4]); // cld; rep movsb
+    }
+    c.extend([0x0F, 0x01, 0x15]); // lgdt [BASE + 0x30]
+    c.extend(imm(u64::from(BASE) + 0x30));
+    c.extend([0x0F, 0x20, 0xE0, 0x0D]); // mov eax, cr4; or eax, cr4
+    c.extend(imm(entry.cr4));
+    c.extend([0x0F, 0x22, 0xE0, 0xB8]); // mov cr4, eax; mov eax, cr3
+    c.extend(imm(entry.cr3));
+    c.extend([0x0F, 0x22, 0xD8]); // mov cr3, eax
+    c.extend([0xB9, 0x80, 0x00, 0x00, 0xC0, 0x0F, 0x32, 0x0D]); // ecx = EFER; rdmsr; or eax, efer.LME
+    c.extend(imm(entry.efer & !(1 << 10)));
+    c.extend([0x0F, 0x30, 0x0F, 0x20, 0xC0, 0x0D]); // wrmsr; mov eax, cr0; or eax, cr0
+    c.extend(imm(entry.cr0));
+    c.extend([0x0F, 0x22, 0xC0, 0xEA]); // mov cr0, eax; jmp far cs:long64
+    let long64 = BASE + CODE + c.len() as u32 + 6;
+    c.extend(long64.to_le_bytes());
+    c.extend(entry.cs.to_le_bytes());
+    // 64-bit code from here.
+    c.push(0xB8); // mov eax, ds selector
+    c.extend(u32::from(entry.ds).to_le_bytes());
+    c.extend([0x8E, 0xD8, 0x8E, 0xC0, 0x8E, 0xD0]); // mov ds, ax; mov es, ax; mov ss, ax
+    c.push(0xBE); // mov esi, zero page (zero-extended into rsi)
+    c.extend(imm(entry.rsi));
+    c.push(0xBC); // mov esp, stack
+    c.extend(imm(entry.rsp));
+    c.extend([0x6A, entry.rflags as u8, 0x9D]); // push rflags; popfq
+    c.push(0xB8); // mov eax, rip
+    c.extend(imm(entry.rip));
+    c.extend([0xFF, 0xE0]); // jmp rax
+    t.extend(c);
+    t
+}
+
+/// The host's TSC rate in kHz from /proc/cpuinfo (QEMU TCG's guest TSC runs at it).
+fn host_tsc_khz() -> u64 {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| {
+            l.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(2_000_000, |mhz| (mhz * 1000.0).round() as u64)
+}
+
+/// Debian's kernel and the busybox initramfs of `scripts/linux-guest`, put into RAM by [`load`]
+/// and entered with exactly the [`Entry`] state (through [`trampoline`] under plain QEMU TCG,
+/// `-M pc -cpu EPYC,-apic,-x2apic`): it must reach the shell with our command line, our e820 map
+/// and our initrd address. Needs `HERMITAGE_LINUX_BZIMAGE`, `HERMITAGE_LINUX_INITRD` and QEMU.
+#[test]
+fn debian_kernel_boots_from_the_entry_state_under_qemu() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::string::String;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let (Some(kernel), Some(initramfs)) = (
+        std::env::var_os("HERMITAGE_LINUX_BZIMAGE"),
+        std::env::var_os("HERMITAGE_LINUX_INITRD"),
+    ) else {
+        std::eprintln!(
+            "SKIPPED debian_kernel_boots_from_the_entry_state_under_qemu: HERMITAGE_LINUX_BZIMAGE/INITRD not set"
+        );
+        return;
+    };
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        std::eprintln!("SKIPPED debian_kernel_boots_from_the_entry_state_under_qemu: no QEMU");
+        return;
+    }
+    let image = std::fs::read(kernel).unwrap();
+    let initrd = std::fs::read(initramfs).unwrap();
+    let cmdline = std::format!(
+        "console=ttyS0,115200 nolapic noapic acpi=off pci=off tsc_early_khz={} tsc=reliable \
+         nokaslr idle=halt reboot=k panic=-1 initcall_blacklist=i8042_init 8250.nr_uarts=1",
+        host_tsc_khz()
+    );
+    let ram = 256 * MIB;
+    let cfg = config(&cmdline, &initrd);
+    let mut mem = vec![0u8; ram];
+    let entry = load(&image, &mut mem, &cfg).unwrap();
+    let plan = check(&image, ram, &cfg).unwrap();
+
+    let dir = std::env::temp_dir().join(std::format!("hermitage-linux-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let at = |a: u64, len: u64| &mem[a as usize..(a + len) as usize];
+    let files = [
+        (
+            "trampoline.bin",
+            trampoline(&entry, plan.kernel_addr, plan.initrd_addr),
+        ),
+        (
+            "boot.bin",
+            at(BOOT_AREA_START, BOOT_AREA_END - BOOT_AREA_START).to_vec(),
+        ),
+        ("kernel.bin", at(plan.kernel_addr, plan.kernel_len).to_vec()),
+        ("initrd.bin", at(plan.initrd_addr, plan.initrd_len).to_vec()),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let modules = std::format!(
+        "{},{},{}",
+        path("boot.bin"),
+        path("kernel.bin"),
+        path("initrd.bin")
+    );
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "pc",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "EPYC,-apic,-x2apic",
+            "-m",
+            "256M",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .args(["-kernel", &path("trampoline.bin"), "-initrd", &modules])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Everything that can fail runs in here, so that QEMU is always stopped and reaped.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let output = Arc::new(Mutex::new(String::new()));
+        {
+            let (output, mut stdout) = (output.clone(), child.stdout.take().unwrap());
+            std::thread::spawn(move || {
+                let mut buffer = [0; 4096];
+                while let Ok(n @ 1..) = stdout.read(&mut buffer) {
+                    output
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buffer[..n]));
+                }
+            });
+        }
+        let start = Instant::now();
+        // Where `what` ends in the console output after byte `from`.
+        let wait_for = |what: &str, from: usize| -> usize {
+            let mut found = None;
+            while found.is_none() {
+                found = output.lock().unwrap()[from..].find(what);
+                let text = output.lock().unwrap().clone();
+                assert!(
+                    start.elapsed() < Duration::from_secs(240),
+                    "no {what:?} after {:?}:\n{}",
+                    start.elapsed(),
+                    text.get(text.len().saturating_sub(4000)..).unwrap_or(&text)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            from + found.unwrap_or(0) + what.len()
+        };
+        let prompt = wait_for("hermitage-linux# ", 0);
+        std::eprintln!(
+            "loader-booted Debian kernel: shell prompt after {:?}",
+            start.elapsed()
+        );
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"cat /proc/cmdline\n").unwrap();
+        stdin.flush().unwrap();
+        let end = wait_for(&std::format!("\n{cmdline}"), prompt);
+        wait_for("hermitage-linux# ", end);
+        let log = output.lock().unwrap().clone();
+        // Our e820 map, not SeaBIOS's (which splits the legacy hole and reserves RAM's top).
+        for line in [
+            "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+            "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved",
+            "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+        ] {
+            assert!(log.contains(line), "{line} missing:\n{log}");
+        }
+        // Linux prints the initrd's range rounded out to whole pages.
+        let ramdisk = std::format!(
+            "RAMDISK: [mem {:#010x}-{:#010x}]",
+            plan.initrd_addr,
+            (plan.initrd_addr + plan.initrd_len).next_multiple_of(4096) - 1
+        );
+        assert!(log.contains(&ramdisk), "{ramdisk} missing:\n{log}");
+        assert!(log.contains("hermitage-linux: init"), "{log}");
+    }));
+    child.kill().ok();
+    child.wait().ok();
+    std::fs::remove_dir_all(&dir).ok();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
