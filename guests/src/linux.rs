@@ -22,6 +22,8 @@
 //! - [`load`] runs the same plan, then writes the kernel, the initrd, the zero page, the
 //!   command line, the boot GDT and identity-mapping page tables, and returns the [`Entry`]
 //!   state for the vCPU.
+//! - [`pvh`] does the same for an uncompressed `vmlinux` ELF through its Xen PVH entry (32-bit,
+//!   no paging): no decompression in the guest, about twice as fast to boot under QEMU TCG.
 //!
 //! # Guest-physical layout
 //!
@@ -31,7 +33,7 @@
 //!
 //! | address | contents |
 //! |---|---|
-//! | [`GDT_ADDR`] 0x1000 | boot GDT: null, null, `__BOOT_CS` 0x10 (64-bit code), `__BOOT_DS` 0x18 (data) |
+//! | [`GDT_ADDR`] 0x1000 | boot GDT: null, 0x08 32-bit code (for [`pvh`]), `__BOOT_CS` 0x10 (64-bit code), `__BOOT_DS` 0x18 (data) |
 //! | [`ZERO_PAGE_ADDR`] 0x2000 | `struct boot_params` (4 KiB) |
 //! | [`CMDLINE_ADDR`] 0x3000 | the NUL-terminated command line (at most 4 KiB and `cmdline_size`) |
 //! | [`PML4_ADDR`] 0x4000 | PML4: entry 0 → PDPT |
@@ -49,6 +51,8 @@
 //! merged.
 
 use core::fmt;
+
+pub mod pvh;
 
 /// Numbers fixed by the boot protocol (`Documentation/arch/x86/boot.rst`, "The Real-Mode Kernel
 /// Header") and the zero page (`Documentation/arch/x86/zero-page.rst`). Offsets are bytes from
@@ -186,8 +190,13 @@ pub const BOOT_DS: u16 = 0x18;
 pub const GDT_CODE64: u64 = 0x00AF_9B00_0000_FFFF;
 /// GDT entry 3: flat 4 GiB data: G=1, D/B=1, P=1, DPL 0, S=1, type 0x3 (read/write, accessed).
 pub const GDT_DATA: u64 = 0x00CF_9300_0000_FFFF;
-/// The GDT: two null entries (0x00, 0x08), then `__BOOT_CS` and `__BOOT_DS`.
-pub const GDT: [u64; 4] = [0, 0, GDT_CODE64, GDT_DATA];
+/// GDT entry 1: flat 32-bit code for the PVH entry ([`pvh`]): G=1, D=1, P=1, DPL 0, S=1,
+/// type 0xB.
+pub const GDT_CODE32: u64 = 0x00CF_9B00_0000_FFFF;
+/// Selector of [`GDT_CODE32`].
+pub const BOOT_CS32: u16 = 0x08;
+/// The GDT: null, 32-bit code (0x08), `__BOOT_CS` (0x10) and `__BOOT_DS` (0x18).
+pub const GDT: [u64; 4] = [0, GDT_CODE32, GDT_CODE64, GDT_DATA];
 
 /// CR0 at entry: PG | NE | ET | PE.
 pub const ENTRY_CR0: u64 = (1 << 31) | (1 << 5) | (1 << 4) | 1;
@@ -235,6 +244,13 @@ pub enum LoadError {
     TooManyReserved { count: usize },
     /// A reserved region that is empty, wraps, overlaps another one or the loader's boot area.
     BadReserved { addr: u64 },
+    /// [`pvh`]: not a little-endian x86-64 ELF executable.
+    NotElf64,
+    /// [`pvh`]: no Xen `PHYS32_ENTRY` note, or its address lies in no loaded segment.
+    NoPvhEntry,
+    /// [`pvh`]: a loadable segment below 1 MiB, beyond 4 GiB, with more file than memory
+    /// bytes, or no loadable segment at all (addr 0).
+    BadSegment { addr: u64 },
 }
 
 impl LoadError {
@@ -255,6 +271,11 @@ impl LoadError {
             Self::CmdlineHasNul => "command line contains a NUL byte",
             Self::TooManyReserved { .. } => "too many reserved memory regions",
             Self::BadReserved { .. } => "reserved memory region empty or overlapping",
+            Self::NotElf64 => "not an x86-64 ELF executable",
+            Self::NoPvhEntry => "no Xen PVH entry note (PHYS32_ENTRY)",
+            Self::BadSegment { .. } => {
+                "ELF segment unusable (below 1 MiB, above 4 GiB or malformed)"
+            }
         }
     }
 }
@@ -272,6 +293,7 @@ impl fmt::Display for LoadError {
             Self::KernelTooBig { end, ram } => {
                 write!(f, " (needs memory up to {end:#x}, guest has {ram:#x})")
             }
+            Self::BadSegment { addr } => write!(f, " (segment at {addr:#x})"),
             Self::KernelOverlapsReserved { addr } | Self::BadReserved { addr } => {
                 write!(f, " (region at {addr:#x})")
             }

@@ -503,7 +503,11 @@ fn gdt_has_flat_boot_cs_and_boot_ds_where_entry_says() {
     assert_eq!((entry.cs, entry.ds), (0x10, 0x18));
     let desc = |sel: u16| le64(&mem, (entry.gdt_base + u64::from(sel)) as usize);
     assert_eq!(desc(0), 0);
-    assert_eq!(desc(8), 0);
+    // 0x08: the PVH entry's 32-bit code.
+    assert_eq!(
+        decode(desc(BOOT_CS32)),
+        (0, 0xFFFF_FFFF, 0xB, true, 0, true, false, true, true)
+    );
     // __BOOT_CS: 64-bit code, execute/read, ring 0, flat.
     assert_eq!(
         decode(desc(entry.cs)),
@@ -758,6 +762,9 @@ fn errors_have_distinct_descriptions() {
         LoadError::CmdlineHasNul,
         LoadError::TooManyReserved { count: 0 },
         LoadError::BadReserved { addr: 0 },
+        LoadError::NotElf64,
+        LoadError::NoPvhEntry,
+        LoadError::BadSegment { addr: 0 },
     ];
     for (i, a) in all.iter().enumerate() {
         assert!(!a.as_str().is_empty());
