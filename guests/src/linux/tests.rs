@@ -837,14 +837,13 @@ fn debian_bzimage_parses_and_loads() {
     check(&image, 128 * MIB, &config(cmdline, &initrd)).unwrap();
 }
 
-/// A Multiboot 1 image (a.out kludge, loaded at 1 MiB) that stands in for Hermitage's vCPU
-/// reset: QEMU's own Multiboot loader enters it in 32-bit protected mode with the three
-/// modules (boot area, protected-mode kernel, initrd) somewhere above it; it copies them to
-/// where [`load`] put them (the boot area last, since QEMU's information structure may lie
-/// there), then sets up exactly the [`Entry`] state (GDTR, CR4, CR3, EFER.LME, CR0, far jump to
-/// CS, data selectors, RSI, RSP) and jumps to RIP. Hand-assembled: 32-bit code, then 64-bit.
-fn trampoline(entry: &Entry, kernel_dest: u64, initrd_dest: u64) -> Vec<u8> {
-    const BASE: u32 = 0x10_0000;
+/// The start of a Multiboot 1 image (a.out kludge, loaded at `base`) that stands in for
+/// Hermitage's vCPU reset: QEMU's own Multiboot loader enters it in 32-bit protected mode
+/// (paging off, flat segments) with three modules somewhere above it: the boot area, the
+/// kernel, the initrd. This code copies them to `dests` (the boot area last, since QEMU's
+/// information structure may lie there) and loads GDTR = {`gdt_base`, `gdt_limit`}; the
+/// caller appends the mode switch and the jump. Hand-assembled 32-bit code.
+pub(super) fn copier(base: u32, dests: [u64; 3], gdt_base: u64, gdt_limit: u16) -> Vec<u8> {
     const CODE: u32 = 0x40; // code offset in the file; the GDTR pseudo-descriptor at 0x30
     let mut t = vec![0u8; CODE as usize];
     let flags: u32 = 0x0001_0003; // page-aligned modules, memory info, address fields
@@ -852,33 +851,41 @@ fn trampoline(entry: &Entry, kernel_dest: u64, initrd_dest: u64) -> Vec<u8> {
         0x1BAD_B002u32,
         flags,
         0u32.wrapping_sub(0x1BAD_B002u32.wrapping_add(flags)),
-        BASE, // header_addr
-        BASE, // load_addr
+        base, // header_addr
+        base, // load_addr
         0,    // load_end_addr: whole file
         0,    // bss_end_addr
-        BASE + CODE,
+        base + CODE,
     ]
     .into_iter()
     .enumerate()
     {
         set32(&mut t, 4 * i, v);
     }
-    set16(&mut t, 0x30, entry.gdt_limit);
-    set32(&mut t, 0x32, entry.gdt_base as u32);
-    let imm = |v: u64| (v as u32).to_le_bytes();
-    let mut c: Vec<u8> = Vec::new();
-    c.extend([0x8B, 0x6B, 0x18]); // mov ebp, [ebx+24]: mods_addr
-    for (slot, dest) in [(1u8, kernel_dest), (2, initrd_dest), (0, BOOT_AREA_START)] {
+    set16(&mut t, 0x30, gdt_limit);
+    set32(&mut t, 0x32, gdt_base as u32);
+    t.extend([0x8B, 0x6B, 0x18]); // mov ebp, [ebx+24]: mods_addr
+    for (slot, dest) in [(1u8, dests[1]), (2, dests[2]), (0, dests[0])] {
         let at = slot * 16;
-        c.extend([0x8B, 0x75, at]); // mov esi, [ebp+at]: mod_start
-        c.extend([0x8B, 0x4D, at + 4]); // mov ecx, [ebp+at+4]: mod_end
-        c.extend([0x29, 0xF1]); // sub ecx, esi
-        c.push(0xBF); // mov edi, dest
-        c.extend(imm(dest));
-        c.extend([0xFC, 0xF3, 0xA4]); // cld; rep movsb
+        t.extend([0x8B, 0x75, at]); // mov esi, [ebp+at]: mod_start
+        t.extend([0x8B, 0x4D, at + 4]); // mov ecx, [ebp+at+4]: mod_end
+        t.extend([0x29, 0xF1]); // sub ecx, esi
+        t.push(0xBF); // mov edi, dest
+        t.extend((dest as u32).to_le_bytes());
+        t.extend([0xFC, 0xF3, 0xA4]); // cld; rep movsb
     }
-    c.extend([0x0F, 0x01, 0x15]); // lgdt [BASE + 0x30]
-    c.extend(imm(u64::from(BASE) + 0x30));
+    t.extend([0x0F, 0x01, 0x15]); // lgdt [base + 0x30]
+    t.extend((base + 0x30).to_le_bytes());
+    t
+}
+
+/// [`copier`] at 1 MiB, then exactly the [`Entry`] state: CR4, CR3, EFER.LME, CR0, a far jump
+/// to CS, the data selectors, RSI, RSP, RFLAGS, and a jump to RIP.
+fn trampoline(entry: &Entry, kernel_dest: u64, initrd_dest: u64) -> Vec<u8> {
+    const BASE: u32 = 0x10_0000;
+    let dests = [BOOT_AREA_START, kernel_dest, initrd_dest];
+    let mut c = copier(BASE, dests, entry.gdt_base, entry.gdt_limit);
+    let imm = |v: u64| (v as u32).to_le_bytes();
     c.extend([0x0F, 0x20, 0xE0, 0x0D]); // mov eax, cr4; or eax, cr4
     c.extend(imm(entry.cr4));
     c.extend([0x0F, 0x22, 0xE0, 0xB8]); // mov cr4, eax; mov eax, cr3
@@ -889,7 +896,7 @@ fn trampoline(entry: &Entry, kernel_dest: u64, initrd_dest: u64) -> Vec<u8> {
     c.extend([0x0F, 0x30, 0x0F, 0x20, 0xC0, 0x0D]); // wrmsr; mov eax, cr0; or eax, cr0
     c.extend(imm(entry.cr0));
     c.extend([0x0F, 0x22, 0xC0, 0xEA]); // mov cr0, eax; jmp far cs:long64
-    let long64 = BASE + CODE + c.len() as u32 + 6;
+    let long64 = BASE + c.len() as u32 + 6;
     c.extend(long64.to_le_bytes());
     c.extend(entry.cs.to_le_bytes());
     // 64-bit code from here.
@@ -904,8 +911,7 @@ fn trampoline(entry: &Entry, kernel_dest: u64, initrd_dest: u64) -> Vec<u8> {
     c.push(0xB8); // mov eax, rip
     c.extend(imm(entry.rip));
     c.extend([0xFF, 0xE0]); // jmp rax
-    t.extend(c);
-    t
+    c
 }
 
 /// The host's TSC rate in kHz from /proc/cpuinfo (QEMU TCG's guest TSC runs at it).
@@ -923,102 +929,68 @@ fn host_tsc_khz() -> u64 {
         .map_or(2_000_000, |mhz| (mhz * 1000.0).round() as u64)
 }
 
-/// Debian's kernel and the busybox initramfs of `scripts/linux-guest`, put into RAM by [`load`]
-/// and entered with exactly the [`Entry`] state (through [`trampoline`] under plain QEMU TCG,
-/// `-M pc -cpu EPYC,-apic,-x2apic`): it must reach the shell with our command line, our e820 map
-/// and our initrd address. Needs `HERMITAGE_LINUX_BZIMAGE`, `HERMITAGE_LINUX_INITRD` and QEMU.
-#[test]
-fn debian_kernel_boots_from_the_entry_state_under_qemu() {
+/// Milestone 1's kernel command line (linux-guests.md section 5), the TSC rate from the host.
+pub(super) fn test_cmdline() -> std::string::String {
+    std::format!(
+        "console=ttyS0,115200 nolapic noapic acpi=off pci=off tsc_early_khz={} tsc=reliable \
+         nokaslr idle=halt reboot=k panic=-1 initcall_blacklist=i8042_init 8250.nr_uarts=1",
+        host_tsc_khz()
+    )
+}
+
+/// Boots `trampoline` with the `modules` (boot area, kernel, initrd) under plain QEMU TCG
+/// (`-M pc -cpu EPYC,-apic,-x2apic`, `ram_mib`), waits for the busybox prompt, has the shell
+/// print /proc/cmdline, checks it is `cmdline` and returns the console output. `None` (with a
+/// note) when QEMU is missing.
+pub(super) fn boot_under_qemu(
+    name: &str,
+    trampoline: &[u8],
+    modules: [&[u8]; 3],
+    ram_mib: usize,
+    cmdline: &str,
+) -> Option<std::string::String> {
     use std::io::{Read, Write};
     use std::process::{Command, Stdio};
     use std::string::String;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    let (Some(kernel), Some(initramfs)) = (
-        std::env::var_os("HERMITAGE_LINUX_BZIMAGE"),
-        std::env::var_os("HERMITAGE_LINUX_INITRD"),
-    ) else {
-        std::eprintln!(
-            "SKIPPED debian_kernel_boots_from_the_entry_state_under_qemu: HERMITAGE_LINUX_BZIMAGE/INITRD not set"
-        );
-        return;
-    };
     if Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
         .is_err()
     {
-        std::eprintln!("SKIPPED debian_kernel_boots_from_the_entry_state_under_qemu: no QEMU");
-        return;
+        std::eprintln!("SKIPPED {name}: no qemu-system-x86_64");
+        return None;
     }
-    let image = std::fs::read(kernel).unwrap();
-    let initrd = std::fs::read(initramfs).unwrap();
-    let cmdline = std::format!(
-        "console=ttyS0,115200 nolapic noapic acpi=off pci=off tsc_early_khz={} tsc=reliable \
-         nokaslr idle=halt reboot=k panic=-1 initcall_blacklist=i8042_init 8250.nr_uarts=1",
-        host_tsc_khz()
-    );
-    let ram = 256 * MIB;
-    let cfg = config(&cmdline, &initrd);
-    let mut mem = vec![0u8; ram];
-    let entry = load(&image, &mut mem, &cfg).unwrap();
-    let plan = check(&image, ram, &cfg).unwrap();
-
-    let dir = std::env::temp_dir().join(std::format!("hermitage-linux-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(std::format!("hermitage-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let at = |a: u64, len: u64| &mem[a as usize..(a + len) as usize];
-    let files = [
-        (
-            "trampoline.bin",
-            trampoline(&entry, plan.kernel_addr, plan.initrd_addr),
-        ),
-        (
-            "boot.bin",
-            at(BOOT_AREA_START, BOOT_AREA_END - BOOT_AREA_START).to_vec(),
-        ),
-        ("kernel.bin", at(plan.kernel_addr, plan.kernel_len).to_vec()),
-        ("initrd.bin", at(plan.initrd_addr, plan.initrd_len).to_vec()),
-    ];
-    for (name, bytes) in &files {
-        std::fs::write(dir.join(name), bytes).unwrap();
+    let path = |file: &str| dir.join(file).to_string_lossy().into_owned();
+    std::fs::write(path("trampoline.bin"), trampoline).unwrap();
+    for (file, bytes) in ["boot.bin", "kernel.bin", "initrd.bin"].iter().zip(modules) {
+        std::fs::write(path(file), bytes).unwrap();
     }
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let modules = std::format!(
+    let list = std::format!(
         "{},{},{}",
         path("boot.bin"),
         path("kernel.bin"),
         path("initrd.bin")
     );
+    let memory = std::format!("{ram_mib}M");
     let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "pc",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "EPYC,-apic,-x2apic",
-            "-m",
-            "256M",
-        ])
-        .args([
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
-        .args(["-kernel", &path("trampoline.bin"), "-initrd", &modules])
+        .args(["-M", "pc", "-accel", "tcg", "-cpu", "EPYC,-apic,-x2apic"])
+        .args(["-m", &memory, "-display", "none", "-monitor", "none"])
+        .args(["-serial", "stdio", "-no-reboot"])
+        .args(["-kernel", &path("trampoline.bin"), "-initrd", &list])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let output = Arc::new(Mutex::new(String::new()));
+    let start = Instant::now();
     // Everything that can fail runs in here, so that QEMU is always stopped and reaped.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let output = Arc::new(Mutex::new(String::new()));
         {
             let (output, mut stdout) = (output.clone(), child.stdout.take().unwrap());
             std::thread::spawn(move || {
@@ -1031,7 +1003,6 @@ fn debian_kernel_boots_from_the_entry_state_under_qemu() {
                 }
             });
         }
-        let start = Instant::now();
         // Where `what` ends in the console output after byte `from`.
         let wait_for = |what: &str, from: usize| -> usize {
             let mut found = None;
@@ -1040,7 +1011,7 @@ fn debian_kernel_boots_from_the_entry_state_under_qemu() {
                 let text = output.lock().unwrap().clone();
                 assert!(
                     start.elapsed() < Duration::from_secs(240),
-                    "no {what:?} after {:?}:\n{}",
+                    "{name}: no {what:?} after {:?}:\n{}",
                     start.elapsed(),
                     text.get(text.len().saturating_sub(4000)..).unwrap_or(&text)
                 );
@@ -1049,37 +1020,71 @@ fn debian_kernel_boots_from_the_entry_state_under_qemu() {
             from + found.unwrap_or(0) + what.len()
         };
         let prompt = wait_for("hermitage-linux# ", 0);
-        std::eprintln!(
-            "loader-booted Debian kernel: shell prompt after {:?}",
-            start.elapsed()
-        );
+        std::eprintln!("{name}: shell prompt after {:?}", start.elapsed());
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(b"cat /proc/cmdline\n").unwrap();
         stdin.flush().unwrap();
         let end = wait_for(&std::format!("\n{cmdline}"), prompt);
         wait_for("hermitage-linux# ", end);
         let log = output.lock().unwrap().clone();
-        // Our e820 map, not SeaBIOS's (which splits the legacy hole and reserves RAM's top).
-        for line in [
-            "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
-            "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved",
-            "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
-        ] {
-            assert!(log.contains(line), "{line} missing:\n{log}");
-        }
-        // Linux prints the initrd's range rounded out to whole pages.
-        let ramdisk = std::format!(
-            "RAMDISK: [mem {:#010x}-{:#010x}]",
-            plan.initrd_addr,
-            (plan.initrd_addr + plan.initrd_len).next_multiple_of(4096) - 1
-        );
-        assert!(log.contains(&ramdisk), "{ramdisk} missing:\n{log}");
         assert!(log.contains("hermitage-linux: init"), "{log}");
+        log
     }));
     child.kill().ok();
     child.wait().ok();
     std::fs::remove_dir_all(&dir).ok();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
+    Some(result.unwrap_or_else(|e| std::panic::resume_unwind(e)))
+}
+
+/// Debian's kernel and the busybox initramfs of `scripts/linux-guest`, put into RAM by [`load`]
+/// and entered with exactly the [`Entry`] state (through [`trampoline`] under plain QEMU):
+/// it must reach the shell with our command line, our e820 map and our initrd address. Needs
+/// `HERMITAGE_LINUX_BZIMAGE` and `HERMITAGE_LINUX_INITRD`.
+#[test]
+fn debian_kernel_boots_from_the_entry_state_under_qemu() {
+    let name = "debian_kernel_boots_from_the_entry_state_under_qemu";
+    let (Some(kernel), Some(initramfs)) = (
+        std::env::var_os("HERMITAGE_LINUX_BZIMAGE"),
+        std::env::var_os("HERMITAGE_LINUX_INITRD"),
+    ) else {
+        std::eprintln!("SKIPPED {name}: HERMITAGE_LINUX_BZIMAGE/INITRD not set");
+        return;
+    };
+    let image = std::fs::read(kernel).unwrap();
+    let initrd = std::fs::read(initramfs).unwrap();
+    let cmdline = test_cmdline();
+    let ram = 256 * MIB;
+    let cfg = config(&cmdline, &initrd);
+    let mut mem = vec![0u8; ram];
+    let entry = load(&image, &mut mem, &cfg).unwrap();
+    let plan = check(&image, ram, &cfg).unwrap();
+    let at = |a: u64, len: u64| &mem[a as usize..(a + len) as usize];
+    let Some(log) = boot_under_qemu(
+        name,
+        &trampoline(&entry, plan.kernel_addr, plan.initrd_addr),
+        [
+            at(BOOT_AREA_START, BOOT_AREA_END - BOOT_AREA_START),
+            at(plan.kernel_addr, plan.kernel_len),
+            at(plan.initrd_addr, plan.initrd_len),
+        ],
+        256,
+        &cmdline,
+    ) else {
+        return;
+    };
+    // Our e820 map, not SeaBIOS's (which splits the legacy hole and reserves RAM's top).
+    for line in [
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+        "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved",
+        "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+    ] {
+        assert!(log.contains(line), "{line} missing:\n{log}");
     }
+    // Linux prints the initrd's range rounded out to whole pages.
+    let ramdisk = std::format!(
+        "RAMDISK: [mem {:#010x}-{:#010x}]",
+        plan.initrd_addr,
+        (plan.initrd_addr + plan.initrd_len).next_multiple_of(4096) - 1
+    );
+    assert!(log.contains(&ramdisk), "{ramdisk} missing:\n{log}");
 }

@@ -346,3 +346,69 @@ fn debian_vmlinux_has_a_pvh_entry() {
     // pvh_start_xen opens with `cld` (arch/x86/platform/pvh/head.S).
     assert_eq!(mem[v.entry as usize], 0xFC);
 }
+
+/// Debian's vmlinux and the initramfs, put into RAM by [`load`] and entered with exactly the
+/// [`PvhEntry`] state under plain QEMU (a Multiboot copier at 256 MiB, so that QEMU's modules
+/// land above where they are copied to): it must reach the shell with our command line, memory
+/// map and initrd.
+#[test]
+fn debian_vmlinux_boots_from_the_pvh_entry_state_under_qemu() {
+    use super::super::tests::{boot_under_qemu, copier, test_cmdline};
+    let name = "debian_vmlinux_boots_from_the_pvh_entry_state_under_qemu";
+    let (Some(kernel), Some(initramfs)) = (
+        std::env::var_os("HERMITAGE_LINUX_VMLINUX"),
+        std::env::var_os("HERMITAGE_LINUX_INITRD"),
+    ) else {
+        std::eprintln!("SKIPPED {name}: HERMITAGE_LINUX_VMLINUX/INITRD not set");
+        return;
+    };
+    let image = std::fs::read(kernel).unwrap();
+    let initrd = std::fs::read(initramfs).unwrap();
+    let cmdline = test_cmdline();
+    let ram = 512 * MIB;
+    let cfg = config(&cmdline, &initrd);
+    let mut mem = vec![0u8; ram];
+    let entry = load(&image, &mut mem, &cfg).unwrap();
+    let plan = check(&image, ram, &cfg).unwrap();
+    const BASE: u32 = 0x1000_0000;
+    let dests = [BOOT_AREA_START, plan.kernel_start, plan.initrd_addr];
+    let mut t = copier(BASE, dests, entry.gdt_base.into(), entry.gdt_limit);
+    t.push(0xEA); // jmp far cs:next
+    let next = BASE + t.len() as u32 + 6;
+    t.extend(next.to_le_bytes());
+    t.extend(entry.cs.to_le_bytes());
+    t.push(0xB8); // mov eax, ds selector
+    t.extend(u32::from(entry.ds).to_le_bytes());
+    // mov ds, ax; mov es, ax; mov ss, ax; mov fs, ax; mov gs, ax
+    t.extend([0x8E, 0xD8, 0x8E, 0xC0, 0x8E, 0xD0, 0x8E, 0xE0, 0x8E, 0xE8]);
+    t.push(0xBB); // mov ebx, start info
+    t.extend(entry.ebx.to_le_bytes());
+    t.extend([0x6A, entry.eflags as u8, 0x9D]); // push eflags; popfd
+    t.push(0xB8); // mov eax, eip
+    t.extend(entry.eip.to_le_bytes());
+    t.extend([0xFF, 0xE0]); // jmp eax
+    let at = |a: u64, len: u64| &mem[a as usize..(a + len) as usize];
+    let Some(log) = boot_under_qemu(
+        name,
+        &t,
+        [
+            at(BOOT_AREA_START, BOOT_AREA_END - BOOT_AREA_START),
+            at(plan.kernel_start, plan.kernel_end - plan.kernel_start),
+            at(plan.initrd_addr, plan.initrd_len),
+        ],
+        512,
+        &cmdline,
+    ) else {
+        return;
+    };
+    assert!(
+        log.contains("BIOS-e820: [mem 0x0000000000100000-0x000000001fffffff] usable"),
+        "{log}"
+    );
+    let ramdisk = std::format!(
+        "RAMDISK: [mem {:#010x}-{:#010x}]",
+        plan.initrd_addr,
+        (plan.initrd_addr + plan.initrd_len).next_multiple_of(4096) - 1
+    );
+    assert!(log.contains(&ramdisk), "{ramdisk} missing:\n{log}");
+}
