@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod builtins;
+pub mod linux;
 pub mod multiboot;
 
 pub use builtins::{BUILTINS, builtin};

@@ -1,0 +1,142 @@
+"""Linux guest baseline: Debian's stock kernel and the busybox initramfs of scripts/linux-guest,
+booted directly by QEMU TCG with the device set of Hermitage's first Linux milestone (-M pc, no
+local APIC: PIT + 8259 PIC + 16550 on IRQ 4; `scripts/linux-guest --qemu`).
+
+It proves the initramfs reaches an interactive shell on ttyS0 with the recommended kernel
+command line, and its time to the shell prompt is the baseline of the Linux boot-time benchmark
+(Hermitage's create-to-prompt time is to be compared with it). Standard library only.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import ROOT, run_suite, stop_group  # noqa: E402
+
+LINUX_GUEST = os.path.join(ROOT, "scripts", "linux-guest")
+PROMPT = "hermitage-linux# "
+# Decompressing an 8 MB xz kernel under TCG on a loaded 2-core host takes a while.
+BOOT_TIMEOUT = float(os.environ.get("HERMITAGE_LINUX_BOOT_TIMEOUT", "150"))
+
+
+class DirectQemu:
+    """`scripts/linux-guest --qemu` with its serial console on pipes."""
+
+    def __init__(self, *args):
+        self.start = time.monotonic()
+        self.proc = subprocess.Popen([LINUX_GUEST, "--qemu", *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.out = bytearray()
+        self.lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        while True:
+            chunk = self.proc.stdout.read1(4096)
+            if not chunk:
+                return
+            with self.lock:
+                self.out.extend(chunk)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        stop_group(self.proc)
+        return False
+
+    def text(self):
+        with self.lock:
+            return self.out.decode("utf-8", errors="replace")
+
+    def wait_for(self, pattern, timeout, after=0):
+        """Wait for `pattern` in the console output from character `after` on; returns the match."""
+        rx = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = rx.search(self.text(), after)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                time.sleep(0.2)  # let the reader drain the pipe
+                raise AssertionError(f"QEMU exited ({self.proc.returncode}) before /{pattern}/:\n"
+                                     f"{self.text()[-4000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"timeout ({timeout}s) waiting for /{pattern}/:\n{self.text()[-4000:]}")
+
+    def run(self, command, pattern, timeout=30):
+        """Type `command` into the shell and wait for `pattern` in what comes back after it."""
+        after = len(self.text())
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+        m = self.wait_for(pattern, timeout, after)
+        # And the next prompt, so that the following command is typed into a ready shell.
+        self.wait_for(re.escape(PROMPT), timeout, m.end())
+        return m
+
+
+def test_direct_qemu_boot_reaches_shell():
+    """The stock kernel boots to /init and an interactive busybox shell on ttyS0; the shell runs
+    typed commands; the timer and the UART interrupt go through the 8259 (no APIC); reboot -f
+    resets through the keyboard controller (reboot=k), which ends QEMU (-no-reboot)."""
+    # Fetch and build first (cached under target/linux/), so the boot time measured below is
+    # the boot alone.
+    paths = subprocess.run([LINUX_GUEST, "--print"], check=True, capture_output=True, text=True,
+                           timeout=900).stdout.split()
+    assert len(paths) == 2 and all(os.path.getsize(p) > 0 for p in paths), paths
+    with DirectQemu() as vm:
+        vm.wait_for(r"Linux version 6\.\d+\.\S+", BOOT_TIMEOUT)
+        vm.wait_for(r"^hermitage-linux: init\r?$", BOOT_TIMEOUT)
+        vm.wait_for(re.escape(PROMPT), BOOT_TIMEOUT)
+        to_prompt = time.monotonic() - vm.start
+        console = vm.text()
+        guest = re.findall(r"^\[\s*(\d+\.\d+)\] Run /init as init process", console, re.MULTILINE)
+        assert "tsc_early_khz=" in console, console[-3000:]
+        assert re.search(r"clocksource: Switched to clocksource tsc", console), console[-4000:]
+        print(f"    direct QEMU TCG boot to the shell prompt: {to_prompt:.1f} s host time "
+              f"(/init at {guest[0] if guest else '?'} s guest time)", flush=True)
+
+        m = vm.run("uname -a", r"^Linux \S+ (\d+\.\d+\.\d+-\d+-amd64) .*x86_64.*$")
+        assert m.group(1).startswith("6."), m.group(0)
+        vm.run("echo $((6*7))", r"^42\r?$")
+        # The milestone's interrupt path: PIT on IRQ 0 and the 16550 on IRQ 4, both on the PIC.
+        irqs = vm.run("cat /proc/interrupts", r"^\s*4:\s+(\d+)\s+XT-PIC\s+ttyS0\s*\r?$")
+        assert int(irqs.group(1)) > 0, irqs.group(0)
+        assert re.search(r"^\s*0:\s+[1-9]\d*\s+XT-PIC\s+timer", vm.text(), re.MULTILINE), vm.text()[-2000:]
+        vm.run("sleep 1; echo slept", r"^slept\r?$", timeout=30)
+
+        vm.proc.stdin.write(b"reboot -f\n")
+        vm.proc.stdin.flush()
+        try:
+            code = vm.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"QEMU still running 60 s after reboot -f:\n{vm.text()[-2000:]}")
+        assert code == 0, (code, vm.text()[-2000:])
+
+
+def test_direct_qemu_pvh_boot_reaches_shell():
+    """The same kernel decompressed on the host (target/linux/vmlinux), booted by QEMU through
+    its Xen PVH entry: no decompression in the guest. Prints its time to the prompt next to the
+    bzImage's."""
+    subprocess.run([LINUX_GUEST, "--print"], check=True, capture_output=True, timeout=900)
+    with DirectQemu("--pvh") as vm:
+        vm.wait_for(re.escape(PROMPT), BOOT_TIMEOUT)
+        to_prompt = time.monotonic() - vm.start
+        print(f"    direct QEMU TCG PVH boot (vmlinux) to the shell prompt: {to_prompt:.1f} s host time",
+              flush=True)
+        m = vm.run("uname -r", r"^(\d+\.\d+\.\d+-\d+-amd64)\r?$")
+        assert m.group(1).startswith("6."), m.group(0)
+        vm.run("echo $((6*7))", r"^42\r?$")
+
+
+TESTS = [test_direct_qemu_boot_reaches_shell, test_direct_qemu_pvh_boot_reaches_shell]
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    sys.exit(1 if run_suite("linux", TESTS, sys.argv[1:]) else 0)
