@@ -56,6 +56,9 @@ extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *con
         serve(config)
     }
 
+    // The instruction decoder (iced-x86) builds its tables on the heap at its first decode;
+    // do it here, once, rather than inside the first guest exit with interrupts off.
+    hv::emulate::warm_up();
     let up = cpus::bring_up_all();
     let features = cpus::detect_here();
     println!(
