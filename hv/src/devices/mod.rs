@@ -24,6 +24,8 @@
 //! Devices are decided here and counted by the caller; nothing here blocks or allocates.
 
 pub mod console;
+pub mod pic;
+pub mod pit;
 pub mod uart;
 
 pub use console::{CONSOLE_RING_SIZE, ConsoleRead, ConsoleRing};
