@@ -39,6 +39,10 @@
 //! (guests keep time from the TSC, not from counting ticks). [`Pit::next_deadline`] is when OUT0
 //! next rises (or `now` if a rising edge is waiting to be reported), for the vCPU's timer queue.
 //!
+//! Guest time only moves forward, and the model relies on it: the `now` of each call must not
+//! be earlier than that of the previous call (an earlier one is not an error and cannot panic,
+//! but may read stale values).
+//!
 //! Other choices:
 //! - **Reset state.** The datasheet leaves the state before the first control word undefined;
 //!   we reset every channel as a BIOS's control word 0x36 leaves it (lobyte/hibyte, mode 3,
@@ -1202,6 +1206,30 @@ mod tests {
     }
 
     proptest! {
+        /// Any byte to any PIT port at increasing times: nothing panics, a deadline is never in
+        /// the past, and a reported deadline is where a pulse comes.
+        #[test]
+        fn random_accesses(ops in prop::collection::vec(
+            (prop::sample::select(vec![0x40u16, 0x41, 0x42, 0x43, 0x61]), any::<u8>(), any::<bool>(), 0u64..3000),
+            0..200,
+        )) {
+            let mut p = Pit::new();
+            let mut k = 0u64;
+            for (port, v, is_write, dt) in ops {
+                k += dt;
+                if is_write {
+                    outb(&mut p, port, v, k);
+                } else {
+                    inb(&mut p, port, k);
+                }
+                if let Some(d) = p.next_deadline(at(k)) {
+                    prop_assert!(d >= at(k));
+                    let mut q = p;
+                    prop_assert_eq!(q.irq0(d), Some(LineEvent::Pulse));
+                }
+            }
+        }
+
         /// Channel 0 programmed at random: polling at each deadline reports a pulse, just
         /// before it nothing, and OUT0 really rose at the deadline.
         #[test]
