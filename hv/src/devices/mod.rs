@@ -27,6 +27,8 @@ pub mod console;
 pub mod fw_cfg;
 pub mod ioapic;
 pub mod lapic;
+pub mod pic;
+pub mod pit;
 pub mod uart;
 
 pub use console::{CONSOLE_RING_SIZE, ConsoleRead, ConsoleRing};
