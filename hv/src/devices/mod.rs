@@ -23,6 +23,7 @@
 //!
 //! Devices are decided here and counted by the caller; nothing here blocks or allocates.
 
+pub mod chipset;
 pub mod console;
 pub mod fw_cfg;
 pub mod ioapic;
