@@ -24,6 +24,7 @@
 //! Devices are decided here and counted by the caller; nothing here blocks or allocates.
 
 pub mod console;
+pub mod rtc;
 pub mod uart;
 
 pub use console::{CONSOLE_RING_SIZE, ConsoleRead, ConsoleRing};
