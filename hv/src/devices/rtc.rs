@@ -46,10 +46,10 @@
 
 use crate::time::{GuestTime, NANOS_PER_SEC};
 
-/// Index port.
-pub const RTC_INDEX_PORT: u16 = 0x70;
-/// Data port.
-pub const RTC_DATA_PORT: u16 = 0x71;
+/// Base port: index at 0x70, data at 0x71.
+pub const RTC_BASE: u16 = 0x70;
+/// Number of RTC ports.
+pub const RTC_PORTS: u16 = 2;
 /// The PC's IRQ line of the RTC.
 pub const RTC_IRQ: u8 = 8;
 /// Bytes of CMOS address space (registers and memory).
@@ -246,6 +246,27 @@ fn unix_from_fields(year: i64, month: i64, day: i64, hour: i64, minute: i64, sec
     let month = (m0.rem_euclid(12) + 1) as u8;
     let days = days_to_month_start(year, month) + day - 1;
     days * SECS_PER_DAY + hour * 3600 + minute * 60 + second
+}
+
+/// The two ports of the RTC, by offset from [`RTC_BASE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RtcPort {
+    /// 0x70: index (write-only) with the NMI mask in bit 7.
+    Index = 0,
+    /// 0x71: the selected register.
+    Data = 1,
+}
+
+impl RtcPort {
+    /// The port at `offset` (0 or 1) from [`RTC_BASE`].
+    pub const fn from_offset(offset: u16) -> Option<RtcPort> {
+        match offset {
+            0 => Some(RtcPort::Index),
+            1 => Some(RtcPort::Data),
+            _ => None,
+        }
+    }
 }
 
 /// What one alarm byte matches.
@@ -657,9 +678,9 @@ impl Rtc {
         next.since(now) <= UIP_WINDOW_NS
     }
 
-    /// Read port `port` (0x70 or 0x71) at guest time `now`. Reading register C clears it.
-    pub fn read(&mut self, port: u16, now: GuestTime) -> u8 {
-        if port != RTC_DATA_PORT {
+    /// Read `port` at guest time `now`. Reading register C clears it.
+    pub fn read(&mut self, port: RtcPort, now: GuestTime) -> u8 {
+        if port == RtcPort::Index {
             return 0xFF;
         }
         self.advance(now);
@@ -688,16 +709,15 @@ impl Rtc {
         }
     }
 
-    /// Write `value` to port `port` (0x70: index and NMI mask; 0x71: the selected register)
-    /// at guest time `now`.
-    pub fn write(&mut self, port: u16, value: u8, now: GuestTime) {
+    /// Write `value` to `port` (index and NMI mask, or the selected register) at guest time
+    /// `now`.
+    pub fn write(&mut self, port: RtcPort, value: u8, now: GuestTime) {
         match port {
-            RTC_INDEX_PORT => {
+            RtcPort::Index => {
                 self.index = value & 0x7F;
                 self.nmi_masked = value & 0x80 != 0;
             }
-            RTC_DATA_PORT => self.write_data(value, now),
-            _ => {}
+            RtcPort::Data => self.write_data(value, now),
         }
     }
 
@@ -772,13 +792,13 @@ mod tests {
     }
 
     fn rd(r: &mut Rtc, reg: u8, now: GuestTime) -> u8 {
-        r.write(RTC_INDEX_PORT, reg, now);
-        r.read(RTC_DATA_PORT, now)
+        r.write(RtcPort::Index, reg, now);
+        r.read(RtcPort::Data, now)
     }
 
     fn wr(r: &mut Rtc, reg: u8, v: u8, now: GuestTime) {
-        r.write(RTC_INDEX_PORT, reg, now);
-        r.write(RTC_DATA_PORT, v, now);
+        r.write(RtcPort::Index, reg, now);
+        r.write(RtcPort::Data, v, now);
     }
 
     /// sec, min, hour, weekday, day, month, year, century.
@@ -1210,24 +1230,24 @@ mod tests {
         assert_eq!(rd(&mut r, CMOS_SHUTDOWN_STATUS, GuestTime::ZERO), 0x0A);
         assert_eq!(rd(&mut r, 0x10, GuestTime::ZERO), 0x40);
         // The index is 7 bits: 0x8F selects 0x0F with NMIs masked.
-        r.write(RTC_INDEX_PORT, 0x80 | CMOS_SHUTDOWN_STATUS, GuestTime::ZERO);
-        assert_eq!(r.read(RTC_DATA_PORT, GuestTime::ZERO), 0x0A);
+        r.write(RtcPort::Index, 0x80 | CMOS_SHUTDOWN_STATUS, GuestTime::ZERO);
+        assert_eq!(r.read(RtcPort::Data, GuestTime::ZERO), 0x0A);
     }
 
     #[test]
     fn nmi_mask_bit() {
         let mut r = Rtc::new(T_2023);
         assert!(!r.nmi_masked());
-        r.write(RTC_INDEX_PORT, 0x80 | REG_SECONDS, GuestTime::ZERO);
+        r.write(RtcPort::Index, 0x80 | REG_SECONDS, GuestTime::ZERO);
         assert!(r.nmi_masked());
         assert_eq!(r.index(), REG_SECONDS);
-        assert_eq!(r.read(RTC_DATA_PORT, GuestTime::ZERO), 0x20);
+        assert_eq!(r.read(RtcPort::Data, GuestTime::ZERO), 0x20);
         assert_eq!(
-            r.read(RTC_INDEX_PORT, GuestTime::ZERO),
+            r.read(RtcPort::Index, GuestTime::ZERO),
             0xFF,
             "0x70 is write-only"
         );
-        r.write(RTC_INDEX_PORT, REG_SECONDS, GuestTime::ZERO);
+        r.write(RtcPort::Index, REG_SECONDS, GuestTime::ZERO);
         assert!(!r.nmi_masked());
     }
 
@@ -1241,7 +1261,7 @@ mod tests {
             ms(1),
         );
         wr(&mut r, REG_A, 0x2F, ms(1));
-        r.write(RTC_INDEX_PORT, 0x80 | REG_B, ms(1));
+        r.write(RtcPort::Index, 0x80 | REG_B, ms(1));
         r.poll(ms(600));
         assert!(r.irq_level());
         // Reset at 10.25 s of the old guest clock; the new one starts at 0.
@@ -1289,5 +1309,89 @@ mod tests {
         wr(&mut r, REG_B, B_24H | B_DM_BINARY, ms(100));
         assert_eq!(date(&mut r, ms(100)), [0, 30, 12, 2, 1, 1, 24, 20]);
         assert_eq!(r.unix_time(ms(100)), 1_704_112_200);
+    }
+
+    fn alarm_byte() -> impl proptest::strategy::Strategy<Value = (bool, u8)> {
+        use proptest::prelude::*;
+        // (is "any", value): don't care, a small value (encoded later), or raw garbage.
+        prop_oneof![
+            (0xC0u8..=0xFF).prop_map(|b| (true, b)),
+            (0u8..60).prop_map(|v| (false, v)),
+            any::<u8>().prop_map(|b| (true, b)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn calendar_round_trip(t in -400_000_000_000i64..400_000_000_000) {
+            let dt = DateTime::from_unix(t);
+            proptest::prop_assert_eq!(dt.to_unix(), t);
+            proptest::prop_assert!(dt.month >= 1 && dt.month <= 12);
+            proptest::prop_assert!(dt.day >= 1 && dt.day <= days_in_month(dt.year, dt.month));
+            proptest::prop_assert_eq!(i64::from(dt.weekday), (t.div_euclid(86_400) + 4).rem_euclid(7));
+        }
+
+        /// The deadline contract a run loop relies on: with IRQF low, polling at any time
+        /// before `next_deadline()` leaves it low, polling at the deadline raises it; with no
+        /// deadline nothing is raised. Random rates, enables, modes and alarms; the clock
+        /// keeps reading start + whole seconds throughout.
+        #[test]
+        fn deadlines_are_exact(
+            start in 0i64..4_000_000_000,
+            rs in 0u8..16,
+            enables in 0u8..8,
+            mode in 0u8..4,
+            alarms in proptest::collection::vec(alarm_byte(), 3),
+            steps in proptest::collection::vec(0u32..u32::MAX, 1..40),
+        ) {
+            let mut r = Rtc::new(start);
+            let z = GuestTime::ZERO;
+            wr(&mut r, REG_A, 0x20 | rs, z);
+            let b = (enables << 4) | (mode << 1);
+            wr(&mut r, REG_B, b, z);
+            for (reg, (raw, v)) in [REG_HOURS_ALARM, REG_MINUTES_ALARM, REG_SECONDS_ALARM]
+                .into_iter()
+                .zip(alarms)
+            {
+                let byte = if raw {
+                    v
+                } else if reg == REG_HOURS_ALARM {
+                    r.encode_hour(v % 24)
+                } else {
+                    r.encode(v)
+                };
+                wr(&mut r, reg, byte, z);
+            }
+            rd(&mut r, REG_C, z);
+            for f in steps {
+                proptest::prop_assert!(!r.irq_level());
+                let now = r.now;
+                match r.next_deadline() {
+                    Some(d) => {
+                        proptest::prop_assert!(d > now);
+                        let before = now.plus_nanos(
+                            ((d.0 - now.0 - 1) as u128 * u128::from(f) / u128::from(u32::MAX)) as u64,
+                        );
+                        r.poll(before);
+                        proptest::prop_assert!(!r.irq_level(), "raised at {:?} before {:?}", before, d);
+                        r.poll(GuestTime(d.0 - 1));
+                        proptest::prop_assert!(!r.irq_level(), "raised 1 ns before {:?}", d);
+                        r.poll(d);
+                        proptest::prop_assert!(r.irq_level(), "not raised at {:?}", d);
+                        let c = rd(&mut r, REG_C, d);
+                        proptest::prop_assert!(c & C_IRQF != 0);
+                        proptest::prop_assert_eq!(r.unix_time(d), start + (d.0 / NS) as i64);
+                    }
+                    None => {
+                        let later = now.plus_nanos(u64::from(f) * 1000);
+                        r.poll(later);
+                        proptest::prop_assert!(!r.irq_level());
+                        rd(&mut r, REG_C, later);
+                    }
+                }
+            }
+        }
     }
 }
