@@ -489,7 +489,9 @@ impl Rtc {
     }
 
     /// When the next enabled interrupt flag will be set (a periodic edge, an update, an
-    /// alarm), if none is pending yet; `None` if no interrupt can come without an access.
+    /// alarm), counted from the latest guest time seen (the last access or poll), if none is
+    /// pending yet; `None` if no interrupt can come without an access. Exact: polling 1 ns
+    /// earlier leaves IRQF low, polling at it raises IRQF.
     pub fn next_deadline(&self) -> Option<GuestTime> {
         let now = self.now;
         let mut best: Option<GuestTime> = None;

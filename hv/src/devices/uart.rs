@@ -246,7 +246,8 @@ impl Uart16550 {
     };
 
     /// Back to [`Uart16550::RESET`]. Input queued by the host and not yet received is
-    /// discarded too: after a guest reset nothing from before it is delivered.
+    /// discarded too: after a guest reset nothing from before it is delivered. The time base
+    /// goes back to guest time 0, as the guest clock restarts with a reset (`time.rs`).
     pub fn reset(&mut self) {
         *self = Self::RESET;
     }
