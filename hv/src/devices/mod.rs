@@ -30,12 +30,14 @@ pub mod ioapic;
 pub mod lapic;
 pub mod pic;
 pub mod pit;
+pub mod rtc;
 pub mod uart;
 
 pub use console::{CONSOLE_RING_SIZE, ConsoleRead, ConsoleRing};
 pub use uart::{COM1_BASE, Uart16550, UartReg};
 
 use crate::exit::ResetTrigger;
+use crate::time::GuestTime;
 
 /// Debug-exit port: a write stops the VM with the value as exit code.
 pub const DEBUG_EXIT_PORT: u16 = 0xF4;
@@ -149,7 +151,8 @@ impl Devices {
             let mut value = 0u32;
             for i in 0..size.bytes() as u16 {
                 let byte = match uart_reg(port.wrapping_add(i)) {
-                    Some(reg) => self.uart.read(reg),
+                    // No guest clock here yet: the UART sees time 0 (no character timeout).
+                    Some(reg) => self.uart.read(reg, GuestTime::ZERO),
                     None => 0xFF,
                 };
                 value |= u32::from(byte) << (8 * i);
@@ -183,8 +186,9 @@ impl Devices {
         if is_uart(port) {
             for i in 0..size.bytes() as u16 {
                 if let Some(reg) = uart_reg(port.wrapping_add(i)) {
+                    let byte = (value >> (8 * i)) as u8;
                     self.uart
-                        .write(reg, (value >> (8 * i)) as u8, &mut self.console);
+                        .write(reg, byte, GuestTime::ZERO, &mut self.console);
                 }
             }
             return PortWrite::Done;
