@@ -1806,7 +1806,7 @@ fn check_tsc_span(asm: &mut Asm, t0: u32, t1: u32, tsc_khz: u32, fail: &str) -> 
     asm.a.neg(eax)?;
     asm.here(&abs)?;
     asm.a.cmp(eax, ecx)?;
-    Ok(asm.ja(fail)?)
+    asm.ja(fail)
 }
 
 /// In the interrupt hook: time-stamps arrival 1 into `t0` and arrival `[ticks] + 1` into
@@ -1942,7 +1942,7 @@ const ECHO_RING: u32 = 0x20_0000;
 const ECHO_RING_MASK: u32 = 0xFFF;
 /// The long string `echo` sends through THRE interrupts: 32 lines of 63 characters
 /// `'0' + column` and a line feed.
-pub const ECHO_LONG_LEN: u32 = 2048;
+const ECHO_LONG_LEN: u32 = 2048;
 
 /// `echo`: the 16550 driven like Linux's 8250 driver, by interrupts on IRQ 4.
 fn echo(asm: &mut Asm) -> Result {
@@ -2570,8 +2570,8 @@ fn ioapic(asm: &mut Asm) -> Result {
 const SMP_TRAMPOLINE: u32 = 0x8000;
 const SMP_AP_STACKS: u32 = 0x21_0000;
 /// Shared-counter increments per CPU and IPI round trips between the BSP and AP 1.
-pub const SMP_ADDS: u32 = 100_000;
-pub const SMP_ROUNDS: u32 = 100;
+const SMP_ADDS: u32 = 100_000;
+const SMP_ROUNDS: u32 = 100;
 const SMP_MAX_CPUS: u32 = 16;
 
 /// The real-mode start of an AP, copied to `SMP_TRAMPOLINE`: DS = CS, LGDT of the guest's GDT

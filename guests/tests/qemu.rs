@@ -6,7 +6,7 @@
 //!
 //! Skipped (with a note) when `qemu-system-x86_64` is not installed; `scripts/test` installs it.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -56,6 +56,25 @@ fn run_image(
     args: &str,
     stop_when: impl Fn(&str) -> bool,
 ) -> (String, End) {
+    run_with(name, image, args, &[], None, stop_when)
+}
+
+/// Bytes for the guest's serial input (QEMU's stdin), written once its output contains
+/// `after`.
+struct Input<'a> {
+    after: &'a str,
+    bytes: &'a [u8],
+}
+
+/// [`run_image`] with more QEMU arguments (`qemu_args`, e.g. `-smp 2`) and serial input.
+fn run_with(
+    name: &str,
+    image: &[u8],
+    args: &str,
+    qemu_args: &[&str],
+    input: Option<Input>,
+    stop_when: impl Fn(&str) -> bool,
+) -> (String, End) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     // Unique per run: tests run in parallel and may boot the same image at once.
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -79,7 +98,12 @@ fn run_image(
         .arg("-kernel")
         .arg(&kernel)
         .args(["-append", args])
-        .stdin(Stdio::null())
+        .args(qemu_args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -97,8 +121,19 @@ fn run_image(
             }
         })
     };
+    // Kept open until QEMU ends: its serial backend reads stdin to the end.
+    let mut stdin = child.stdin.take();
+    let mut input = input;
     let start = Instant::now();
     let end = loop {
+        if let Some(Input { after, bytes }) = &input {
+            if output.lock().unwrap().contains(after) {
+                let stdin = stdin.as_mut().unwrap();
+                stdin.write_all(bytes).unwrap();
+                stdin.flush().unwrap();
+                input = None;
+            }
+        }
         if let Some(status) = child.try_wait().unwrap() {
             // isa-debug-exit makes QEMU exit with (code << 1) | 1; a reset under -no-reboot
             // with 0.
@@ -125,6 +160,7 @@ fn run_image(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    drop(stdin);
     reader.join().unwrap();
     std::fs::remove_file(&kernel).ok();
     let output = output.lock().unwrap().clone();
@@ -390,4 +426,218 @@ fn apic_timer_modes_and_self_ipi_on_the_xapic() {
     assert!(output.contains("apic: self ipi count=1\n"), "{output:?}");
     assert!(output.contains("apic: PASS\n"), "{output:?}");
     assert_eq!(end, End::Exit(abi::EXIT_OK), "{output:?}");
+}
+
+/// The echo guest against QEMU's own 16550 and 8259A: the long string goes out intact through
+/// THRE interrupts (at most 16 bytes each, so at least 128 of them), and what QEMU's stdin
+/// feeds the serial port comes back, up to and including the `q`.
+#[test]
+fn echo_sends_through_thre_interrupts_and_echoes_input() {
+    if !have_qemu() {
+        return;
+    }
+    let long: String = (0..guests::builtins::ECHO_LONG_LEN)
+        .map(|i| {
+            if i % 64 == 63 {
+                '\n'
+            } else {
+                char::from(b'0' + (i % 64) as u8)
+            }
+        })
+        .collect();
+    let typed = "hello, echo\nsecond line\nq";
+    let (output, end) = run_with(
+        "echo",
+        builtin("echo").unwrap(),
+        "",
+        &[],
+        Some(Input {
+            after: "echo: ready\n",
+            bytes: typed.as_bytes(),
+        }),
+        never,
+    );
+    assert_eq!(end, End::Exit(abi::EXIT_OK), "{output:?}");
+    let expected = format!("echo: start\n{long}echo: ready\n{typed}\necho: done rda=");
+    assert!(output.starts_with(&expected), "{output:?}");
+    let counts = output
+        .lines()
+        .find(|l| l.starts_with("echo: done "))
+        .unwrap();
+    let field = |key: &str| -> u32 {
+        let at = counts.find(&format!(" {key}=")).unwrap() + key.len() + 2;
+        counts[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(field("received"), typed.len() as u32, "{counts}");
+    assert_eq!(
+        field("sent"),
+        guests::builtins::ECHO_LONG_LEN + "echo: ready\n".len() as u32 + typed.len() as u32,
+        "{counts}"
+    );
+    assert!(field("thre") * 16 >= field("sent"), "{counts}");
+    assert!(field("rda") + field("timeout") >= 1, "{counts}");
+    assert!(output.ends_with("echo: PASS\n"), "{output:?}");
+}
+
+/// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian (the civil-from-days
+/// algorithm: eras of 400 years starting in March).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn utc_date_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[test]
+fn civil_dates() {
+    assert_eq!(civil_from_days(0), (1970, 1, 1));
+    assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    assert_eq!(civil_from_days(20_424), (2025, 12, 2));
+}
+
+/// The rtc guest against QEMU's MC146818 (which starts at host time, `-rtc base=utc`): today's
+/// date, the CMOS byte, and the periodic interrupt through the slave 8259A.
+#[test]
+fn rtc_reads_todays_date_and_counts_periodic_interrupts() {
+    if !have_qemu() {
+        return;
+    }
+    let Some(khz) = host_tsc_khz() else {
+        println!("skipped: no cpu MHz in /proc/cpuinfo");
+        return;
+    };
+    let before = utc_date_now();
+    let (output, end) = run_with(
+        "rtc",
+        builtin("rtc").unwrap(),
+        &format!("tsc_khz={khz} hz=256 ticks=32 tolerance=400"),
+        &["-rtc", "base=utc"],
+        None,
+        never,
+    );
+    let after = utc_date_now();
+    println!("{output}");
+    let date = output
+        .lines()
+        .find_map(|l| l.strip_prefix("rtc: date "))
+        .unwrap_or_else(|| panic!("{output:?}"));
+    assert_eq!(date.len(), "YYYY-MM-DD hh:mm:ss".len(), "{date}");
+    assert!(date[..10] == before || date[..10] == after, "{date}");
+    assert!(output.contains("rtc: cmos 0x0f ok\n"), "{output:?}");
+    assert!(
+        output.contains("rtc: periodic hz=256 rate=8 ticks=32\n"),
+        "{output:?}"
+    );
+    assert!(output.contains("rtc: ticks=32 tsc="), "{output:?}");
+    assert!(output.ends_with("rtc: PASS\n"), "{output:?}");
+    assert_eq!(end, End::Exit(abi::EXIT_OK), "{output:?}");
+    // A rate the MC146818 cannot make is refused.
+    let (output, end) = run("rtc", "hz=1000", never);
+    assert!(output.contains("rtc: FAIL hz must be"), "{output:?}");
+    assert_eq!(end, End::Exit(abi::EXIT_CHECKS_FAILED));
+}
+
+/// The ioapic guest against QEMU's I/O APIC (PIT on pin 2) and xAPIC.
+#[test]
+fn ioapic_routes_the_pit_to_the_local_apic() {
+    if !have_qemu() {
+        return;
+    }
+    let Some(khz) = host_tsc_khz() else {
+        println!("skipped: no cpu MHz in /proc/cpuinfo");
+        return;
+    };
+    let (output, end) = run(
+        "ioapic",
+        &format!("tsc_khz={khz} hz=250 ticks=25 tolerance=400"),
+        never,
+    );
+    println!("{output}");
+    assert!(
+        output.contains(" entries=24 apic id=0 mode=0\n"),
+        "{output:?}"
+    );
+    assert!(
+        output.contains("ioapic: pin 2 redirection 0x00000034\n"),
+        "{output:?}"
+    );
+    assert!(
+        output.contains("ioapic: pit reload=4772 ticks=25\n"),
+        "{output:?}"
+    );
+    assert!(output.contains("ioapic: ticks=25 tsc="), "{output:?}");
+    assert!(output.ends_with("ioapic: PASS\n"), "{output:?}");
+    assert_eq!(end, End::Exit(abi::EXIT_OK), "{output:?}");
+}
+
+/// The smp guest on a 2- and a 3-CPU QEMU (xAPIC): every AP comes up once with its own APIC
+/// ID, the shared counter is exact, the ping-pong completes; one CPU alone passes too.
+#[test]
+fn smp_starts_the_aps_counts_and_ping_pongs() {
+    if !have_qemu() {
+        return;
+    }
+    for cpus in [2usize, 3] {
+        let smp = cpus.to_string();
+        let (output, end) = run_with(
+            "smp",
+            builtin("smp").unwrap(),
+            &format!("cpus={cpus}"),
+            &["-smp", &smp],
+            None,
+            never,
+        );
+        println!("{output}");
+        assert!(
+            output.starts_with(&format!("smp: bsp apic id=0 cpus={cpus} mode=0\n")),
+            "{output:?}"
+        );
+        let mut ids: Vec<&str> = output
+            .lines()
+            .filter_map(|l| l.strip_prefix("smp: ap "))
+            .map(|l| l.split("apic id=").nth(1).unwrap())
+            .collect();
+        ids.sort();
+        let expected: Vec<String> = (1..cpus).map(|i| i.to_string()).collect();
+        assert_eq!(ids, expected, "{output:?}");
+        assert!(
+            output.contains(&format!("smp: aps up={}\n", cpus - 1)),
+            "{output:?}"
+        );
+        let total = cpus as u32 * guests::builtins::SMP_ADDS;
+        assert!(
+            output.contains(&format!("smp: counter={total} expected={total}\n")),
+            "{output:?}"
+        );
+        assert!(
+            output.contains("smp: pingpong rounds=100 pings=100 pongs=100\n"),
+            "{output:?}"
+        );
+        assert!(output.ends_with("smp: PASS\n"), "{output:?}");
+        assert_eq!(end, End::Exit(abi::EXIT_OK), "{output:?}");
+    }
+    let (output, end) = run("smp", "", never);
+    assert_eq!(
+        output,
+        format!(
+            "smp: bsp apic id=0 cpus=1 mode=0\nsmp: counter={0} expected={0}\nsmp: PASS\n",
+            guests::builtins::SMP_ADDS
+        )
+    );
+    assert_eq!(end, End::Exit(abi::EXIT_OK));
 }
