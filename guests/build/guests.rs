@@ -63,7 +63,7 @@ pub const GUESTS: &[Guest] = &[
     },
     Guest {
         name: "ioapic",
-        description: "routes PIT IRQ 0 through I/O APIC pin 2 to the local APIC (x2apic=1: MSRs, else xAPIC MMIO), 8259As masked; counts ticks=K (default 50) at hz=N (default 1000) against the TSC (tsc_khz=T, tolerance=P); exit 0 iff within tolerance",
+        description: "routes PIT IRQ 0 through I/O APIC pin 2 to the local APIC (x2apic=1: MSRs, else xAPIC MMIO), 8259As masked; counts ticks=K (default 50) at hz=N (default 1000) against the TSC (tsc_khz=T, tolerance=P); level=1 adds a level-triggered case (RTC IRQ 8 on pin 8, redelivered after an EOI while asserted); exit 0 iff all pass",
         program: ioapic,
     },
     Guest {
@@ -2440,6 +2440,15 @@ fn ioapic(asm: &mut Asm) -> Result {
     const VECTOR: u32 = 0x34;
     const SPURIOUS: u32 = 0x3F;
     const COUNT: u32 = layout::VAR_IRQ_COUNTS + 4 * (VECTOR - 32);
+    // The level-triggered case (`level=1`): the RTC's IRQ 8 on pin 8, which stays asserted
+    // until register C is read.
+    const LEVEL_PIN: u32 = 8;
+    const LEVEL_VECTOR: u32 = 0x38;
+    const LEVEL_COUNT: u32 = layout::VAR_IRQ_COUNTS + 4 * (LEVEL_VECTOR - 32);
+    const LEVEL_IRR: u32 = layout::BSS + 0x54;
+    const L0: u32 = layout::BSS + 0x58;
+    const L1: u32 = layout::BSS + 0x60;
+    const LEVEL_HZ: u32 = 16;
 
     asm.interrupts();
     let hook = asm.addr("ioapic_hook");
@@ -2531,6 +2540,84 @@ fn ioapic(asm: &mut Asm) -> Result {
     asm.a.dec(eax)?;
     asm.print_dec_eax()?;
     check_tsc_span(asm, T0, T1, TSC_KHZ, "ioapic_fail")?;
+
+    // Level: the first interrupt is EOId without clearing the source, so the I/O APIC must
+    // deliver it again at once (remote IRR set until the EOI); the second reads register C.
+    asm.find_arg("level=")?;
+    asm.a.test(eax, eax)?;
+    asm.jz("ioapic_pass")?;
+    asm.a.mov(ecx, 0x11 + 2 * LEVEL_PIN)?;
+    asm.a.mov(eax, dword_ptr(APIC_ID))?;
+    asm.a.shl(eax, 24)?;
+    asm.call("ioapic_wr")?;
+    asm.a.mov(ecx, 0x10 + 2 * LEVEL_PIN)?;
+    asm.a.mov(eax, LEVEL_VECTOR | 1 << 15)?;
+    asm.call("ioapic_wr")?;
+    // RTC periodic interrupt at 16 Hz (rate 12), PIE on, flags cleared.
+    asm.a.mov(al, 0x0A)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.mov(al, 0x2C)?;
+    asm.a.out(0x71u32, al)?;
+    asm.a.mov(al, 0x0B)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.a.or(al, 0x40)?;
+    asm.a.mov(ah, al)?;
+    asm.a.mov(al, 0x0B)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.mov(al, ah)?;
+    asm.a.out(0x71u32, al)?;
+    asm.a.mov(al, 0x0C)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(LEVEL_COUNT), 2)?))?;
+    // PIE off, the pin masked; remote IRR must be clear after the last EOI.
+    asm.a.mov(al, 0x0B)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.a.and(al, 0xBF)?;
+    asm.a.mov(ah, al)?;
+    asm.a.mov(al, 0x0B)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.mov(al, ah)?;
+    asm.a.out(0x71u32, al)?;
+    asm.a.mov(al, 0x0C)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.a.mov(ecx, 0x10 + 2 * LEVEL_PIN)?;
+    asm.call("ioapic_rd")?;
+    asm.a.mov(esi, eax)?;
+    asm.a.or(eax, 1 << 16)?;
+    asm.call("ioapic_wr")?;
+    asm.print("ioapic: level pin 8 remote-irr in service=")?;
+    asm.a.mov(eax, dword_ptr(LEVEL_IRR))?;
+    asm.a.shr(eax, 14)?;
+    asm.a.and(eax, 1)?;
+    asm.print_dec_eax()?;
+    asm.print(" after eoi=")?;
+    asm.a.mov(eax, esi)?;
+    asm.a.shr(eax, 14)?;
+    asm.a.and(eax, 1)?;
+    asm.print_dec_eax()?;
+    asm.print(" again after tsc=")?;
+    asm.a.mov(eax, dword_ptr(L1))?;
+    asm.a.sub(eax, dword_ptr(L0))?;
+    asm.a.mov(ebx, eax)?;
+    asm.print_dec_eax()?;
+    asm.print(" period=")?;
+    asm.a.mov(eax, dword_ptr(TSC_KHZ))?;
+    asm.a.imul_3(eax, eax, (1000 / LEVEL_HZ) as i32)?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    // Again within half a period: redelivered, not the next period's interrupt.
+    asm.a.shr(eax, 1)?;
+    asm.a.cmp(ebx, eax)?;
+    asm.jae("ioapic_fail")?;
+    asm.a.test(dword_ptr(LEVEL_IRR), 1 << 14)?;
+    asm.jz("ioapic_fail")?;
+    asm.a.test(esi, 1 << 14)?;
+    asm.jnz("ioapic_fail")?;
+    asm.here("ioapic_pass")?;
     asm.print("ioapic: PASS\n")?;
     asm.exit(gabi::EXIT_OK)?;
     asm.here("ioapic_fail")?;
@@ -2552,6 +2639,27 @@ fn ioapic(asm: &mut Asm) -> Result {
     asm.here("ioapic_hook")?;
     asm.a.cmp(eax, SPURIOUS)?;
     asm.je("ioapic_hook_done")?;
+    asm.a.cmp(eax, LEVEL_VECTOR)?;
+    asm.jne("ioapic_hook_pit")?;
+    asm.a.rdtsc()?;
+    asm.a.cmp(dword_ptr(LEVEL_COUNT), 1)?;
+    asm.jne("ioapic_hook_level_again")?;
+    // First: note remote IRR, EOI with the line still asserted.
+    asm.a.mov(dword_ptr(L0), eax)?;
+    asm.a.mov(ecx, 0x10 + 2 * LEVEL_PIN)?;
+    asm.call("ioapic_rd")?;
+    asm.a.mov(dword_ptr(LEVEL_IRR), eax)?;
+    asm.jmp("ioapic_hook_eoi")?;
+    asm.here("ioapic_hook_level_again")?;
+    asm.a.cmp(dword_ptr(LEVEL_COUNT), 2)?;
+    asm.jne("ioapic_hook_level_clear")?;
+    asm.a.mov(dword_ptr(L1), eax)?;
+    asm.here("ioapic_hook_level_clear")?;
+    asm.a.mov(al, 0x0C)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.jmp("ioapic_hook_eoi")?;
+    asm.here("ioapic_hook_pit")?;
     asm.a.cmp(eax, VECTOR)?;
     asm.jne("ioapic_hook_eoi")?;
     stamp_first_and_last(asm, COUNT, TICKS, T0, T1)?;

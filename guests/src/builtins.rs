@@ -176,10 +176,17 @@
 //! ioapic: pin 2 redirection 0x<low word>
 //! ioapic: pit reload=<reload> ticks=<K>
 //! ioapic: ticks=<K> tsc=<measured> expected=<expected>
+//! ioapic: level pin 8 remote-irr in service=<0|1> after eoi=<0|1> again after tsc=<n> period=<p>
 //! ioapic: PASS|FAIL
 //! ```
-//! Exit 0 iff the entry read back and the span is within `tolerance=P` percent (default 25)
-//! of `tsc_khz=T`; 1 otherwise.
+//! The `level` line only with `level=1`: a level-triggered case with the RTC's periodic
+//! interrupt (IRQ 8, which a real MC146818 holds asserted until register C is read) on pin 8,
+//! vector 0x38, level, active high, at 16 Hz. The first interrupt notes the entry's remote
+//! IRR (must be 1 while in service) and is EOId *without* reading register C, so the I/O APIC
+//! must deliver it again at once (within half a period, `p` = TSC ticks of one period); the
+//! second reads register C; after it, with PIE off, remote IRR must read 0. Exit 0 iff the
+//! entry read back, the span is within `tolerance=P` percent (default 25) of `tsc_khz=T` and
+//! (with `level=1`) the level checks hold; 1 otherwise.
 //!
 //! # `smp`
 //! `cpus=N` CPUs (1 to 16, default 1) on the local APIC (`x2apic=1`: x2APIC MSRs, else the

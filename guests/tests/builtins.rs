@@ -410,7 +410,15 @@ fn rtc_reads_the_cmos_and_takes_irq_8_through_the_cascade() {
 #[test]
 fn ioapic_programs_a_redirection_entry_and_the_pit() {
     let decoded = decode("ioapic");
-    for (port, direction) in [(0x43, "out"), (0x40, "out"), (0x21, "out"), (0xA1, "out")] {
+    for (port, direction) in [
+        (0x43, "out"),
+        (0x40, "out"),
+        (0x21, "out"),
+        (0xA1, "out"),
+        (0x70, "out"),
+        (0x71, "in"),
+        (0x71, "out"),
+    ] {
         assert!(
             decoded.port_io.contains(&(port, direction, 1)),
             "ioapic: {direction} {port:#x}"
@@ -431,6 +439,8 @@ fn ioapic_programs_a_redirection_entry_and_the_pit() {
         "x2apic=",
         "tsc_khz=",
         "ioapic: version ",
+        "level=",
+        "ioapic: level pin 8 remote-irr in service=",
         "ioapic: pin 2 redirection ",
         "ioapic: PASS\n",
     ] {
