@@ -509,7 +509,10 @@ fn civil_dates() {
 }
 
 /// The rtc guest against QEMU's MC146818 (which starts at host time, `-rtc base=utc`): today's
-/// date, the CMOS byte, and the periodic interrupt through the slave 8259A.
+/// date, the CMOS byte, and the periodic interrupt through the slave 8259A. The RTC runs on
+/// host time, whose ticks a loaded host loses (not under [`ICOUNT`] either, see there), so the
+/// span check only catches gross errors: a slow rate (16 ms between ticks, so fewer are lost)
+/// and `tolerance=900`.
 #[test]
 fn rtc_reads_todays_date_and_counts_periodic_interrupts() {
     if !have_qemu() {
@@ -523,7 +526,7 @@ fn rtc_reads_todays_date_and_counts_periodic_interrupts() {
     let (output, end) = run_with(
         "rtc",
         builtin("rtc").unwrap(),
-        &format!("tsc_khz={khz} hz=256 ticks=32 tolerance=400"),
+        &format!("tsc_khz={khz} hz=64 ticks=8 tolerance=900"),
         &["-rtc", "base=utc"],
         None,
         never,
@@ -538,10 +541,10 @@ fn rtc_reads_todays_date_and_counts_periodic_interrupts() {
     assert!(date[..10] == before || date[..10] == after, "{date}");
     assert!(output.contains("rtc: cmos 0x0f ok\n"), "{output:?}");
     assert!(
-        output.contains("rtc: periodic hz=256 rate=8 ticks=32\n"),
+        output.contains("rtc: periodic hz=64 rate=10 ticks=8\n"),
         "{output:?}"
     );
-    assert!(output.contains("rtc: ticks=32 tsc="), "{output:?}");
+    assert!(output.contains("rtc: ticks=8 tsc="), "{output:?}");
     assert!(output.ends_with("rtc: PASS\n"), "{output:?}");
     assert_eq!(end, End::Exit(abi::EXIT_OK), "{output:?}");
     // A rate the MC146818 cannot make is refused.
