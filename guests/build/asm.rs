@@ -256,6 +256,28 @@ impl Asm {
         self.irqs = true;
     }
 
+    /// Takes the spinlock at `addr` (a dword, 0 = free): XCHG until it was free, PAUSE while
+    /// it is held. For serialising output between CPUs. Clobbers flags only.
+    pub fn spin_lock(&mut self, addr: u32) -> Result {
+        let (again, taken) = (self.fresh("lock_again"), self.fresh("lock_taken"));
+        self.a.push(eax)?;
+        self.here(&again)?;
+        self.a.mov(eax, 1u32)?;
+        self.a.xchg(dword_ptr(addr), eax)?;
+        self.a.test(eax, eax)?;
+        self.jz(&taken)?;
+        self.a.pause()?;
+        self.jmp(&again)?;
+        self.here(&taken)?;
+        Ok(self.a.pop(eax)?)
+    }
+
+    /// Releases the spinlock at `addr` (a plain store: x86 stores are not reordered with
+    /// earlier loads or stores, SDM Vol. 3A 9.2.2).
+    pub fn spin_unlock(&mut self, addr: u32) -> Result {
+        Ok(self.a.mov(dword_ptr(addr), 0u32)?)
+    }
+
     /// Prints a line break.
     pub fn newline(&mut self) -> Result {
         self.call("newline")

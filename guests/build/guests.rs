@@ -52,6 +52,26 @@ pub const GUESTS: &[Guest] = &[
         program: apic,
     },
     Guest {
+        name: "echo",
+        description: "drives the 16550 by interrupts (IRQ 4 through the 8259A, FIFOs, OUT2) as Linux's 8250 driver does: sends a 2 KiB string through THRE interrupts, then echoes every byte received until a 'q'; exit 0 iff all was sent and echoed",
+        program: echo,
+    },
+    Guest {
+        name: "rtc",
+        description: "reads the MC146818 date (printed YYYY-MM-DD hh:mm:ss), round-trips CMOS byte 0x0F, counts ticks=K (default 64) periodic interrupts at hz=N (default 1024) on IRQ 8 through the cascade against the TSC (tsc_khz=T, tolerance=P); exit 0 iff all pass",
+        program: rtc,
+    },
+    Guest {
+        name: "ioapic",
+        description: "routes PIT IRQ 0 through I/O APIC pin 2 to the local APIC (x2apic=1: MSRs, else xAPIC MMIO), 8259As masked; counts ticks=K (default 50) at hz=N (default 1000) against the TSC (tsc_khz=T, tolerance=P); level=1 adds a level-triggered case (RTC IRQ 8 on pin 8, redelivered after an EOI while asserted); exit 0 iff all pass",
+        program: ioapic,
+    },
+    Guest {
+        name: "smp",
+        description: "starts cpus=N (default 1) CPUs with INIT-SIPI-SIPI (x2apic=1: MSRs, else xAPIC MMIO), each announces its APIC ID and adds 100000 to a shared counter with LOCK; then 100 IPI round trips between the BSP and AP 1; exit 0 iff all pass",
+        program: smp,
+    },
+    Guest {
         name: "bench",
         description: "measures VM exit round trips (CPUID, CPUID of the floor leaf, port read, RDMSR) with RDTSC and prints median/min/max per operation; idle=1 halts at once, forever=1 runs CPUID exits forever",
         program: bench,
@@ -1683,4 +1703,1256 @@ fn apic(asm: &mut Asm) -> Result {
     asm.here("apic_hook_done")?;
     asm.a.ret()?;
     tolerance_routine(asm)
+}
+
+// ---- Helpers shared by the device guests below (echo, rtc, ioapic, smp). ----
+
+/// Initialises the 8259A pair as `ticker` does (Linux's init_8259A: edge, cascade on IR2,
+/// 8086 mode, vector bases 0x20/0x28), leaves the given masks and checks that the master's
+/// reads back (else there is no PIC: prints `<tag>: FAIL no 8259A` and exits with 1).
+fn pic_init(asm: &mut Asm, tag: &str, master_mask: u32, slave_mask: u32) -> Result {
+    for (port, value) in [
+        (0x20u32, 0x11u32),
+        (0x21, 0x20),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0xA0, 0x11),
+        (0xA1, 0x28),
+        (0xA1, 0x02),
+        (0xA1, 0x01),
+        (0x21, master_mask),
+        (0xA1, slave_mask),
+    ] {
+        asm.a.mov(al, value)?;
+        asm.a.out(port, al)?;
+    }
+    let ok = asm.fresh("pic_ok");
+    asm.a.in_(al, 0x21u32)?;
+    asm.a.cmp(al, master_mask as i32)?;
+    asm.je(&ok)?;
+    asm.print(&format!("{tag}: FAIL no 8259A (mask did not read back)\n"))?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here(&ok)
+}
+
+/// Masks every line of both 8259As (a BIOS may have left them on vectors 8-15).
+fn pic_mask_all(asm: &mut Asm) -> Result {
+    asm.a.mov(al, 0xFF)?;
+    asm.a.out(0x21u32, al)?;
+    Ok(asm.a.out(0xA1u32, al)?)
+}
+
+/// The race-free wait: with interrupts off, `until` sets the flags for a `jae` that ends the
+/// wait; otherwise STI; HLT (atomic through the STI shadow) and check again. Leaves
+/// interrupts off.
+fn halt_until(asm: &mut Asm, until: impl Fn(&mut Asm) -> Result) -> Result {
+    let (wait, done) = (asm.fresh("wait"), asm.fresh("waited"));
+    asm.here(&wait)?;
+    asm.a.cli()?;
+    until(asm)?;
+    asm.jae(&done)?;
+    asm.a.sti()?;
+    asm.a.hlt()?;
+    asm.jmp(&wait)?;
+    asm.here(&done)
+}
+
+/// eax = N (periods times the period's numerator), ebx = the divisor (Hz of one numerator
+/// unit) -> edi = N * tsc_khz * 1000 / ebx, the span in TSC ticks; jumps to `fail` (after
+/// printing why) when it does not fit 32 bits. Clobbers eax, ecx, edx, esi.
+fn expected_tsc_span(asm: &mut Asm, tag: &str, tsc_khz: u32, fail: &str) -> Result {
+    let ok = asm.fresh("span_ok");
+    asm.a.mul(dword_ptr(tsc_khz))?;
+    asm.a.mov(esi, edx)?;
+    asm.a.mov(ecx, 1000u32)?;
+    asm.a.mul(ecx)?;
+    asm.a.imul_3(esi, esi, 1000)?;
+    asm.a.add(edx, esi)?;
+    asm.a.cmp(edx, ebx)?;
+    asm.jb(&ok)?;
+    asm.print(&format!("{tag}: span too long to check\n"))?;
+    asm.jmp(fail)?;
+    asm.here(&ok)?;
+    asm.a.div(ebx)?;
+    Ok(asm.a.mov(edi, eax)?)
+}
+
+/// edi = expected span; measures `[t1] - [t0]` (64-bit TSC stamps) into ebx, prints
+/// ` tsc=<measured> expected=<expected>` and a line break, and jumps to `fail` unless the
+/// measurement fits 32 bits, `[tsc_khz]` was given and it is within `tolerance=P` percent.
+fn check_tsc_span(asm: &mut Asm, t0: u32, t1: u32, tsc_khz: u32, fail: &str) -> Result {
+    let abs = asm.fresh("abs");
+    asm.a.mov(eax, dword_ptr(t1))?;
+    asm.a.mov(edx, dword_ptr(t1 + 4))?;
+    asm.a.sub(eax, dword_ptr(t0))?;
+    asm.a.sbb(edx, dword_ptr(t0 + 4))?;
+    asm.a.mov(ebx, eax)?;
+    asm.print(" tsc=")?;
+    asm.print_dec_eax()?;
+    asm.print(" expected=")?;
+    asm.a.mov(eax, edi)?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.a.test(edx, edx)?;
+    asm.jnz(fail)?;
+    asm.a.cmp(dword_ptr(tsc_khz), 0)?;
+    asm.je(fail)?;
+    asm.a.mov(eax, edi)?;
+    asm.call("tolerance_of")?;
+    asm.a.mov(ecx, eax)?;
+    asm.a.mov(eax, ebx)?;
+    asm.a.sub(eax, edi)?;
+    asm.jnc(&abs)?;
+    asm.a.neg(eax)?;
+    asm.here(&abs)?;
+    asm.a.cmp(eax, ecx)?;
+    asm.ja(fail)
+}
+
+/// In the interrupt hook: time-stamps arrival 1 into `t0` and arrival `[ticks] + 1` into
+/// `t1`, going by the count at `count`. Clobbers eax, ecx, edx.
+fn stamp_first_and_last(asm: &mut Asm, count: u32, ticks: u32, t0: u32, t1: u32) -> Result {
+    let (last, done) = (asm.fresh("last"), asm.fresh("stamped"));
+    asm.a.mov(ecx, dword_ptr(count))?;
+    asm.a.cmp(ecx, 1)?;
+    asm.jne(&last)?;
+    asm.a.rdtsc()?;
+    asm.a.mov(dword_ptr(t0), eax)?;
+    asm.a.mov(dword_ptr(t0 + 4), edx)?;
+    asm.jmp(&done)?;
+    asm.here(&last)?;
+    asm.a.mov(eax, dword_ptr(ticks))?;
+    asm.a.inc(eax)?;
+    asm.a.cmp(ecx, eax)?;
+    asm.jne(&done)?;
+    asm.a.rdtsc()?;
+    asm.a.mov(dword_ptr(t1), eax)?;
+    asm.a.mov(dword_ptr(t1 + 4), edx)?;
+    asm.here(&done)
+}
+
+/// `[dst]` = the value of `key` on the command line, or `default` when it is absent.
+fn arg_or(asm: &mut Asm, key: &str, default: u32, dst: u32) -> Result {
+    let given = asm.fresh("given");
+    asm.find_arg(key)?;
+    asm.jnc(&given)?;
+    asm.a.mov(eax, default)?;
+    asm.here(&given)?;
+    Ok(asm.a.mov(dword_ptr(dst), eax)?)
+}
+
+/// Prints `text`, then `[var]` in decimal.
+fn print_var(asm: &mut Asm, text: &str, var: u32) -> Result {
+    asm.print(text)?;
+    asm.a.mov(eax, dword_ptr(var))?;
+    asm.print_dec_eax()
+}
+
+/// Local APIC access through the x2APIC MSRs (`[x2] != 0`) or the xAPIC page, for the
+/// `ioapic` and `smp` guests: `<p>_wr` (ecx = xAPIC register offset, eax = value), `<p>_rd`
+/// (ecx = offset -> eax), `<p>_enable` (IA32_APIC_BASE EN/EXTD, SVR enable with spurious
+/// vector 0x3F) and `<p>_id` (-> eax = this CPU's APIC ID).
+fn lapic_routines(asm: &mut Asm, p: &str, x2: u32) -> Result {
+    const XAPIC_BASE: u32 = 0xFEE0_0000;
+    asm.here(&format!("{p}_wr"))?;
+    asm.a.push(ecx)?;
+    asm.a.push(edx)?;
+    asm.a.cmp(dword_ptr(x2), 0)?;
+    asm.je(&format!("{p}_wr_mmio"))?;
+    asm.a.shr(ecx, 4)?;
+    asm.a.add(ecx, 0x800)?;
+    asm.a.xor(edx, edx)?;
+    asm.a.wrmsr()?;
+    asm.jmp(&format!("{p}_wr_done"))?;
+    asm.here(&format!("{p}_wr_mmio"))?;
+    asm.a.mov(dword_ptr(ecx + XAPIC_BASE as i32), eax)?;
+    asm.here(&format!("{p}_wr_done"))?;
+    asm.a.pop(edx)?;
+    asm.a.pop(ecx)?;
+    asm.a.ret()?;
+
+    asm.here(&format!("{p}_rd"))?;
+    asm.a.push(ecx)?;
+    asm.a.push(edx)?;
+    asm.a.cmp(dword_ptr(x2), 0)?;
+    asm.je(&format!("{p}_rd_mmio"))?;
+    asm.a.shr(ecx, 4)?;
+    asm.a.add(ecx, 0x800)?;
+    asm.a.rdmsr()?;
+    asm.jmp(&format!("{p}_rd_done"))?;
+    asm.here(&format!("{p}_rd_mmio"))?;
+    asm.a.mov(eax, dword_ptr(ecx + XAPIC_BASE as i32))?;
+    asm.here(&format!("{p}_rd_done"))?;
+    asm.a.pop(edx)?;
+    asm.a.pop(ecx)?;
+    asm.a.ret()?;
+
+    asm.here(&format!("{p}_enable"))?;
+    asm.a.pushad()?;
+    asm.a.mov(ecx, IA32_APIC_BASE)?;
+    asm.a.rdmsr()?;
+    asm.a.or(eax, 1 << 11)?;
+    asm.a.cmp(dword_ptr(x2), 0)?;
+    asm.je(&format!("{p}_enable_base"))?;
+    asm.a.or(eax, 1 << 10)?;
+    asm.here(&format!("{p}_enable_base"))?;
+    asm.a.wrmsr()?;
+    asm.a.mov(ecx, 0xF0u32)?; // SVR
+    asm.a.mov(eax, 0x13Fu32)?;
+    asm.call(&format!("{p}_wr"))?;
+    asm.a.popad()?;
+    asm.a.ret()?;
+
+    // xAPIC: ID in bits 31:24 of register 0x20; x2APIC: the whole 32-bit MSR 0x802.
+    asm.here(&format!("{p}_id"))?;
+    asm.a.push(ecx)?;
+    asm.a.mov(ecx, 0x20u32)?;
+    asm.call(&format!("{p}_rd"))?;
+    asm.a.cmp(dword_ptr(x2), 0)?;
+    asm.jne(&format!("{p}_id_done"))?;
+    asm.a.shr(eax, 24)?;
+    asm.here(&format!("{p}_id_done"))?;
+    asm.a.pop(ecx)?;
+    Ok(asm.a.ret()?)
+}
+
+/// `[x2]` = `x2apic=` (0 if absent); exits with 1 after a FAIL line if CPUID offers no local
+/// APIC, or no x2APIC when asked for one.
+fn lapic_mode(asm: &mut Asm, tag: &str, x2: u32) -> Result {
+    let (present, ok) = (asm.fresh("apic_present"), asm.fresh("apic_mode_ok"));
+    asm.find_arg("x2apic=")?;
+    asm.a.mov(dword_ptr(x2), eax)?;
+    cpuid(asm, 1)?;
+    asm.a.test(edx, 1u32 << 9)?;
+    asm.jnz(&present)?;
+    asm.print(&format!("{tag}: FAIL no local APIC in CPUID\n"))?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here(&present)?;
+    asm.a.cmp(dword_ptr(x2), 0)?;
+    asm.je(&ok)?;
+    asm.a.test(ecx, 1u32 << 21)?;
+    asm.jnz(&ok)?;
+    asm.print(&format!("{tag}: FAIL no x2APIC in CPUID\n"))?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here(&ok)
+}
+
+/// Where the `echo` guest keeps its transmit ring (above the image and the boot information).
+const ECHO_RING: u32 = 0x20_0000;
+const ECHO_RING_MASK: u32 = 0xFFF;
+/// The long string `echo` sends through THRE interrupts: 32 lines of 63 characters
+/// `'0' + column` and a line feed.
+const ECHO_LONG_LEN: u32 = 2048;
+
+/// `echo`: the 16550 driven like Linux's 8250 driver, by interrupts on IRQ 4.
+fn echo(asm: &mut Asm) -> Result {
+    const UART: u32 = gabi::UART_DATA as u32;
+    const IER: u32 = UART + 1;
+    const IIR_FCR: u32 = UART + 2;
+    const LCR: u32 = UART + 3;
+    const MCR: u32 = UART + 4;
+    const LSR: u32 = UART + 5;
+    const MSR: u32 = UART + 6;
+    const VECTOR: u32 = 0x24;
+    const HEAD: u32 = layout::VAR_SCRATCH; // next ring byte to send
+    const TAIL: u32 = layout::VAR_SCRATCH + 4; // next free ring byte
+    const DONE: u32 = layout::VAR_SCRATCH + 8;
+    const IER_SHADOW: u32 = layout::VAR_SCRATCH + 12;
+    const RDA: u32 = layout::BSS + 0x40;
+    const TIMEOUT: u32 = layout::BSS + 0x44;
+    const THRE: u32 = layout::BSS + 0x48;
+    const OTHER: u32 = layout::BSS + 0x4C;
+    const RECEIVED: u32 = layout::BSS + 0x50;
+    const SENT: u32 = layout::BSS + 0x54;
+    const QUEUED: u32 = layout::BSS + 0x58;
+    const READY: &str = "echo: ready\n";
+
+    asm.interrupts();
+    let hook = asm.addr("echo_hook");
+    asm.a.mov(dword_ptr(layout::VAR_IRQ_HOOK), hook)?;
+    // 115200 8N1, FIFOs on and cleared (trigger level 14), DTR | RTS | OUT2, interrupts off.
+    for (port, value) in [
+        (IER, 0u32),
+        (LCR, 0x80),
+        (UART, 0x01),
+        (IER, 0x00),
+        (LCR, 0x03),
+        (IIR_FCR, 0xC7),
+        (MCR, 0x0B),
+    ] {
+        asm.a.mov(dx, port)?;
+        asm.a.mov(al, value)?;
+        asm.a.out(dx, al)?;
+    }
+    for port in [LSR, UART, IIR_FCR, MSR] {
+        asm.a.mov(dx, port)?;
+        asm.a.in_(al, dx)?;
+    }
+    pic_init(asm, "echo", 0xEF, 0xFF)?;
+    asm.print("echo: start\n")?;
+
+    // Queue the long string and the ready line, then let THRE interrupts send them.
+    asm.a.xor(ebx, ebx)?;
+    asm.here("echo_fill")?;
+    asm.a.mov(eax, ebx)?;
+    asm.a.and(eax, 63)?;
+    asm.a.add(eax, i32::from(b'0'))?;
+    asm.a.cmp(eax, i32::from(b'0') + 63)?;
+    asm.jne("echo_fill_put")?;
+    asm.a.mov(eax, u32::from(b'\n'))?;
+    asm.here("echo_fill_put")?;
+    asm.call("echo_put")?;
+    asm.a.inc(ebx)?;
+    asm.a.cmp(ebx, ECHO_LONG_LEN)?;
+    asm.jb("echo_fill")?;
+    let ready = asm.str(READY);
+    asm.a.mov(esi, ready)?;
+    asm.here("echo_ready")?;
+    asm.a.mov(al, byte_ptr(esi))?;
+    asm.a.test(al, al)?;
+    asm.jz("echo_ready_done")?;
+    asm.call("echo_put")?;
+    asm.a.inc(esi)?;
+    asm.jmp("echo_ready")?;
+    asm.here("echo_ready_done")?;
+    asm.a.mov(dx, IER)?;
+    asm.a.mov(al, 0x01)?;
+    asm.a.out(dx, al)?;
+    asm.a.mov(dword_ptr(IER_SHADOW), 0x01u32)?;
+    asm.call("echo_start_tx")?;
+
+    // Echo until the terminator has come, then until everything queued is sent.
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(DONE), 1)?))?;
+    halt_until(asm, |asm| {
+        asm.a.mov(eax, dword_ptr(HEAD))?;
+        Ok(asm.a.cmp(eax, dword_ptr(TAIL))?)
+    })?;
+    asm.a.mov(dx, IER)?;
+    asm.a.xor(eax, eax)?;
+    asm.a.out(dx, al)?;
+    pic_mask_all(asm)?;
+    asm.print("\necho: done")?;
+    print_var(asm, " rda=", RDA)?;
+    print_var(asm, " timeout=", TIMEOUT)?;
+    print_var(asm, " thre=", THRE)?;
+    print_var(asm, " other=", OTHER)?;
+    print_var(asm, " received=", RECEIVED)?;
+    print_var(asm, " sent=", SENT)?;
+    asm.newline()?;
+    // Everything queued went out, at most 16 bytes per THRE interrupt, and every received
+    // byte was queued once.
+    asm.a.mov(eax, dword_ptr(RECEIVED))?;
+    asm.a.add(eax, ECHO_LONG_LEN + READY.len() as u32)?;
+    asm.a.cmp(eax, dword_ptr(SENT))?;
+    asm.jne("echo_fail")?;
+    asm.a.cmp(eax, dword_ptr(QUEUED))?;
+    asm.jne("echo_fail")?;
+    asm.a.mov(eax, dword_ptr(THRE))?;
+    asm.a.shl(eax, 4)?;
+    asm.a.cmp(eax, dword_ptr(SENT))?;
+    asm.jb("echo_fail")?;
+    asm.a.mov(eax, dword_ptr(RDA))?;
+    asm.a.add(eax, dword_ptr(TIMEOUT))?;
+    asm.jz("echo_fail")?;
+    asm.print("echo: PASS\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+    asm.here("echo_fail")?;
+    asm.print("echo: FAIL\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+
+    // echo_put: al = byte, queued at the ring's tail (interrupts off or in the hook).
+    asm.here("echo_put")?;
+    asm.a.push(ecx)?;
+    asm.a.mov(ecx, dword_ptr(TAIL))?;
+    asm.a.and(ecx, ECHO_RING_MASK)?;
+    asm.a.mov(byte_ptr(ecx + ECHO_RING as i32), al)?;
+    asm.a.inc(dword_ptr(TAIL))?;
+    asm.a.inc(dword_ptr(QUEUED))?;
+    asm.a.pop(ecx)?;
+    asm.a.ret()?;
+
+    // echo_start_tx: enable the THRE interrupt if it is off (Linux's __start_tx). A 16550
+    // whose THR is empty raises it at once.
+    asm.here("echo_start_tx")?;
+    asm.a.test(dword_ptr(IER_SHADOW), 0x02)?;
+    asm.jnz("echo_start_tx_done")?;
+    asm.a.mov(dword_ptr(IER_SHADOW), 0x03u32)?;
+    asm.a.mov(dx, IER)?;
+    asm.a.mov(al, 0x03)?;
+    asm.a.out(dx, al)?;
+    asm.here("echo_start_tx_done")?;
+    asm.a.ret()?;
+
+    // The interrupt hook: serve the UART until IIR says nothing is pending, then EOI.
+    asm.here("echo_hook")?;
+    asm.a.cmp(eax, VECTOR)?;
+    asm.jne("echo_hook_other")?;
+    asm.here("echo_iir")?;
+    asm.a.mov(dx, IIR_FCR)?;
+    asm.a.in_(al, dx)?;
+    asm.a.test(al, 1)?;
+    asm.jnz("echo_hook_eoi")?;
+    asm.a.and(al, 0x0E)?;
+    asm.a.cmp(al, 0x04)?;
+    asm.je("echo_rda")?;
+    asm.a.cmp(al, 0x0C)?;
+    asm.je("echo_timeout")?;
+    asm.a.cmp(al, 0x02)?;
+    asm.je("echo_thre")?;
+    // Line status (0x06) or modem status (0x00): reading the register clears it.
+    asm.a.inc(dword_ptr(OTHER))?;
+    asm.a.mov(dx, LSR)?;
+    asm.a.in_(al, dx)?;
+    asm.a.mov(dx, MSR)?;
+    asm.a.in_(al, dx)?;
+    asm.jmp("echo_iir")?;
+
+    asm.here("echo_timeout")?;
+    asm.a.inc(dword_ptr(TIMEOUT))?;
+    asm.jmp("echo_rx")?;
+    asm.here("echo_rda")?;
+    asm.a.inc(dword_ptr(RDA))?;
+    asm.here("echo_rx")?;
+    asm.a.mov(dx, LSR)?;
+    asm.a.in_(al, dx)?;
+    asm.a.test(al, 0x01)?; // DR
+    asm.jz("echo_rx_done")?;
+    asm.a.mov(dx, UART)?;
+    asm.a.in_(al, dx)?;
+    asm.a.inc(dword_ptr(RECEIVED))?;
+    asm.call("echo_put")?;
+    asm.a.cmp(al, i32::from(b'q'))?;
+    asm.jne("echo_rx")?;
+    asm.a.mov(dword_ptr(DONE), 1u32)?;
+    asm.jmp("echo_rx")?;
+    asm.here("echo_rx_done")?;
+    asm.call("echo_start_tx")?;
+    asm.jmp("echo_iir")?;
+
+    // THR (and the transmit FIFO) empty: up to 16 more bytes; none left: THRE interrupt off.
+    asm.here("echo_thre")?;
+    asm.a.inc(dword_ptr(THRE))?;
+    asm.a.mov(ebx, 16u32)?;
+    asm.here("echo_tx")?;
+    asm.a.mov(ecx, dword_ptr(HEAD))?;
+    asm.a.cmp(ecx, dword_ptr(TAIL))?;
+    asm.je("echo_tx_empty")?;
+    asm.a.and(ecx, ECHO_RING_MASK)?;
+    asm.a.mov(al, byte_ptr(ecx + ECHO_RING as i32))?;
+    asm.a.mov(dx, UART)?;
+    asm.a.out(dx, al)?;
+    asm.a.inc(dword_ptr(HEAD))?;
+    asm.a.inc(dword_ptr(SENT))?;
+    asm.a.dec(ebx)?;
+    asm.jnz("echo_tx")?;
+    asm.jmp("echo_iir")?;
+    asm.here("echo_tx_empty")?;
+    asm.a.mov(dword_ptr(IER_SHADOW), 0x01u32)?;
+    asm.a.mov(dx, IER)?;
+    asm.a.mov(al, 0x01)?;
+    asm.a.out(dx, al)?;
+    asm.jmp("echo_iir")?;
+
+    // Other vectors: EOI the master unless it is the spurious IRQ 7.
+    asm.here("echo_hook_other")?;
+    asm.a.cmp(eax, 0x27)?;
+    asm.je("echo_hook_done")?;
+    asm.here("echo_hook_eoi")?;
+    asm.a.mov(al, 0x20)?;
+    asm.a.out(0x20u32, al)?;
+    asm.here("echo_hook_done")?;
+    Ok(asm.a.ret()?)
+}
+
+/// `rtc`: the MC146818 as an OS reads and programs it (date, periodic interrupt on IRQ 8 through
+/// the cascade, the shutdown-status byte).
+fn rtc(asm: &mut Asm) -> Result {
+    const TSC_KHZ: u32 = layout::VAR_SCRATCH;
+    const TICKS: u32 = layout::VAR_SCRATCH + 4;
+    const HZ: u32 = layout::VAR_SCRATCH + 8;
+    const REG_B: u32 = layout::VAR_SCRATCH + 12;
+    const T0: u32 = layout::BSS + 0x40;
+    const T1: u32 = layout::BSS + 0x48;
+    const FAILS: u32 = layout::BSS + 0x50;
+    const RATE: u32 = layout::BSS + 0x54;
+    /// The raw date registers, in `FIELDS` order.
+    const RAW: u32 = layout::BSS + 0x60;
+    const VECTOR: u32 = 0x28;
+    const COUNT: u32 = layout::VAR_IRQ_COUNTS + 4 * (VECTOR - 32);
+    // (register, name) in read order: seconds, minutes, hours, day, month, year, century.
+    const FIELDS: [u32; 7] = [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32];
+
+    asm.interrupts();
+    let hook = asm.addr("rtc_hook");
+    asm.a.mov(dword_ptr(layout::VAR_IRQ_HOOK), hook)?;
+    asm.find_arg("tsc_khz=")?;
+    asm.a.mov(dword_ptr(TSC_KHZ), eax)?;
+    arg_or(asm, "ticks=", 64, TICKS)?;
+    arg_or(asm, "hz=", 1024, HZ)?;
+    // hz must be 2^n, 2..8192: rate = 16 - n (32768 Hz >> (rate - 1)).
+    asm.a.mov(eax, dword_ptr(HZ))?;
+    asm.a.cmp(eax, 2)?;
+    asm.jb("rtc_bad_hz")?;
+    asm.a.cmp(eax, 8192)?;
+    asm.ja("rtc_bad_hz")?;
+    asm.a.lea(ecx, dword_ptr(eax - 1))?;
+    asm.a.test(ecx, eax)?;
+    asm.jz("rtc_hz_ok")?;
+    asm.here("rtc_bad_hz")?;
+    asm.print("rtc: FAIL hz must be a power of two from 2 to 8192\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here("rtc_hz_ok")?;
+    asm.a.bsr(ecx, eax)?;
+    asm.a.mov(eax, 16u32)?;
+    asm.a.sub(eax, ecx)?;
+    asm.a.mov(dword_ptr(RATE), eax)?;
+
+    // The date: read when no update is in progress, again until the seconds agree.
+    asm.a.mov(al, 0x0B)?;
+    asm.call("cmos_read")?;
+    asm.a.movzx(eax, al)?;
+    asm.a.mov(dword_ptr(REG_B), eax)?;
+    asm.here("rtc_read_date")?;
+    asm.a.mov(al, 0x0A)?;
+    asm.call("cmos_read")?;
+    asm.a.test(al, 0x80)?; // UIP
+    asm.jnz("rtc_read_date")?;
+    for (i, register) in FIELDS.iter().enumerate() {
+        asm.a.mov(al, *register as i32)?;
+        asm.call("cmos_read")?;
+        asm.a.mov(byte_ptr(RAW + i as u32), al)?;
+    }
+    asm.a.mov(al, 0x00)?;
+    asm.call("cmos_read")?;
+    asm.a.cmp(al, byte_ptr(RAW))?;
+    asm.jne("rtc_read_date")?;
+    // To binary: BCD unless register B's DM (bit 2); a 12-hour clock (B bit 1 clear) has PM in
+    // the hour's bit 7.
+    asm.a.mov(bl, byte_ptr(RAW + 2))?; // raw hour
+    asm.a.and(byte_ptr(RAW + 2), 0x7F)?;
+    for i in 0..FIELDS.len() as u32 {
+        asm.a.mov(al, byte_ptr(RAW + i))?;
+        asm.call("rtc_to_binary")?;
+        asm.a.mov(byte_ptr(RAW + i), al)?;
+    }
+    asm.a.test(dword_ptr(REG_B), 0x02)?;
+    asm.jnz("rtc_24h")?;
+    // 12-hour: 12 AM is 0, 12 PM is 12.
+    asm.a.movzx(eax, byte_ptr(RAW + 2))?;
+    asm.a.cmp(eax, 12)?;
+    asm.jne("rtc_12h_pm")?;
+    asm.a.xor(eax, eax)?;
+    asm.here("rtc_12h_pm")?;
+    asm.a.test(bl, 0x80)?;
+    asm.jz("rtc_12h_done")?;
+    asm.a.add(eax, 12)?;
+    asm.here("rtc_12h_done")?;
+    asm.a.mov(byte_ptr(RAW + 2), al)?;
+    asm.here("rtc_24h")?;
+    // A century register (0x32, ACPI FADT's default) out of 19..=21 is not one: assume 20.
+    asm.a.mov(al, byte_ptr(RAW + 6))?;
+    asm.a.sub(al, 19)?;
+    asm.a.cmp(al, 2)?;
+    asm.jbe("rtc_century_ok")?;
+    asm.a.mov(byte_ptr(RAW + 6), 20)?;
+    asm.here("rtc_century_ok")?;
+    asm.print("rtc: register b=")?;
+    asm.a.mov(eax, dword_ptr(REG_B))?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.print("rtc: date ")?;
+    for (i, sep) in [
+        (6, ""),
+        (5, "-"),
+        (4, "-"),
+        (3, " "),
+        (2, ":"),
+        (1, ":"),
+        (0, ""),
+    ] {
+        asm.a.mov(al, byte_ptr(RAW + i))?;
+        asm.call("put2")?;
+        if !sep.is_empty() {
+            asm.print(sep)?;
+        }
+    }
+    asm.newline()?;
+    // Plausible: month 1..12, day 1..31, hour < 24, minute and second < 60.
+    for (i, low, high) in [
+        (4u32, 1i32, 12i32),
+        (3, 1, 31),
+        (2, 0, 23),
+        (1, 0, 59),
+        (0, 0, 59),
+    ] {
+        let ok = asm.fresh("field_ok");
+        asm.a.movzx(eax, byte_ptr(RAW + i))?;
+        asm.a.sub(eax, low)?;
+        asm.a.cmp(eax, high - low)?;
+        asm.jbe(&ok)?;
+        asm.a.inc(dword_ptr(FAILS))?;
+        asm.print("rtc: FAIL implausible date\n")?;
+        asm.here(&ok)?;
+    }
+
+    // The shutdown status byte (0x0F) keeps what is written; the old value goes back.
+    asm.a.mov(al, 0x0F)?;
+    asm.call("cmos_read")?;
+    asm.a.mov(bh, al)?;
+    for pattern in [0x5Au32, 0xA5] {
+        asm.a.mov(ax, 0x0F | (pattern << 8))?;
+        asm.call("cmos_write")?;
+        asm.a.mov(al, 0x0F)?;
+        asm.call("cmos_read")?;
+        asm.a.cmp(al, pattern as i32)?;
+        asm.jne("rtc_cmos_bad")?;
+    }
+    asm.print("rtc: cmos 0x0f ok\n")?;
+    asm.jmp("rtc_cmos_done")?;
+    asm.here("rtc_cmos_bad")?;
+    asm.a.inc(dword_ptr(FAILS))?;
+    asm.print("rtc: cmos 0x0f FAIL\n")?;
+    asm.here("rtc_cmos_done")?;
+    asm.a.mov(al, 0x0F)?;
+    asm.a.mov(ah, bh)?;
+    asm.call("cmos_write")?;
+
+    // The periodic interrupt: IRQ 8 on the slave, the cascade (IR2) open on the master.
+    pic_init(asm, "rtc", 0xFB, 0xFE)?;
+    asm.a.mov(al, 0x0A)?;
+    asm.a.mov(ah, byte_ptr(RATE))?;
+    asm.a.or(ah, 0x20)?; // DV = 010: the 32.768 kHz time base
+    asm.call("cmos_write")?;
+    asm.a.mov(al, 0x0B)?;
+    asm.call("cmos_read")?;
+    asm.a.mov(ah, al)?;
+    asm.a.or(ah, 0x40)?; // PIE
+    asm.a.mov(al, 0x0B)?;
+    asm.call("cmos_write")?;
+    asm.a.mov(al, 0x0C)?; // clear anything already flagged
+    asm.call("cmos_read")?;
+    print_var(asm, "rtc: periodic hz=", HZ)?;
+    print_var(asm, " rate=", RATE)?;
+    print_var(asm, " ticks=", TICKS)?;
+    asm.newline()?;
+    halt_until(asm, |asm| {
+        asm.a.mov(eax, dword_ptr(TICKS))?;
+        asm.a.inc(eax)?;
+        Ok(asm.a.cmp(dword_ptr(COUNT), eax)?)
+    })?;
+    asm.a.mov(al, 0x0B)?;
+    asm.call("cmos_read")?;
+    asm.a.mov(ah, al)?;
+    asm.a.and(ah, 0xBF)?;
+    asm.a.mov(al, 0x0B)?;
+    asm.call("cmos_write")?;
+    asm.a.mov(al, 0x0C)?;
+    asm.call("cmos_read")?;
+    pic_mask_all(asm)?;
+    asm.a.mov(eax, dword_ptr(TICKS))?;
+    asm.a.mov(ebx, dword_ptr(HZ))?;
+    expected_tsc_span(asm, "rtc", TSC_KHZ, "rtc_fail")?;
+    asm.print("rtc: ticks=")?;
+    asm.a.mov(eax, dword_ptr(COUNT))?;
+    asm.a.dec(eax)?;
+    asm.print_dec_eax()?;
+    check_tsc_span(asm, T0, T1, TSC_KHZ, "rtc_fail")?;
+    asm.a.cmp(dword_ptr(FAILS), 0)?;
+    asm.jne("rtc_fail")?;
+    asm.print("rtc: PASS\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+    asm.here("rtc_fail")?;
+    asm.print("rtc: FAIL\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+
+    // cmos_read: al = register -> al = value. cmos_write: al = register, ah = value. NMIs stay
+    // enabled (index bit 7 clear).
+    asm.here("cmos_read")?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.a.ret()?;
+    asm.here("cmos_write")?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.mov(al, ah)?;
+    asm.a.out(0x71u32, al)?;
+    asm.a.ret()?;
+
+    // rtc_to_binary: al = a register's value -> binary (from BCD unless register B's DM).
+    asm.here("rtc_to_binary")?;
+    asm.a.test(dword_ptr(REG_B), 0x04)?;
+    asm.jnz("rtc_to_binary_done")?;
+    asm.a.push(ecx)?;
+    asm.a.mov(cl, al)?;
+    asm.a.and(cl, 0x0F)?;
+    asm.a.shr(al, 4)?;
+    asm.a.mov(ch, 10)?;
+    asm.a.mul(ch)?;
+    asm.a.add(al, cl)?;
+    asm.a.pop(ecx)?;
+    asm.here("rtc_to_binary_done")?;
+    asm.a.ret()?;
+
+    // put2: al (0..99) as two decimal digits.
+    asm.here("put2")?;
+    asm.a.push(eax)?;
+    asm.a.movzx(eax, al)?;
+    asm.a.mov(ah, 0)?;
+    asm.a.push(ecx)?;
+    asm.a.mov(cl, 10)?;
+    asm.a.div(cl)?;
+    asm.a.pop(ecx)?;
+    asm.a.add(ax, 0x3030)?;
+    asm.call("putc")?;
+    asm.a.mov(al, ah)?;
+    asm.call("putc")?;
+    asm.a.pop(eax)?;
+    asm.a.ret()?;
+
+    // The interrupt hook: on IRQ 8 read register C (the RTC raises no more until it is read),
+    // time-stamp, EOI the slave then the master.
+    asm.here("rtc_hook")?;
+    asm.a.cmp(eax, VECTOR)?;
+    asm.jne("rtc_hook_done")?;
+    asm.a.mov(al, 0x0C)?;
+    asm.call("cmos_read")?;
+    stamp_first_and_last(asm, COUNT, TICKS, T0, T1)?;
+    asm.a.mov(al, 0x20)?;
+    asm.a.out(0xA0u32, al)?;
+    asm.a.out(0x20u32, al)?;
+    asm.here("rtc_hook_done")?;
+    asm.a.ret()?;
+    tolerance_routine(asm)
+}
+
+/// `ioapic`: the PIT's IRQ 0 through the I/O APIC (pin 2, as ACPI's interrupt source override
+/// on a PC says) to the local APIC, with the 8259As masked.
+fn ioapic(asm: &mut Asm) -> Result {
+    const X2: u32 = layout::VAR_SCRATCH;
+    const TSC_KHZ: u32 = layout::VAR_SCRATCH + 4;
+    const TICKS: u32 = layout::VAR_SCRATCH + 8;
+    const RELOAD: u32 = layout::VAR_SCRATCH + 12;
+    const T0: u32 = layout::BSS + 0x40;
+    const T1: u32 = layout::BSS + 0x48;
+    const APIC_ID: u32 = layout::BSS + 0x50;
+    const IOREGSEL: u32 = 0xFEC0_0000;
+    const IOWIN: u32 = 0xFEC0_0010;
+    const PIN: u32 = 2;
+    const VECTOR: u32 = 0x34;
+    const SPURIOUS: u32 = 0x3F;
+    const COUNT: u32 = layout::VAR_IRQ_COUNTS + 4 * (VECTOR - 32);
+    // The level-triggered case (`level=1`): the RTC's IRQ 8 on pin 8, which stays asserted
+    // until register C is read.
+    const LEVEL_PIN: u32 = 8;
+    const LEVEL_VECTOR: u32 = 0x38;
+    const LEVEL_COUNT: u32 = layout::VAR_IRQ_COUNTS + 4 * (LEVEL_VECTOR - 32);
+    const LEVEL_IRR: u32 = layout::BSS + 0x54;
+    const L0: u32 = layout::BSS + 0x58;
+    const L1: u32 = layout::BSS + 0x60;
+    const LEVEL_HZ: u32 = 16;
+
+    asm.interrupts();
+    let hook = asm.addr("ioapic_hook");
+    asm.a.mov(dword_ptr(layout::VAR_IRQ_HOOK), hook)?;
+    asm.find_arg("tsc_khz=")?;
+    asm.a.mov(dword_ptr(TSC_KHZ), eax)?;
+    arg_or(asm, "ticks=", 50, TICKS)?;
+    arg_or(asm, "hz=", 1000, RELOAD)?;
+    asm.a.mov(ebx, dword_ptr(RELOAD))?;
+    asm.a.mov(eax, PIT_HZ)?;
+    asm.a.xor(edx, edx)?;
+    asm.a.div(ebx)?;
+    asm.a.mov(dword_ptr(RELOAD), eax)?;
+    lapic_mode(asm, "ioapic", X2)?;
+    pic_mask_all(asm)?;
+    asm.call("lapic_enable")?;
+    asm.call("lapic_id")?;
+    asm.a.mov(dword_ptr(APIC_ID), eax)?;
+
+    // Version register (1): version in bits 7:0, the highest redirection entry in 23:16.
+    asm.a.mov(ecx, 1u32)?;
+    asm.call("ioapic_rd")?;
+    asm.a.mov(ebx, eax)?;
+    asm.print("ioapic: version ")?;
+    asm.print_hex_eax()?;
+    asm.a.shr(eax, 16)?;
+    asm.a.movzx(eax, al)?;
+    asm.a.inc(eax)?;
+    asm.print(" entries=")?;
+    asm.print_dec_eax()?;
+    print_var(asm, " apic id=", APIC_ID)?;
+    print_var(asm, " mode=", X2)?;
+    asm.newline()?;
+    asm.a.cmp(ebx, u32::MAX)?;
+    asm.je("ioapic_absent")?;
+    asm.a.shr(ebx, 16)?;
+    asm.a.cmp(bl, PIN as i32)?;
+    asm.jae("ioapic_present")?;
+    asm.here("ioapic_absent")?;
+    asm.print("ioapic: FAIL no I/O APIC with a pin 2\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here("ioapic_present")?;
+
+    // Redirection entry: destination (high word) first, then vector, fixed, physical, edge,
+    // active high, unmasked.
+    asm.a.mov(ecx, 0x11 + 2 * PIN)?;
+    asm.a.mov(eax, dword_ptr(APIC_ID))?;
+    asm.a.shl(eax, 24)?;
+    asm.call("ioapic_wr")?;
+    asm.a.mov(ecx, 0x10 + 2 * PIN)?;
+    asm.a.mov(eax, VECTOR)?;
+    asm.call("ioapic_wr")?;
+    asm.call("ioapic_rd")?;
+    asm.print("ioapic: pin 2 redirection ")?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.a.and(eax, !(1u32 << 12))?; // delivery status may be set for a moment
+    asm.a.cmp(eax, VECTOR)?;
+    asm.jne("ioapic_fail")?;
+
+    // PIT channel 0, mode 2, lobyte/hibyte.
+    asm.a.mov(al, 0x34)?;
+    asm.a.out(0x43u32, al)?;
+    asm.a.mov(eax, dword_ptr(RELOAD))?;
+    asm.a.out(0x40u32, al)?;
+    asm.a.mov(al, ah)?;
+    asm.a.out(0x40u32, al)?;
+    print_var(asm, "ioapic: pit reload=", RELOAD)?;
+    print_var(asm, " ticks=", TICKS)?;
+    asm.newline()?;
+    halt_until(asm, |asm| {
+        asm.a.mov(eax, dword_ptr(TICKS))?;
+        asm.a.inc(eax)?;
+        Ok(asm.a.cmp(dword_ptr(COUNT), eax)?)
+    })?;
+    // Mask the pin again; the mask bit must read back.
+    asm.a.mov(ecx, 0x10 + 2 * PIN)?;
+    asm.a.mov(eax, VECTOR | 1 << 16)?;
+    asm.call("ioapic_wr")?;
+    asm.call("ioapic_rd")?;
+    asm.a.test(eax, 1u32 << 16)?;
+    asm.jz("ioapic_fail")?;
+    asm.a.mov(eax, dword_ptr(TICKS))?;
+    asm.a.mul(dword_ptr(RELOAD))?;
+    asm.a.mov(ebx, PIT_HZ)?;
+    expected_tsc_span(asm, "ioapic", TSC_KHZ, "ioapic_fail")?;
+    asm.print("ioapic: ticks=")?;
+    asm.a.mov(eax, dword_ptr(COUNT))?;
+    asm.a.dec(eax)?;
+    asm.print_dec_eax()?;
+    check_tsc_span(asm, T0, T1, TSC_KHZ, "ioapic_fail")?;
+
+    // Level: the first interrupt is EOId without clearing the source, so the I/O APIC must
+    // deliver it again at once (remote IRR set until the EOI); the second reads register C.
+    asm.find_arg("level=")?;
+    asm.a.test(eax, eax)?;
+    asm.jz("ioapic_pass")?;
+    asm.a.mov(ecx, 0x11 + 2 * LEVEL_PIN)?;
+    asm.a.mov(eax, dword_ptr(APIC_ID))?;
+    asm.a.shl(eax, 24)?;
+    asm.call("ioapic_wr")?;
+    asm.a.mov(ecx, 0x10 + 2 * LEVEL_PIN)?;
+    asm.a.mov(eax, LEVEL_VECTOR | 1 << 15)?;
+    asm.call("ioapic_wr")?;
+    // RTC periodic interrupt at 16 Hz (rate 12), PIE on, flags cleared.
+    asm.a.mov(al, 0x0A)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.mov(al, 0x2C)?;
+    asm.a.out(0x71u32, al)?;
+    asm.a.mov(al, 0x0B)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.a.or(al, 0x40)?;
+    asm.a.mov(ah, al)?;
+    asm.a.mov(al, 0x0B)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.mov(al, ah)?;
+    asm.a.out(0x71u32, al)?;
+    asm.a.mov(al, 0x0C)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(LEVEL_COUNT), 2)?))?;
+    // PIE off, the pin masked; remote IRR must be clear after the last EOI.
+    asm.a.mov(al, 0x0B)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.a.and(al, 0xBF)?;
+    asm.a.mov(ah, al)?;
+    asm.a.mov(al, 0x0B)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.mov(al, ah)?;
+    asm.a.out(0x71u32, al)?;
+    asm.a.mov(al, 0x0C)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.a.mov(ecx, 0x10 + 2 * LEVEL_PIN)?;
+    asm.call("ioapic_rd")?;
+    asm.a.mov(esi, eax)?;
+    asm.a.or(eax, 1 << 16)?;
+    asm.call("ioapic_wr")?;
+    asm.print("ioapic: level pin 8 remote-irr in service=")?;
+    asm.a.mov(eax, dword_ptr(LEVEL_IRR))?;
+    asm.a.shr(eax, 14)?;
+    asm.a.and(eax, 1)?;
+    asm.print_dec_eax()?;
+    asm.print(" after eoi=")?;
+    asm.a.mov(eax, esi)?;
+    asm.a.shr(eax, 14)?;
+    asm.a.and(eax, 1)?;
+    asm.print_dec_eax()?;
+    asm.print(" again after tsc=")?;
+    asm.a.mov(eax, dword_ptr(L1))?;
+    asm.a.sub(eax, dword_ptr(L0))?;
+    asm.a.mov(ebx, eax)?;
+    asm.print_dec_eax()?;
+    asm.print(" period=")?;
+    asm.a.mov(eax, dword_ptr(TSC_KHZ))?;
+    asm.a.imul_3(eax, eax, (1000 / LEVEL_HZ) as i32)?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    // Again within half a period: redelivered, not the next period's interrupt.
+    asm.a.shr(eax, 1)?;
+    asm.a.cmp(ebx, eax)?;
+    asm.jae("ioapic_fail")?;
+    asm.a.test(dword_ptr(LEVEL_IRR), 1 << 14)?;
+    asm.jz("ioapic_fail")?;
+    asm.a.test(esi, 1 << 14)?;
+    asm.jnz("ioapic_fail")?;
+    asm.here("ioapic_pass")?;
+    asm.print("ioapic: PASS\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+    asm.here("ioapic_fail")?;
+    asm.print("ioapic: FAIL\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+
+    // ioapic_rd: ecx = register -> eax. ioapic_wr: ecx = register, eax = value.
+    asm.here("ioapic_rd")?;
+    asm.a.mov(dword_ptr(IOREGSEL), ecx)?;
+    asm.a.mov(eax, dword_ptr(IOWIN))?;
+    asm.a.ret()?;
+    asm.here("ioapic_wr")?;
+    asm.a.mov(dword_ptr(IOREGSEL), ecx)?;
+    asm.a.mov(dword_ptr(IOWIN), eax)?;
+    asm.a.ret()?;
+
+    // The interrupt hook: time-stamp the timer's arrivals; EOI the local APIC (not for the
+    // spurious vector).
+    asm.here("ioapic_hook")?;
+    asm.a.cmp(eax, SPURIOUS)?;
+    asm.je("ioapic_hook_done")?;
+    asm.a.cmp(eax, LEVEL_VECTOR)?;
+    asm.jne("ioapic_hook_pit")?;
+    asm.a.rdtsc()?;
+    asm.a.cmp(dword_ptr(LEVEL_COUNT), 1)?;
+    asm.jne("ioapic_hook_level_again")?;
+    // First: note remote IRR, EOI with the line still asserted.
+    asm.a.mov(dword_ptr(L0), eax)?;
+    asm.a.mov(ecx, 0x10 + 2 * LEVEL_PIN)?;
+    asm.call("ioapic_rd")?;
+    asm.a.mov(dword_ptr(LEVEL_IRR), eax)?;
+    asm.jmp("ioapic_hook_eoi")?;
+    asm.here("ioapic_hook_level_again")?;
+    asm.a.cmp(dword_ptr(LEVEL_COUNT), 2)?;
+    asm.jne("ioapic_hook_level_clear")?;
+    asm.a.mov(dword_ptr(L1), eax)?;
+    asm.here("ioapic_hook_level_clear")?;
+    asm.a.mov(al, 0x0C)?;
+    asm.a.out(0x70u32, al)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.jmp("ioapic_hook_eoi")?;
+    asm.here("ioapic_hook_pit")?;
+    asm.a.cmp(eax, VECTOR)?;
+    asm.jne("ioapic_hook_eoi")?;
+    stamp_first_and_last(asm, COUNT, TICKS, T0, T1)?;
+    asm.here("ioapic_hook_eoi")?;
+    asm.a.mov(ecx, 0xB0u32)?;
+    asm.a.xor(eax, eax)?;
+    asm.call("lapic_wr")?;
+    asm.here("ioapic_hook_done")?;
+    asm.a.ret()?;
+    lapic_routines(asm, "lapic", X2)?;
+    tolerance_routine(asm)
+}
+
+/// Where the `smp` guest's APs start (SIPI vector 0x08) and their stacks (4 KiB each, by
+/// start order, above the image and the boot information).
+const SMP_TRAMPOLINE: u32 = 0x8000;
+const SMP_AP_STACKS: u32 = 0x21_0000;
+/// Shared-counter increments per CPU and IPI round trips between the BSP and AP 1.
+const SMP_ADDS: u32 = 100_000;
+const SMP_ROUNDS: u32 = 100;
+const SMP_MAX_CPUS: u32 = 16;
+
+/// The real-mode start of an AP, copied to `SMP_TRAMPOLINE`: DS = CS, LGDT of the guest's GDT
+/// (32-bit operand size: the base is above 16 MiB's reach otherwise), CR0.PE, a far jump to
+/// `entry` with the flat code selector. Hand-encoded (16-bit code).
+fn smp_trampoline(gdt: u32, entry: u32) -> Vec<u8> {
+    const GDTR_AT: u16 = 0x20;
+    let mut code = vec![
+        0xFA, // cli
+        0x8C, 0xC8, // mov ax, cs
+        0x8E, 0xD8, // mov ds, ax
+        0x66, 0x0F, 0x01, 0x16, // o32 lgdt [disp16]
+    ];
+    code.extend_from_slice(&GDTR_AT.to_le_bytes());
+    code.extend_from_slice(&[
+        0x0F, 0x20, 0xC0, // mov eax, cr0
+        0x0C, 0x01, // or al, 1
+        0x0F, 0x22, 0xC0, // mov cr0, eax
+        0x66, 0xEA, // o32 jmp far ptr16:32
+    ]);
+    code.extend_from_slice(&entry.to_le_bytes());
+    code.extend_from_slice(&layout::CODE_SELECTOR.to_le_bytes());
+    code.resize(usize::from(GDTR_AT), 0xF4); // hlt padding
+    code.extend_from_slice(&crate::asm::pseudo_descriptor(24, gdt));
+    code
+}
+
+/// `smp`: the BSP starts `cpus=N` - 1 APs with INIT-SIPI-SIPI; each announces its APIC ID and
+/// adds to a shared counter with LOCK; then IPI ping-pong between the BSP and AP 1.
+fn smp(asm: &mut Asm) -> Result {
+    const X2: u32 = layout::VAR_SCRATCH;
+    const CPUS: u32 = layout::VAR_SCRATCH + 4;
+    const LOCK: u32 = layout::VAR_SCRATCH + 8;
+    const ALIVE: u32 = layout::VAR_SCRATCH + 12;
+    const NEXT: u32 = layout::BSS + 0x34;
+    const COUNTER: u32 = layout::BSS + 0x38;
+    const DONE: u32 = layout::BSS + 0x3C;
+    const BSP_ID: u32 = layout::BSS + 0x40;
+    const AP1_ID: u32 = layout::BSS + 0x44;
+    const FAILS: u32 = layout::BSS + 0x48;
+    const PING: u32 = 0x35;
+    const PONG: u32 = 0x36;
+    const SPURIOUS: u32 = 0x3F;
+    const COUNT_PING: u32 = layout::VAR_IRQ_COUNTS + 4 * (PING - 32);
+    const COUNT_PONG: u32 = layout::VAR_IRQ_COUNTS + 4 * (PONG - 32);
+    // ICR low: fixed delivery, physical, edge, level "assert" (bit 14).
+    const ICR_FIXED: u32 = 1 << 14;
+    // INIT (101b) and STARTUP (110b) to all but self (shorthand 11b), assert.
+    const ICR_INIT_OTHERS: u32 = 0x000C_4500;
+    const ICR_SIPI_OTHERS: u32 = 0x000C_4600 | (SMP_TRAMPOLINE >> 12);
+
+    asm.interrupts();
+    let hook = asm.addr("smp_hook");
+    asm.a.mov(dword_ptr(layout::VAR_IRQ_HOOK), hook)?;
+    arg_or(asm, "cpus=", 1, CPUS)?;
+    asm.a.mov(eax, dword_ptr(CPUS))?;
+    asm.a.dec(eax)?;
+    asm.a.cmp(eax, SMP_MAX_CPUS - 1)?;
+    asm.jbe("smp_cpus_ok")?;
+    asm.print("smp: FAIL cpus must be 1 to 16\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here("smp_cpus_ok")?;
+    lapic_mode(asm, "smp", X2)?;
+    pic_mask_all(asm)?;
+    asm.call("lapic_enable")?;
+    asm.call("lapic_id")?;
+    asm.a.mov(dword_ptr(BSP_ID), eax)?;
+    print_var(asm, "smp: bsp apic id=", BSP_ID)?;
+    print_var(asm, " cpus=", CPUS)?;
+    print_var(asm, " mode=", X2)?;
+    asm.newline()?;
+
+    asm.a.cmp(dword_ptr(CPUS), 1)?;
+    asm.je("smp_count")?;
+    // The trampoline below 1 MiB, then INIT, SIPI and (if not all are up) SIPI again.
+    let entry = asm.addr("smp_ap_entry");
+    let gdt = asm.addr("gdt");
+    let trampoline = smp_trampoline(gdt, entry);
+    let len = trampoline.len() as u32;
+    let from = asm.data("smp_trampoline", trampoline);
+    asm.a.mov(esi, from)?;
+    asm.a.mov(edi, SMP_TRAMPOLINE)?;
+    asm.a.mov(ecx, len)?;
+    asm.a.rep().movsb()?;
+    asm.a.xor(ecx, ecx)?;
+    asm.a.mov(eax, ICR_INIT_OTHERS)?;
+    asm.call("smp_ipi")?;
+    asm.a.mov(ecx, 1u32 << 20)?; // "10 ms"
+    asm.call("smp_delay")?;
+    asm.a.mov(eax, ICR_SIPI_OTHERS)?;
+    asm.call("smp_ipi")?;
+    asm.a.mov(ecx, 1u32 << 16)?; // "200 us"
+    asm.call("smp_delay")?;
+    asm.a.mov(eax, dword_ptr(CPUS))?;
+    asm.a.dec(eax)?;
+    asm.a.cmp(dword_ptr(ALIVE), eax)?;
+    asm.jae("smp_up")?;
+    asm.a.mov(eax, ICR_SIPI_OTHERS)?;
+    asm.call("smp_ipi")?;
+    // Wait for them (bounded).
+    asm.a.mov(ecx, 1u32 << 28)?;
+    asm.here("smp_wait_up")?;
+    asm.a.mov(eax, dword_ptr(CPUS))?;
+    asm.a.dec(eax)?;
+    asm.a.cmp(dword_ptr(ALIVE), eax)?;
+    asm.jae("smp_up")?;
+    asm.a.pause()?;
+    asm.a.dec(ecx)?;
+    asm.jnz("smp_wait_up")?;
+    asm.here("smp_up")?;
+    asm.spin_lock(LOCK)?;
+    print_var(asm, "smp: aps up=", ALIVE)?;
+    asm.newline()?;
+    asm.spin_unlock(LOCK)?;
+    asm.a.mov(eax, dword_ptr(CPUS))?;
+    asm.a.dec(eax)?;
+    asm.a.cmp(dword_ptr(ALIVE), eax)?;
+    asm.jne("smp_fail")?;
+
+    // The shared counter, here as on every AP.
+    asm.here("smp_count")?;
+    asm.call("smp_adds")?;
+    asm.here("smp_wait_done")?;
+    asm.a.mov(eax, dword_ptr(CPUS))?;
+    asm.a.dec(eax)?;
+    asm.a.cmp(dword_ptr(DONE), eax)?;
+    asm.jae("smp_counted")?;
+    asm.a.pause()?;
+    asm.jmp("smp_wait_done")?;
+    asm.here("smp_counted")?;
+    asm.a.mov(eax, dword_ptr(CPUS))?;
+    asm.a.imul_3(ebx, eax, SMP_ADDS as i32)?;
+    asm.spin_lock(LOCK)?;
+    print_var(asm, "smp: counter=", COUNTER)?;
+    asm.print(" expected=")?;
+    asm.a.mov(eax, ebx)?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.spin_unlock(LOCK)?;
+    asm.a.cmp(dword_ptr(COUNTER), ebx)?;
+    asm.je("smp_counter_ok")?;
+    asm.a.inc(dword_ptr(FAILS))?;
+    asm.here("smp_counter_ok")?;
+
+    // Ping-pong: a fixed IPI to AP 1, whose hook answers with one to the BSP; one at a time.
+    asm.a.cmp(dword_ptr(CPUS), 1)?;
+    asm.je("smp_verdict")?;
+    asm.a.mov(ebx, 1u32)?;
+    asm.here("smp_ping")?;
+    asm.a.mov(ecx, dword_ptr(AP1_ID))?;
+    asm.a.mov(eax, ICR_FIXED | PING)?;
+    asm.call("smp_ipi")?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(COUNT_PONG), ebx)?))?;
+    asm.a.inc(ebx)?;
+    asm.a.cmp(ebx, SMP_ROUNDS)?;
+    asm.jbe("smp_ping")?;
+    asm.spin_lock(LOCK)?;
+    asm.print("smp: pingpong rounds=")?;
+    asm.a.mov(eax, SMP_ROUNDS)?;
+    asm.print_dec_eax()?;
+    print_var(asm, " pings=", COUNT_PING)?;
+    print_var(asm, " pongs=", COUNT_PONG)?;
+    asm.newline()?;
+    asm.spin_unlock(LOCK)?;
+    asm.a.cmp(dword_ptr(COUNT_PING), SMP_ROUNDS)?;
+    asm.jne("smp_fail")?;
+    asm.a.cmp(dword_ptr(COUNT_PONG), SMP_ROUNDS)?;
+    asm.jne("smp_fail")?;
+    asm.here("smp_verdict")?;
+    asm.a.cmp(dword_ptr(FAILS), 0)?;
+    asm.jne("smp_fail")?;
+    asm.spin_lock(LOCK)?;
+    asm.print("smp: PASS\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+    asm.here("smp_fail")?;
+    asm.spin_lock(LOCK)?;
+    asm.print("smp: FAIL\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+
+    // An AP, in 32-bit protected mode from the trampoline: segments, a stack by start order,
+    // the IDT, its local APIC; announce, count, then idle taking IPIs.
+    asm.here("smp_ap_entry")?;
+    asm.a.mov(eax, u32::from(layout::DATA_SELECTOR))?;
+    for segment in [ds, es, fs, gs, ss] {
+        asm.a.mov(segment, ax)?;
+    }
+    asm.a.mov(eax, 1u32)?;
+    asm.a.lock().xadd(dword_ptr(NEXT), eax)?;
+    asm.a.inc(eax)?; // AP index 1, 2, ...
+    asm.a.mov(esp, eax)?;
+    asm.a.shl(esp, 12)?;
+    asm.a.add(esp, SMP_AP_STACKS as i32)?;
+    asm.a.cld()?;
+    let idtr = asm.addr("idtr");
+    asm.a.lidt(ptr(idtr))?;
+    asm.a.mov(ebx, eax)?;
+    asm.call("lapic_enable")?;
+    asm.call("lapic_id")?;
+    asm.a.cmp(ebx, 1)?;
+    asm.jne("smp_ap_not_first")?;
+    asm.a.mov(dword_ptr(AP1_ID), eax)?;
+    asm.here("smp_ap_not_first")?;
+    asm.spin_lock(LOCK)?;
+    asm.print("smp: ap ")?;
+    asm.a.xchg(eax, ebx)?;
+    asm.print_dec_eax()?;
+    asm.print(" apic id=")?;
+    asm.a.xchg(eax, ebx)?;
+    asm.print_dec_eax()?;
+    asm.newline()?;
+    asm.spin_unlock(LOCK)?;
+    asm.a.lock().inc(dword_ptr(ALIVE))?;
+    asm.call("smp_adds")?;
+    asm.a.lock().inc(dword_ptr(DONE))?;
+    asm.here("smp_ap_idle")?;
+    asm.a.sti()?;
+    asm.a.hlt()?;
+    asm.jmp("smp_ap_idle")?;
+
+    // smp_adds: SMP_ADDS locked increments of the shared counter.
+    asm.here("smp_adds")?;
+    asm.a.push(ecx)?;
+    asm.a.mov(ecx, SMP_ADDS)?;
+    asm.here("smp_adds_loop")?;
+    asm.a.lock().add(dword_ptr(COUNTER), 1)?;
+    asm.a.dec(ecx)?;
+    asm.jnz("smp_adds_loop")?;
+    asm.a.pop(ecx)?;
+    asm.a.ret()?;
+
+    // smp_delay: ecx iterations of PAUSE.
+    asm.here("smp_delay")?;
+    asm.a.pause()?;
+    asm.a.dec(ecx)?;
+    asm.jnz("smp_delay")?;
+    asm.a.ret()?;
+
+    // smp_ipi: ecx = destination APIC ID, eax = ICR low. xAPIC: ICR high then low, then wait
+    // for the delivery status to clear; x2APIC: one WRMSR of the 64-bit ICR.
+    asm.here("smp_ipi")?;
+    asm.a.pushad()?;
+    asm.a.cmp(dword_ptr(X2), 0)?;
+    asm.je("smp_ipi_xapic")?;
+    asm.a.mov(edx, ecx)?;
+    asm.a.mov(ecx, 0x830u32)?;
+    asm.a.wrmsr()?;
+    asm.jmp("smp_ipi_done")?;
+    asm.here("smp_ipi_xapic")?;
+    asm.a.shl(ecx, 24)?;
+    asm.a.mov(dword_ptr(0xFEE0_0310u32), ecx)?;
+    asm.a.mov(dword_ptr(0xFEE0_0300u32), eax)?;
+    asm.here("smp_ipi_wait")?;
+    asm.a.test(dword_ptr(0xFEE0_0300u32), 1 << 12)?;
+    asm.jnz("smp_ipi_wait")?;
+    asm.here("smp_ipi_done")?;
+    asm.a.popad()?;
+    asm.a.ret()?;
+
+    // The interrupt hook: a ping (on AP 1) is answered with a pong to the BSP; EOI all but
+    // the spurious vector.
+    asm.here("smp_hook")?;
+    asm.a.cmp(eax, SPURIOUS)?;
+    asm.je("smp_hook_done")?;
+    asm.a.cmp(eax, PING)?;
+    asm.jne("smp_hook_eoi")?;
+    asm.a.mov(ecx, dword_ptr(BSP_ID))?;
+    asm.a.mov(eax, ICR_FIXED | PONG)?;
+    asm.call("smp_ipi")?;
+    asm.here("smp_hook_eoi")?;
+    asm.a.mov(ecx, 0xB0u32)?;
+    asm.a.xor(eax, eax)?;
+    asm.call("lapic_wr")?;
+    asm.here("smp_hook_done")?;
+    asm.a.ret()?;
+    lapic_routines(asm, "lapic", X2)
 }

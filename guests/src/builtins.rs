@@ -110,6 +110,111 @@
 //! ```
 //! Exit 0 iff every check passed.
 //!
+//! # `echo`
+//! The 16550 as Linux's 8250 driver runs it, interrupt-driven: 115200 8N1, FCR 0xC7 (FIFOs on
+//! and cleared, receive trigger 14), MCR 0x0B (DTR, RTS, OUT2, which gates the IRQ line), the
+//! 8259A pair initialised as `ticker` does with only IRQ 4 (vector 0x24) unmasked, IER RDA
+//! and, while bytes wait to go out, THRE. All output between `start` and `done` goes through
+//! a 4 KiB transmit ring (at 0x200000) that the THRE interrupt drains, at most 16 bytes (one
+//! FIFO) per interrupt, switching THRE off in IER when the ring is empty and on again (which
+//! raises it at once while THR is empty) when bytes are queued. The handler serves IIR until
+//! it reads "none pending": RDA and character timeout read RBR while LSR.DR and queue each byte
+//! as its echo; line and modem status are read away. First the guest queues
+//! [`ECHO_LONG_LEN`] bytes (32 lines of the 63 characters `'0' + column`, each ending in a
+//! line feed) and a ready line, then echoes what it receives until a `q` has come and
+//! everything queued is sent:
+//! ```text
+//! echo: start
+//! 0123456789:;<=>?@ABC...lmn          (32 lines)
+//! echo: ready
+//! <the input, echoed, up to and including the q>
+//! echo: done rda=<n> timeout=<n> thre=<n> other=<n> received=<bytes> sent=<bytes>
+//! echo: PASS|FAIL
+//! ```
+//! (`done` starts on a line of its own.) Exit 0 iff sent = received + the long string and the
+//! ready line, every received byte was queued, 16 * thre >= sent, and at least one RDA or
+//! timeout interrupt came. Needs RAM up to 0x201000.
+//!
+//! # `rtc`
+//! The MC146818 RTC through ports 0x70/0x71 (NMIs left enabled): reads register B, waits for
+//! register A's UIP to clear, reads seconds, minutes, hours, day, month, year and the century
+//! (register 0x32; a value outside 19..21 counts as 20) until the seconds read the same
+//! twice, converts from BCD unless register B's DM bit is set (and from a 12-hour clock
+//! unless its 24/12 bit is set), and checks the fields are plausible. Then it writes 0x5A and
+//! 0xA5 to the shutdown status byte 0x0F, reads each back, and restores the old value. Then the
+//! periodic interrupt: 8259As as `ticker` sets them up with IRQ 2 (cascade) and IRQ 8 (vector
+//! 0x28) unmasked, register A = 0x20 | rate with `hz=N` (a power of two from 2 to 8192,
+//! default 1024; rate = 16 - log2 N), register B PIE set, register C read; halts until
+//! `ticks=K` (default 64) more interrupts than the first have come, each handled by reading
+//! register C and EOIs to the slave then the master, and compares the span between the first
+//! and the last with K / N seconds of a `tsc_khz=T` TSC:
+//! ```text
+//! rtc: register b=0x<register B>
+//! rtc: date YYYY-MM-DD hh:mm:ss
+//! rtc: cmos 0x0f ok|FAIL
+//! rtc: periodic hz=<N> rate=<rate> ticks=<K>
+//! rtc: ticks=<K> tsc=<measured> expected=<expected>
+//! rtc: PASS|FAIL
+//! ```
+//! Exit 0 iff the date is plausible, the CMOS byte round-trips and the span is within
+//! `tolerance=P` percent (default 25); 1 otherwise (also without `tsc_khz`, and at once after
+//! `rtc: FAIL hz must be a power of two from 2 to 8192`).
+//!
+//! # `ioapic`
+//! PIT IRQ 0 through the I/O APIC at 0xFEC00000 (IOREGSEL/IOWIN) to the local APIC
+//! (`x2apic=1`: x2APIC MSRs, CPUID must offer it; else the xAPIC page at 0xFEE00000; enabled
+//! as `apic` does, spurious vector 0x3F), both 8259As masked. Reads the version register
+//! (the highest redirection entry must be at least 2, and the register not all ones), writes
+//! pin 2's redirection entry (ISA IRQ 0 on a PC): destination = this CPU's APIC ID in the high
+//! word, then vector 0x34, fixed, physical, edge, active high, unmasked, and checks it reads
+//! back. Programs PIT channel 0 in mode 2 with `reload = 1193182 / hz` (`hz=N`, default 1000),
+//! halts until `ticks=K` (default 50) more interrupts than the first have come (a local APIC
+//! EOI for each), masks the pin again (the mask must read back) and compares the span as
+//! `ticker` does:
+//! ```text
+//! ioapic: version 0x<register 1> entries=<n> apic id=<id> mode=<0|1>
+//! ioapic: pin 2 redirection 0x<low word>
+//! ioapic: pit reload=<reload> ticks=<K>
+//! ioapic: ticks=<K> tsc=<measured> expected=<expected>
+//! ioapic: level pin 8 remote-irr in service=<0|1> after eoi=<0|1> again after tsc=<n> period=<p>
+//! ioapic: PASS|FAIL
+//! ```
+//! The `level` line only with `level=1`: a level-triggered case with the RTC's periodic
+//! interrupt (IRQ 8, which a real MC146818 holds asserted until register C is read) on pin 8,
+//! vector 0x38, level, active high, at 16 Hz. The first interrupt notes the entry's remote
+//! IRR (must be 1 while in service) and is EOId *without* reading register C, so the I/O APIC
+//! must deliver it again at once (within half a period, `p` = TSC ticks of one period); the
+//! second reads register C; after it, with PIE off, remote IRR must read 0. Exit 0 iff the
+//! entry read back, the span is within `tolerance=P` percent (default 25) of `tsc_khz=T` and
+//! (with `level=1`) the level checks hold; 1 otherwise.
+//!
+//! # `smp`
+//! `cpus=N` CPUs (1 to 16, default 1) on the local APIC (`x2apic=1`: x2APIC MSRs, else the
+//! xAPIC page): the BSP masks the 8259As, enables its local APIC, copies a real-mode
+//! trampoline to 0x8000 (DS = CS, a 32-bit LGDT of the guest's GDT, CR0.PE, a far jump to
+//! 32-bit code) and sends INIT, then STARTUP with vector 0x08, to all but itself (ICR
+//! shorthand), with PAUSE loops between, and a second STARTUP unless all N - 1 APs are
+//! already up. Each AP loads the data segments, takes a 4 KiB stack at 0x210000 + 4 KiB *
+//! its start order, loads the IDT, enables its local APIC (and x2APIC mode), prints its start
+//! order and APIC ID, and adds 1 to a shared counter [`SMP_ADDS`] times with `lock add`, as
+//! the BSP does too; then it idles with STI; HLT. When all are done the BSP checks the counter
+//! (N * [`SMP_ADDS`]) and, with N > 1, plays [`SMP_ROUNDS`] rounds of IPI ping-pong with AP
+//! 1: a fixed IPI with vector 0x35 to AP 1's APIC ID, whose handler answers with vector 0x36 to
+//! the BSP's, which waits for it halted before the next round. Output is serialised by a
+//! spinlock (XCHG), so lines never mix:
+//! ```text
+//! smp: bsp apic id=<id> cpus=<N> mode=<0|1>
+//! smp: ap <1..N-1> apic id=<id>                (one per AP, in any order)
+//! smp: aps up=<N-1>
+//! smp: counter=<count> expected=<N * 100000>
+//! smp: pingpong rounds=100 pings=<n> pongs=<n>
+//! smp: PASS|FAIL
+//! ```
+//! (with one CPU only the first, the counter and the verdict lines). Exit 0 iff all APs came
+//! up, the counter is exact and every ping and pong arrived once per round; 1 otherwise. The
+//! APs wait for an IPI forever after; the BSP never times out on a lost pong (a hang is the
+//! failure). Needs RAM up to 0x210000 + 4 KiB * N and the page at 0x8000.
+//!
 //! # `bench`
 //! Times VM exit round trips with RDTSC (`scripts/bench`):
 //! ```text
@@ -142,6 +247,14 @@
 //! entry of [`BUILTINS`]. An exerciser check is one more `(name, Probe)` line in `CHECKS`.
 
 pub mod abi;
+
+/// Length of the string the `echo` guest sends through THRE interrupts (`build/guests.rs`
+/// has the same number).
+pub const ECHO_LONG_LEN: u32 = 2048;
+/// Locked increments of the shared counter per CPU in the `smp` guest.
+pub const SMP_ADDS: u32 = 100_000;
+/// IPI round trips between the BSP and AP 1 in the `smp` guest.
+pub const SMP_ROUNDS: u32 = 100;
 
 include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
 

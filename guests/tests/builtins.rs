@@ -129,6 +129,10 @@ fn the_builtins() {
             "pmu",
             "ticker",
             "apic",
+            "echo",
+            "rtc",
+            "ioapic",
+            "smp",
             "bench"
         ]
     );
@@ -328,5 +332,181 @@ fn apic_uses_msrs_and_the_xapic_page() {
         "apic: PASS\n",
     ] {
         assert!(rodata_has("apic", text), "{text:?}");
+    }
+}
+
+#[test]
+fn echo_drives_the_uart_by_interrupts() {
+    let decoded = decode("echo");
+    // IER, FCR/IIR, LCR, MCR, LSR, MSR, RBR; the PIC.
+    for (port, direction) in [
+        (0x3F9, "out"),
+        (0x3FA, "out"),
+        (0x3FA, "in"),
+        (0x3FB, "out"),
+        (0x3FC, "out"),
+        (0x3FE, "in"),
+        (0x3F8, "in"),
+        (0x20, "out"),
+        (0x21, "out"),
+        (0xA1, "out"),
+    ] {
+        assert!(
+            decoded.port_io.contains(&(port, direction, 1)),
+            "echo: {direction} {port:#x}"
+        );
+    }
+    for m in [Mnemonic::Sti, Mnemonic::Hlt, Mnemonic::Iretd] {
+        assert!(decoded.mnemonics.contains(&m), "echo: no {m:?}");
+    }
+    for text in [
+        "echo: ready\n",
+        "\necho: done",
+        " rda=",
+        " timeout=",
+        " thre=",
+        " received=",
+        " sent=",
+        "echo: PASS\n",
+        "echo: FAIL\n",
+    ] {
+        assert!(rodata_has("echo", text), "{text:?}");
+    }
+}
+
+#[test]
+fn rtc_reads_the_cmos_and_takes_irq_8_through_the_cascade() {
+    let decoded = decode("rtc");
+    for (port, direction) in [
+        (0x70, "out"),
+        (0x71, "in"),
+        (0x71, "out"),
+        (0x20, "out"),
+        (0xA0, "out"),
+        (0xA1, "out"),
+    ] {
+        assert!(
+            decoded.port_io.contains(&(port, direction, 1)),
+            "rtc: {direction} {port:#x}"
+        );
+    }
+    for m in [Mnemonic::Sti, Mnemonic::Hlt, Mnemonic::Rdtsc, Mnemonic::Bsr] {
+        assert!(decoded.mnemonics.contains(&m), "rtc: no {m:?}");
+    }
+    for text in [
+        "tsc_khz=",
+        "hz=",
+        "ticks=",
+        "rtc: date ",
+        "rtc: cmos 0x0f ok\n",
+        "rtc: periodic hz=",
+        "rtc: PASS\n",
+        "rtc: FAIL\n",
+    ] {
+        assert!(rodata_has("rtc", text), "{text:?}");
+    }
+}
+
+#[test]
+fn ioapic_programs_a_redirection_entry_and_the_pit() {
+    let decoded = decode("ioapic");
+    for (port, direction) in [
+        (0x43, "out"),
+        (0x40, "out"),
+        (0x21, "out"),
+        (0xA1, "out"),
+        (0x70, "out"),
+        (0x71, "in"),
+        (0x71, "out"),
+    ] {
+        assert!(
+            decoded.port_io.contains(&(port, direction, 1)),
+            "ioapic: {direction} {port:#x}"
+        );
+    }
+    // No 8259A initialisation: the PIC only gets its masks.
+    assert!(!decoded.port_io.contains(&(0x20, "out", 1)));
+    for m in [
+        Mnemonic::Rdmsr,
+        Mnemonic::Wrmsr,
+        Mnemonic::Sti,
+        Mnemonic::Hlt,
+        Mnemonic::Rdtsc,
+    ] {
+        assert!(decoded.mnemonics.contains(&m), "ioapic: no {m:?}");
+    }
+    for text in [
+        "x2apic=",
+        "tsc_khz=",
+        "ioapic: version ",
+        "level=",
+        "ioapic: level pin 8 remote-irr in service=",
+        "ioapic: pin 2 redirection ",
+        "ioapic: PASS\n",
+    ] {
+        assert!(rodata_has("ioapic", text), "{text:?}");
+    }
+}
+
+#[test]
+fn smp_carries_a_real_mode_trampoline_and_uses_locked_adds() {
+    let image = builtin("smp").unwrap();
+    let (sections, symbols) = sections(image);
+    let decoded = decode("smp");
+    for m in [
+        Mnemonic::Xadd,
+        Mnemonic::Xchg,
+        Mnemonic::Pause,
+        Mnemonic::Wrmsr,
+        Mnemonic::Hlt,
+        Mnemonic::Movsb,
+    ] {
+        assert!(decoded.mnemonics.contains(&m), "smp: no {m:?}");
+    }
+    // The trampoline decodes as 16-bit code: LGDT, CR0 write, then a far jump to the
+    // 32-bit AP entry with the code selector.
+    let (&at, _) = symbols
+        .iter()
+        .find(|(_, name)| *name == "smp_trampoline")
+        .unwrap();
+    let (&entry, _) = symbols
+        .iter()
+        .find(|(_, name)| *name == "smp_ap_entry")
+        .unwrap();
+    let rodata = &sections[".rodata"];
+    let offset = rodata.offset + (at - rodata.addr) as usize;
+    let mut decoder = Decoder::with_ip(
+        16,
+        &image[offset..offset + 0x20],
+        0x8000,
+        DecoderOptions::NONE,
+    );
+    let mut seen = Vec::new();
+    let mut jump = None;
+    for instruction in &mut decoder {
+        seen.push(instruction.mnemonic());
+        if instruction.mnemonic() == Mnemonic::Jmp && instruction.op0_kind() == OpKind::FarBranch32
+        {
+            jump = Some((
+                instruction.far_branch_selector(),
+                instruction.far_branch32(),
+            ));
+            break;
+        }
+    }
+    for m in [Mnemonic::Cli, Mnemonic::Lgdt, Mnemonic::Mov, Mnemonic::Or] {
+        assert!(seen.contains(&m), "trampoline: no {m:?}: {seen:?}");
+    }
+    assert_eq!(jump, Some((0x08, entry)));
+    for text in [
+        "cpus=",
+        "x2apic=",
+        "smp: ap ",
+        " apic id=",
+        "smp: counter=",
+        "smp: pingpong rounds=",
+        "smp: PASS\n",
+    ] {
+        assert!(rodata_has("smp", text), "{text:?}");
     }
 }
