@@ -31,6 +31,7 @@
 
 pub mod bus;
 pub mod console;
+pub mod string_io;
 pub mod uart;
 
 pub use bus::{Bus, BusError, BusRange};
