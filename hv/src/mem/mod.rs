@@ -10,6 +10,7 @@
 use core::fmt;
 
 pub mod addr;
+pub mod nested;
 pub mod walk;
 
 pub use addr::{GuestPhys, HostPhys};
