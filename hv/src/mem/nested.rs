@@ -281,3 +281,93 @@ impl<E: EntryFormat> NestedTable<E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A toy format: present = bit 0, large = bit 7, write = bit 1, no-exec = bit 2, tables 0x3.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    enum Toy {}
+
+    impl EntryFormat for Toy {
+        const TABLE: u64 = 0x3;
+        const LARGE: u64 = 1 << 7;
+        fn present(e: u64) -> bool {
+            e & 1 != 0
+        }
+        fn leaf_bits(p: Perms) -> u64 {
+            1 | if p.write { 2 } else { 0 } | if p.exec { 0 } else { 4 }
+        }
+        fn perms(e: u64) -> Perms {
+            Perms {
+                write: e & 2 != 0,
+                exec: e & 4 == 0,
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct VecFrames(Vec<[u64; ENTRIES]>);
+
+    impl TableFrames for VecFrames {
+        fn table(&self, f: HostPhys) -> Option<&[u64; ENTRIES]> {
+            self.0.get((f.0 / PAGE_SIZE).checked_sub(1)? as usize)
+        }
+    }
+
+    impl Frames for VecFrames {
+        fn alloc_zeroed(&mut self) -> Option<HostPhys> {
+            self.0.push([0; ENTRIES]);
+            Some(HostPhys(self.0.len() as u64 * PAGE_SIZE))
+        }
+        fn table_mut(&mut self, f: HostPhys) -> Option<&mut [u64; ENTRIES]> {
+            self.0.get_mut((f.0 / PAGE_SIZE).checked_sub(1)? as usize)
+        }
+    }
+
+    #[test]
+    fn the_format_decides_the_bits() {
+        let mut f = VecFrames::default();
+        let mut t = NestedTable::<Toy>::new(&mut f).unwrap();
+        let s = t
+            .map(
+                &mut f,
+                GuestPhys(0x20_0000),
+                HostPhys(0x4000_0000),
+                LARGE_PAGE_SIZE + PAGE_SIZE,
+                Perms::RX,
+            )
+            .unwrap();
+        assert_eq!(s, MapStats { small: 1, large: 1 });
+        let pdpt = HostPhys(f.table(t.root()).unwrap()[0] & ADDR_MASK);
+        assert_eq!(f.table(t.root()).unwrap()[0] & 0xFFF, Toy::TABLE);
+        let pd = f.table(pdpt).unwrap()[0] & ADDR_MASK;
+        assert_eq!(
+            f.table(HostPhys(pd)).unwrap()[1],
+            0x4000_0000 | 1 | (1 << 7)
+        );
+        let leaf = t.translate(&f, GuestPhys(0x20_1234)).unwrap().unwrap();
+        assert_eq!(leaf.hpa, HostPhys(0x4000_1234));
+        assert_eq!(leaf.size, PageSize::Size2M);
+        assert_eq!(Toy::perms(leaf.entry), Perms::RX);
+        let small = t.translate(&f, GuestPhys(0x40_0010)).unwrap().unwrap();
+        assert_eq!(
+            (small.hpa, small.size),
+            (HostPhys(0x4020_0010), PageSize::Size4K)
+        );
+        assert_eq!(t.translate(&f, GuestPhys(0x40_1000)), Ok(None));
+        assert_eq!(
+            t.map(
+                &mut f,
+                GuestPhys(0x40_0000),
+                HostPhys(0),
+                PAGE_SIZE,
+                Perms::RWX
+            ),
+            Err(NestedError::AlreadyMapped {
+                gpa: GuestPhys(0x40_0000)
+            })
+        );
+    }
+}
