@@ -39,15 +39,7 @@ use crate::devices::{IoSize, PortWrite};
 use crate::msr::{GuestMsr, MsrEffect};
 use crate::vm::{OnCrash, VmRuntime};
 
-/// A guest-physical address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GuestPhys(pub u64);
-
-impl fmt::Display for GuestPhys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
-}
+pub use crate::mem::GuestPhys;
 
 /// Exception vector #UD (invalid opcode).
 pub const VECTOR_UD: u8 = 6;

@@ -449,6 +449,10 @@ pub struct VmStats {
     pub unhandled_port_reads: u64,
     /// OUTs to ports without a device.
     pub unhandled_port_writes: u64,
+    /// Reads of guest-physical addresses outside RAM that no device claims (read all ones).
+    pub unhandled_mmio_reads: u64,
+    /// Writes to guest-physical addresses outside RAM that no device claims (dropped).
+    pub unhandled_mmio_writes: u64,
 }
 
 impl VmStats {

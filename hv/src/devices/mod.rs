@@ -15,7 +15,13 @@
 //! | 0x64        | keyboard status/cmd    | 0x1C (input buffer empty)     | 0xFE: reset; others ignored   |
 //! | 0xCF9       | reset control (RCR)    | last value written            | bit 2 set: reset              |
 //!
-//! An access is dispatched by its first port. Widths: the UART is a byte device on an 8-bit
+//! Devices sit on two buses of address ranges ([`bus`]): the port bus ([`PORT_MAP`]) and the
+//! MMIO bus ([`MMIO_MAP`], for guest-physical addresses outside RAM). An access goes to the
+//! device owning its first address, which sees the offset from its base and the access as
+//! bytes, whatever the width. An MMIO access no device claims reads all ones and its writes are
+//! dropped, like a port without a device; the caller counts both kinds.
+//!
+//! Widths: the UART is a byte device on an 8-bit
 //! bus, so a 16- or 32-bit access to it is split into byte accesses to consecutive ports, as
 //! the ISA bus does (bytes past 0x3FF go to "no device"). The debug-exit port takes any width
 //! (the value is masked to it). The keyboard controller and RCR answer byte accesses only: a
@@ -23,6 +29,7 @@
 //!
 //! Devices are decided here and counted by the caller; nothing here blocks or allocates.
 
+pub mod bus;
 pub mod chipset;
 pub mod console;
 pub mod fw_cfg;
@@ -31,12 +38,15 @@ pub mod lapic;
 pub mod pic;
 pub mod pit;
 pub mod rtc;
+pub mod string_io;
 pub mod uart;
 
+pub use bus::{Bus, BusError, BusRange};
 pub use console::{CONSOLE_RING_SIZE, ConsoleRead, ConsoleRing};
 pub use uart::{COM1_BASE, Uart16550, UartReg};
 
 use crate::exit::ResetTrigger;
+use crate::mem::GuestPhys;
 use crate::time::GuestTime;
 
 /// Debug-exit port: a write stops the VM with the value as exit code.
@@ -117,8 +127,53 @@ pub enum PortWrite {
     Reset(ResetTrigger),
 }
 
+/// A device on the port bus. Adding one: a variant here, its range in [`PORT_MAP`], and an arm
+/// in `Devices::port_read` / `Devices::port_write`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortDevice {
+    /// COM1, 8 ports from [`COM1_BASE`].
+    Uart,
+    /// The debug-exit port [`DEBUG_EXIT_PORT`].
+    DebugExit,
+    /// The 8042 data port [`KBD_DATA_PORT`].
+    KeyboardData,
+    /// The 8042 status/command port [`KBD_STATUS_PORT`].
+    KeyboardCommand,
+    /// The reset control register [`RESET_CONTROL_PORT`].
+    ResetControl,
+}
+
+/// A device on the MMIO bus. None yet: the interrupt controllers (local APIC, I/O APIC) and
+/// other memory-mapped devices join as a variant, an entry in [`MMIO_MAP`] and an arm in
+/// `Devices::mmio_dispatch_read` / `Devices::mmio_dispatch_write`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmioDevice {}
+
+/// Capacity of the port bus (the PC/AT set of PIC, PIT, 8042, RTC, two UARTs, POST, debug exit,
+/// PCI, reset fits with room).
+pub const PORT_BUS_CAPACITY: usize = 24;
+/// Capacity of the MMIO bus.
+pub const MMIO_BUS_CAPACITY: usize = 16;
+
+/// The port bus of a VM: ports (as `u64`) to devices.
+pub type PortBus = Bus<PortDevice, PORT_BUS_CAPACITY>;
+/// The MMIO bus of a VM: guest-physical addresses to devices.
+pub type MmioBus = Bus<MmioDevice, MMIO_BUS_CAPACITY>;
+
+/// Where each port device sits: (first port, number of ports, device).
+pub const PORT_MAP: [(u16, u16, PortDevice); 5] = [
+    (COM1_BASE, 8, PortDevice::Uart),
+    (DEBUG_EXIT_PORT, 1, PortDevice::DebugExit),
+    (KBD_DATA_PORT, 1, PortDevice::KeyboardData),
+    (KBD_STATUS_PORT, 1, PortDevice::KeyboardCommand),
+    (RESET_CONTROL_PORT, 1, PortDevice::ResetControl),
+];
+
+/// Where each MMIO device sits: (base, length, device).
+pub const MMIO_MAP: [(u64, u64, MmioDevice); 0] = [];
+
 /// The devices of one VM, plus its console log.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Devices {
     /// COM1.
     pub uart: Uart16550,
@@ -126,15 +181,36 @@ pub struct Devices {
     pub console: ConsoleRing,
     /// Last value written to the reset control register.
     rcr: u8,
+    /// Which port belongs to which device.
+    ports: PortBus,
+    /// Which guest-physical range belongs to which device.
+    mmio: MmioBus,
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Devices {
-    /// Devices in reset state with an empty console.
-    pub const fn new() -> Self {
+    /// Devices in reset state with an empty console, on their buses.
+    pub fn new() -> Self {
+        let mut ports = PortBus::new();
+        for (base, len, dev) in PORT_MAP {
+            // The map is a constant checked by a test: these inserts cannot fail.
+            let _ = ports.insert(base.into(), len.into(), dev);
+        }
+        let mut mmio = MmioBus::new();
+        for (base, len, dev) in MMIO_MAP {
+            let _ = mmio.insert(base, len, dev);
+        }
         Devices {
             uart: Uart16550::RESET,
             console: ConsoleRing::new(),
             rcr: 0,
+            ports,
+            mmio,
         }
     }
 
@@ -145,79 +221,151 @@ impl Devices {
         self.rcr = 0;
     }
 
+    /// The port bus.
+    pub fn port_bus(&self) -> &PortBus {
+        &self.ports
+    }
+
+    /// The MMIO bus.
+    pub fn mmio_bus(&self) -> &MmioBus {
+        &self.mmio
+    }
+
     /// IN of `size` from `port`.
     pub fn read(&mut self, port: u16, size: IoSize) -> PortRead {
-        if is_uart(port) {
-            let mut value = 0u32;
-            for i in 0..size.bytes() as u16 {
-                let byte = match uart_reg(port.wrapping_add(i)) {
-                    // No guest clock here yet: the UART sees time 0 (no character timeout).
-                    Some(reg) => self.uart.read(reg, GuestTime::ZERO),
-                    None => 0xFF,
-                };
-                value |= u32::from(byte) << (8 * i);
-            }
-            return PortRead {
-                value,
-                handled: true,
-            };
-        }
-        let byte = match (port, size) {
-            (KBD_DATA_PORT, IoSize::Byte) => Some(0),
-            (KBD_STATUS_PORT, IoSize::Byte) => Some(KBD_STATUS),
-            (RESET_CONTROL_PORT, IoSize::Byte) => Some(self.rcr),
-            _ => None,
+        let mut data = [0u8; 4];
+        let data = &mut data[..size.bytes() as usize];
+        let handled = match self.ports.lookup(port.into()) {
+            Some((dev, offset)) => self.port_read(dev, offset, data),
+            None => false,
         };
-        match byte {
-            Some(b) => PortRead {
-                value: u32::from(b),
-                handled: true,
-            },
-            None => PortRead {
+        if !handled {
+            return PortRead {
                 value: size.mask(),
                 handled: false,
-            },
+            };
+        }
+        let mut value = 0u32;
+        for (i, b) in data.iter().enumerate() {
+            value |= u32::from(*b) << (8 * i);
+        }
+        PortRead {
+            value,
+            handled: true,
         }
     }
 
     /// OUT of `value` (masked to `size`) to `port`.
     pub fn write(&mut self, port: u16, size: IoSize, value: u32) -> PortWrite {
-        let value = value & size.mask();
-        if is_uart(port) {
-            for i in 0..size.bytes() as u16 {
-                if let Some(reg) = uart_reg(port.wrapping_add(i)) {
-                    let byte = (value >> (8 * i)) as u8;
-                    self.uart
-                        .write(reg, byte, GuestTime::ZERO, &mut self.console);
-                }
-            }
-            return PortWrite::Done;
+        let bytes = value.to_le_bytes();
+        let data = &bytes[..size.bytes() as usize];
+        match self.ports.lookup(port.into()) {
+            Some((dev, offset)) => self.port_write(dev, offset, data),
+            None => PortWrite::Unhandled,
         }
-        match (port, size) {
-            (DEBUG_EXIT_PORT, _) => PortWrite::DebugExit(value),
-            (KBD_STATUS_PORT, IoSize::Byte) if value as u8 == KBD_CMD_RESET => {
+    }
+
+    /// A read of `data.len()` bytes at `offset` into `dev`'s ports: whether the device
+    /// answered (else the bus reads all ones).
+    fn port_read(&mut self, dev: PortDevice, offset: u64, data: &mut [u8]) -> bool {
+        match (dev, data) {
+            (PortDevice::Uart, data) => {
+                // A byte device on an 8-bit bus: wider accesses are consecutive byte accesses,
+                // bytes past the last register read as an open bus.
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = u16::try_from(offset + i as u64)
+                        .ok()
+                        .and_then(UartReg::from_offset)
+                        .map_or(0xFF, |reg| self.uart.read(reg, GuestTime::ZERO));
+                }
+                true
+            }
+            (PortDevice::DebugExit, _) => false,
+            (PortDevice::KeyboardData, [b]) => {
+                *b = 0;
+                true
+            }
+            (PortDevice::KeyboardCommand, [b]) => {
+                *b = KBD_STATUS;
+                true
+            }
+            (PortDevice::ResetControl, [b]) => {
+                *b = self.rcr;
+                true
+            }
+            // The 8042 and the RCR answer byte accesses only.
+            (PortDevice::KeyboardData | PortDevice::KeyboardCommand, _) => false,
+            (PortDevice::ResetControl, _) => false,
+        }
+    }
+
+    /// A write of `data` at `offset` into `dev`'s ports.
+    fn port_write(&mut self, dev: PortDevice, offset: u64, data: &[u8]) -> PortWrite {
+        match (dev, data) {
+            (PortDevice::Uart, data) => {
+                for (i, b) in data.iter().enumerate() {
+                    let reg = u16::try_from(offset + i as u64)
+                        .ok()
+                        .and_then(UartReg::from_offset);
+                    if let Some(reg) = reg {
+                        self.uart.write(reg, *b, GuestTime::ZERO, &mut self.console);
+                    }
+                }
+                PortWrite::Done
+            }
+            (PortDevice::DebugExit, data) => {
+                let mut v = [0u8; 4];
+                v[..data.len()].copy_from_slice(data);
+                PortWrite::DebugExit(u32::from_le_bytes(v))
+            }
+            (PortDevice::KeyboardCommand, [KBD_CMD_RESET]) => {
                 PortWrite::Reset(ResetTrigger::KeyboardController)
             }
-            (KBD_DATA_PORT | KBD_STATUS_PORT, IoSize::Byte) => PortWrite::Done,
-            (RESET_CONTROL_PORT, IoSize::Byte) => {
-                self.rcr = value as u8;
+            (PortDevice::KeyboardData | PortDevice::KeyboardCommand, [_]) => PortWrite::Done,
+            (PortDevice::ResetControl, [b]) => {
+                self.rcr = *b;
                 if self.rcr & RCR_RESET_CPU != 0 {
                     PortWrite::Reset(ResetTrigger::Port0xCf9)
                 } else {
                     PortWrite::Done
                 }
             }
-            _ => PortWrite::Unhandled,
+            (PortDevice::KeyboardData | PortDevice::KeyboardCommand, _) => PortWrite::Unhandled,
+            (PortDevice::ResetControl, _) => PortWrite::Unhandled,
         }
     }
-}
 
-fn is_uart(port: u16) -> bool {
-    uart_reg(port).is_some()
-}
+    /// A guest read of `data.len()` bytes at `gpa` outside RAM. Returns whether a device
+    /// claimed it; if none did, `data` is all ones (an open bus) and the caller counts it in
+    /// [`crate::vm::VmStats::unhandled_mmio_reads`].
+    pub fn mmio_read(&mut self, gpa: GuestPhys, data: &mut [u8]) -> bool {
+        let handled = match self.mmio.lookup(gpa.0) {
+            Some((dev, offset)) => self.mmio_dispatch_read(dev, offset, data),
+            None => false,
+        };
+        if !handled {
+            data.fill(0xFF);
+        }
+        handled
+    }
 
-fn uart_reg(port: u16) -> Option<UartReg> {
-    port.checked_sub(COM1_BASE).and_then(UartReg::from_offset)
+    /// A guest write of `data` at `gpa` outside RAM. Returns whether a device claimed it; if
+    /// none did, the write is dropped and the caller counts it in
+    /// [`crate::vm::VmStats::unhandled_mmio_writes`].
+    pub fn mmio_write(&mut self, gpa: GuestPhys, data: &[u8]) -> bool {
+        match self.mmio.lookup(gpa.0) {
+            Some((dev, offset)) => self.mmio_dispatch_write(dev, offset, data),
+            None => false,
+        }
+    }
+
+    fn mmio_dispatch_read(&mut self, dev: MmioDevice, _offset: u64, _data: &mut [u8]) -> bool {
+        match dev {}
+    }
+
+    fn mmio_dispatch_write(&mut self, dev: MmioDevice, _offset: u64, _data: &[u8]) -> bool {
+        match dev {}
+    }
 }
 
 #[cfg(test)]
@@ -335,6 +483,35 @@ mod tests {
         d.reset();
         assert_eq!(d.uart, Uart16550::RESET);
         assert_eq!(console(&d), b"x");
+    }
+
+    #[test]
+    fn every_device_is_on_the_port_bus() {
+        let d = Devices::new();
+        assert_eq!(d.port_bus().ranges().len(), PORT_MAP.len());
+        for (base, len, dev) in PORT_MAP {
+            assert_eq!(d.port_bus().lookup(base.into()), Some((dev, 0)));
+            let last = u64::from(base) + u64::from(len) - 1;
+            assert_eq!(d.port_bus().lookup(last), Some((dev, u64::from(len) - 1)));
+        }
+        assert_eq!(d.mmio_bus().ranges().len(), MMIO_MAP.len());
+    }
+
+    #[test]
+    fn unclaimed_mmio_is_an_open_bus() {
+        let mut d = Devices::new();
+        for (gpa, len) in [(0xFEE0_0000u64, 4usize), (0xFEC0_0000, 8), (0xE000_0000, 1)] {
+            let mut buf = [0x12u8; 8];
+            assert!(!d.mmio_read(GuestPhys(gpa), &mut buf[..len]));
+            assert!(buf[..len].iter().all(|&b| b == 0xFF));
+            assert!(
+                buf[len..].iter().all(|&b| b == 0x12),
+                "only the access is filled"
+            );
+            assert!(!d.mmio_write(GuestPhys(gpa), &buf[..len]));
+        }
+        // Dropped writes change nothing a port reads.
+        assert_eq!(d.read(0xCF9, IoSize::Byte).value, 0);
     }
 
     #[test]

@@ -9,7 +9,12 @@
 
 use core::fmt;
 
-pub use crate::exit::GuestPhys;
+pub mod addr;
+pub mod nested;
+pub mod walk;
+
+pub use addr::{GuestPhys, HostPhys};
+pub use walk::{PageWalker, Paging};
 
 /// A guest-virtual (linear) address: segment base plus offset, before the guest's paging.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -2,9 +2,10 @@
 //!
 //! Why: with NP_ENABLE the CPU translates every guest-physical address through a second set
 //! of page tables rooted at N_CR3 (APM 15.25 "Nested Paging"). They use the ordinary AMD64
-//! 4-level long-mode format (the host's paging mode; Hermit does not use 5-level paging), so
-//! building them is pure data-structure work: here over an abstract [`Frames`] provider,
-//! tested with a `Vec`-backed fake; the kernel implements [`Frames`] over its physical memory.
+//! 4-level long-mode format (the host's paging mode; Hermit does not use 5-level paging). The
+//! building and walking are the core's ([`hv::mem::nested`], shared with VMX's EPT); this file
+//! is the entry format and a wrapper keeping this crate's names. The kernel implements
+//! [`Frames`] over its physical memory.
 //!
 //! Rules that matter (APM 15.25.5 "Nested Table Walk"): nested walks are treated as *user*
 //! accesses, so every level must have U/S = 1 or the guest takes #NPF on everything; NX in a
@@ -16,19 +17,11 @@
 
 use crate::addr::{GuestPhys, HostPhys};
 use bitflags::bitflags;
+use hv::mem::nested::{self, EntryFormat, NestedTable};
 
-/// 4 KiB.
-pub const PAGE_SIZE: u64 = 4096;
-/// 2 MiB, a PDE leaf.
-pub const LARGE_PAGE_SIZE: u64 = 2 * 1024 * 1024;
-/// Entries per table.
-pub const ENTRIES: usize = 512;
-/// Guest-physical addresses a 4-level table can map: 48 bits.
-pub const GPA_LIMIT: u64 = 1 << 48;
-/// Host-physical addresses an entry can hold: 52 bits.
-pub const HPA_LIMIT: u64 = 1 << 52;
-/// Address bits 51:12 of an entry.
-pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+pub use hv::mem::nested::{
+    ADDR_MASK, ENTRIES, GPA_LIMIT, HPA_LIMIT, LARGE_PAGE_SIZE, MapStats, PAGE_SIZE, PageSize, Perms,
+};
 
 bitflags! {
     /// Page-table entry bits (APM 5.4 "Page-Translation-Table Entry Fields").
@@ -59,48 +52,31 @@ bitflags! {
     }
 }
 
-/// Flags of non-leaf entries: the most permissive; leaves restrict.
-const TABLE_FLAGS: u64 = PteFlags::PRESENT.bits() | PteFlags::WRITE.bits() | PteFlags::USER.bits();
-
-/// Access rights of a mapping (reads are always allowed).
+/// The NPT entry format: long-mode page-table entries, U/S set everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Perms {
-    /// Writable.
-    pub write: bool,
-    /// Executable (`false` sets NX, which needs host EFER.NXE).
-    pub exec: bool,
-}
+pub enum NptFormat {}
 
-impl Perms {
-    /// Read, write, execute: ordinary guest RAM.
-    pub const RWX: Self = Self {
-        write: true,
-        exec: true,
-    };
-    /// Read and execute: e.g. a guest ROM image.
-    pub const RX: Self = Self {
-        write: false,
-        exec: true,
-    };
-    /// Read and write, no execute.
-    pub const RW: Self = Self {
-        write: true,
-        exec: false,
-    };
+impl EntryFormat for NptFormat {
+    const TABLE: u64 = PteFlags::PRESENT.bits() | PteFlags::WRITE.bits() | PteFlags::USER.bits();
+    const LARGE: u64 = PteFlags::LARGE.bits();
 
-    const fn leaf_bits(self) -> u64 {
+    fn present(e: u64) -> bool {
+        e & PteFlags::PRESENT.bits() != 0
+    }
+
+    fn leaf_bits(perms: Perms) -> u64 {
         let mut v = PteFlags::PRESENT.bits() | PteFlags::USER.bits();
-        if self.write {
+        if perms.write {
             v |= PteFlags::WRITE.bits();
         }
-        if !self.exec {
+        if !perms.exec {
             v |= PteFlags::NX.bits();
         }
         v
     }
 
-    const fn from_entry(e: u64) -> Self {
-        Self {
+    fn perms(e: u64) -> Perms {
+        Perms {
             write: e & PteFlags::WRITE.bits() != 0,
             exec: e & PteFlags::NX.bits() == 0,
         }
@@ -118,32 +94,34 @@ pub trait Frames {
     fn table_mut(&mut self, frame: HostPhys) -> Option<&mut [u64; ENTRIES]>;
 }
 
-/// Errors from building or walking the tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NptError {
-    /// An address or the length is not 4 KiB aligned.
-    Unaligned,
-    /// The range ends above 2^48 (guest) or 2^52 (host), or wraps.
-    AddressTooLarge,
-    /// The frame provider is out of memory.
-    OutOfFrames,
-    /// Part of the range is already mapped; nothing past `gpa` was mapped.
-    AlreadyMapped {
-        /// First conflicting guest-physical address.
-        gpa: GuestPhys,
-    },
-    /// An entry points at a frame the provider does not know (corrupt tables).
-    BadFrame(HostPhys),
+/// This crate's [`Frames`] as the core's frame traits.
+struct Core<'a, F: ?Sized>(&'a mut F);
+/// This crate's [`Frames`], read-only, as the core's.
+struct CoreRef<'a, F: ?Sized>(&'a F);
+
+impl<F: Frames + ?Sized> nested::TableFrames for Core<'_, F> {
+    fn table(&self, frame: HostPhys) -> Option<&[u64; ENTRIES]> {
+        self.0.table(frame)
+    }
 }
 
-/// Size of a translation's page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PageSize {
-    /// 4 KiB PTE.
-    Size4K,
-    /// 2 MiB PDE.
-    Size2M,
+impl<F: Frames + ?Sized> nested::Frames for Core<'_, F> {
+    fn alloc_zeroed(&mut self) -> Option<HostPhys> {
+        self.0.alloc_zeroed()
+    }
+    fn table_mut(&mut self, frame: HostPhys) -> Option<&mut [u64; ENTRIES]> {
+        self.0.table_mut(frame)
+    }
 }
+
+impl<F: Frames + ?Sized> nested::TableFrames for CoreRef<'_, F> {
+    fn table(&self, frame: HostPhys) -> Option<&[u64; ENTRIES]> {
+        self.0.table(frame)
+    }
+}
+
+/// Errors from building or walking the tables.
+pub type NptError = nested::NestedError;
 
 /// Result of [`NestedPageTable::translate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,36 +134,23 @@ pub struct Translation {
     pub perms: Perms,
 }
 
-/// How many leaves [`NestedPageTable::map`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct MapStats {
-    /// 4 KiB leaves.
-    pub small: u64,
-    /// 2 MiB leaves.
-    pub large: u64,
-}
-
 /// A nested page-table hierarchy identified by its root (what goes into N_CR3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NestedPageTable {
-    root: HostPhys,
-}
-
-const fn index(gpa: u64, level: u32) -> usize {
-    ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) as usize
+    table: NestedTable<NptFormat>,
 }
 
 impl NestedPageTable {
     /// Allocate an empty root (PML4).
     pub fn new<F: Frames>(frames: &mut F) -> Result<Self, NptError> {
         Ok(Self {
-            root: frames.alloc_zeroed().ok_or(NptError::OutOfFrames)?,
+            table: NestedTable::new(&mut Core(frames))?,
         })
     }
 
     /// The root's host-physical address, for the VMCB's N_CR3.
     pub const fn root(&self) -> HostPhys {
-        self.root
+        self.table.root()
     }
 
     /// Map `len` bytes at `gpa` to `hpa`, using 2 MiB leaves wherever both addresses are
@@ -199,75 +164,7 @@ impl NestedPageTable {
         len: u64,
         perms: Perms,
     ) -> Result<MapStats, NptError> {
-        let (g0, h0) = (gpa.as_u64(), hpa.as_u64());
-        if (g0 | h0 | len) & (PAGE_SIZE - 1) != 0 {
-            return Err(NptError::Unaligned);
-        }
-        let fits = |start: u64, limit: u64| start.checked_add(len).is_some_and(|end| end <= limit);
-        if !fits(g0, GPA_LIMIT) || !fits(h0, HPA_LIMIT) {
-            return Err(NptError::AddressTooLarge);
-        }
-        let mut stats = MapStats::default();
-        let mut off = 0;
-        while off < len {
-            let (g, h) = (g0 + off, h0 + off);
-            if (g | h) % LARGE_PAGE_SIZE == 0 && len - off >= LARGE_PAGE_SIZE {
-                let pd = self.walk_create(frames, g, 2)?;
-                let t = frames.table_mut(pd).ok_or(NptError::BadFrame(pd))?;
-                let e = &mut t[index(g, 2)];
-                if *e == 0 {
-                    *e = h | perms.leaf_bits() | PteFlags::LARGE.bits();
-                    stats.large += 1;
-                    off += LARGE_PAGE_SIZE;
-                    continue;
-                }
-                if *e & PteFlags::LARGE.bits() != 0 {
-                    return Err(NptError::AlreadyMapped { gpa: GuestPhys(g) });
-                }
-                // A 4 KiB table already covers this 2 MiB slot: fill it page by page.
-            }
-            let pt = self.walk_create(frames, g, 1)?;
-            let t = frames.table_mut(pt).ok_or(NptError::BadFrame(pt))?;
-            let e = &mut t[index(g, 1)];
-            if *e & PteFlags::PRESENT.bits() != 0 {
-                return Err(NptError::AlreadyMapped { gpa: GuestPhys(g) });
-            }
-            *e = h | perms.leaf_bits();
-            stats.small += 1;
-            off += PAGE_SIZE;
-        }
-        Ok(stats)
-    }
-
-    /// Walk from the root down to the table at `level` (2 = PD, 1 = PT) for `gpa`, creating
-    /// missing intermediate tables.
-    fn walk_create<F: Frames>(
-        &self,
-        frames: &mut F,
-        gpa: u64,
-        level: u32,
-    ) -> Result<HostPhys, NptError> {
-        let mut table = self.root;
-        let mut l = 4;
-        while l > level {
-            let i = index(gpa, l);
-            let e = frames.table(table).ok_or(NptError::BadFrame(table))?[i];
-            table = if e & PteFlags::PRESENT.bits() == 0 {
-                let new = frames.alloc_zeroed().ok_or(NptError::OutOfFrames)?;
-                frames.table_mut(table).ok_or(NptError::BadFrame(table))?[i] =
-                    new.as_u64() | TABLE_FLAGS;
-                new
-            } else if e & PteFlags::LARGE.bits() != 0 {
-                // A larger leaf already covers this address.
-                return Err(NptError::AlreadyMapped {
-                    gpa: GuestPhys(gpa & !(PAGE_SIZE - 1)),
-                });
-            } else {
-                HostPhys(e & ADDR_MASK)
-            };
-            l -= 1;
-        }
-        Ok(table)
+        self.table.map(&mut Core(frames), gpa, hpa, len, perms)
     }
 
     /// Translate one guest-physical address as the CPU would (`Ok(None)` = not present).
@@ -276,38 +173,14 @@ impl NestedPageTable {
         frames: &F,
         gpa: GuestPhys,
     ) -> Result<Option<Translation>, NptError> {
-        let g = gpa.as_u64();
-        if g >= GPA_LIMIT {
-            return Ok(None);
-        }
-        let mut table = self.root;
-        let mut level = 4;
-        loop {
-            let e = frames.table(table).ok_or(NptError::BadFrame(table))?[index(g, level)];
-            if e & PteFlags::PRESENT.bits() == 0 {
-                return Ok(None);
-            }
-            let large = e & PteFlags::LARGE.bits() != 0;
-            if level == 1 || (level == 2 && large) {
-                let (size, mask) = if level == 1 {
-                    (PageSize::Size4K, PAGE_SIZE - 1)
-                } else {
-                    (PageSize::Size2M, LARGE_PAGE_SIZE - 1)
-                };
-                let hpa = HostPhys((e & ADDR_MASK & !mask) | (g & mask));
-                return Ok(Some(Translation {
-                    hpa,
-                    size,
-                    perms: Perms::from_entry(e),
-                }));
-            }
-            if large {
-                // 1 GiB leaves are never created here.
-                return Err(NptError::BadFrame(HostPhys(e & ADDR_MASK)));
-            }
-            table = HostPhys(e & ADDR_MASK);
-            level -= 1;
-        }
+        Ok(self
+            .table
+            .translate(&CoreRef(frames), gpa)?
+            .map(|l| Translation {
+                hpa: l.hpa,
+                size: l.size,
+                perms: NptFormat::perms(l.entry),
+            }))
     }
 }
 

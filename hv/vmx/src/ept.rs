@@ -2,9 +2,9 @@
 //!
 //! Why: with "enable EPT" the CPU translates every guest-physical address through a 4-level
 //! hierarchy rooted at the EPT pointer (SDM vol. 3C "EPT Translation Mechanism"). Building it
-//! is pure data-structure work: here over an abstract [`Frames`] provider (the same shape as
-//! the SVM crate's `npt::Frames`, so the kernel's frame allocator serves both), tested with a
-//! `Vec`-backed fake.
+//! is the core's generic walker ([`hv::mem::nested`], shared with SVM's NPT) over an abstract
+//! [`Frames`] provider (the same shape as the SVM crate's `npt::Frames`, so the kernel's frame
+//! allocator serves both); this file is the EPT entry format and a wrapper keeping its names.
 //!
 //! Format (SDM vol. 3C "Format of EPT Paging-Structure Entries"): bits 2:0 are read, write and
 //! execute permission; an entry is present if any of them is set. Non-leaf entries here allow
@@ -19,19 +19,11 @@
 use crate::addr::{GuestPhys, HostPhys};
 use crate::caps::MemoryType;
 use bitflags::bitflags;
+use hv::mem::nested::{self, EntryFormat, NestedTable};
 
-/// 4 KiB.
-pub const PAGE_SIZE: u64 = 4096;
-/// 2 MiB, a PDE leaf.
-pub const LARGE_PAGE_SIZE: u64 = 2 * 1024 * 1024;
-/// Entries per table.
-pub const ENTRIES: usize = 512;
-/// Guest-physical addresses a 4-level EPT can map: 48 bits.
-pub const GPA_LIMIT: u64 = 1 << 48;
-/// Host-physical addresses an entry can hold: 52 bits.
-pub const HPA_LIMIT: u64 = 1 << 52;
-/// Address bits 51:12 of an entry.
-pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+pub use hv::mem::nested::{
+    ADDR_MASK, ENTRIES, GPA_LIMIT, HPA_LIMIT, LARGE_PAGE_SIZE, MapStats, PAGE_SIZE, PageSize, Perms,
+};
 
 bitflags! {
     /// EPT entry bits.
@@ -64,48 +56,32 @@ bitflags! {
 
 /// Bits 2:0: the entry is present if any is set.
 const RWX: u64 = 0b111;
-/// Flags of non-leaf entries: the most permissive; leaves restrict.
-const TABLE_FLAGS: u64 = RWX;
 
-/// Access rights of a mapping (reads are always allowed).
+/// The EPT entry format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Perms {
-    /// Writable.
-    pub write: bool,
-    /// Executable.
-    pub exec: bool,
-}
+pub enum EptFormat {}
 
-impl Perms {
-    /// Read, write, execute: ordinary guest RAM.
-    pub const RWX: Self = Self {
-        write: true,
-        exec: true,
-    };
-    /// Read and execute: e.g. a guest ROM image.
-    pub const RX: Self = Self {
-        write: false,
-        exec: true,
-    };
-    /// Read and write, no execute.
-    pub const RW: Self = Self {
-        write: true,
-        exec: false,
-    };
+impl EntryFormat for EptFormat {
+    const TABLE: u64 = RWX;
+    const LARGE: u64 = EptFlags::LARGE.bits();
 
-    const fn leaf_bits(self) -> u64 {
+    fn present(e: u64) -> bool {
+        e & RWX != 0
+    }
+
+    fn leaf_bits(perms: Perms) -> u64 {
         let mut v = EptFlags::READ.bits() | EptFlags::MEMTYPE_WB.bits();
-        if self.write {
+        if perms.write {
             v |= EptFlags::WRITE.bits();
         }
-        if self.exec {
+        if perms.exec {
             v |= EptFlags::EXEC.bits();
         }
         v
     }
 
-    const fn from_entry(e: u64) -> Self {
-        Self {
+    fn perms(e: u64) -> Perms {
+        Perms {
             write: e & EptFlags::WRITE.bits() != 0,
             exec: e & EptFlags::EXEC.bits() != 0,
         }
@@ -123,32 +99,34 @@ pub trait Frames {
     fn table_mut(&mut self, frame: HostPhys) -> Option<&mut [u64; ENTRIES]>;
 }
 
-/// Errors from building or walking the tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EptError {
-    /// An address or the length is not 4 KiB aligned.
-    Unaligned,
-    /// The range ends above 2^48 (guest) or 2^52 (host), or wraps.
-    AddressTooLarge,
-    /// The frame provider is out of memory.
-    OutOfFrames,
-    /// Part of the range is already mapped; nothing past `gpa` was mapped.
-    AlreadyMapped {
-        /// First conflicting guest-physical address.
-        gpa: GuestPhys,
-    },
-    /// An entry points at a frame the provider does not know (corrupt tables).
-    BadFrame(HostPhys),
+/// This crate's [`Frames`] as the core's frame traits.
+struct Core<'a, F: ?Sized>(&'a mut F);
+/// This crate's [`Frames`], read-only, as the core's.
+struct CoreRef<'a, F: ?Sized>(&'a F);
+
+impl<F: Frames + ?Sized> nested::TableFrames for Core<'_, F> {
+    fn table(&self, frame: HostPhys) -> Option<&[u64; ENTRIES]> {
+        self.0.table(frame)
+    }
 }
 
-/// Size of a translation's page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PageSize {
-    /// 4 KiB PTE.
-    Size4K,
-    /// 2 MiB PDE.
-    Size2M,
+impl<F: Frames + ?Sized> nested::Frames for Core<'_, F> {
+    fn alloc_zeroed(&mut self) -> Option<HostPhys> {
+        self.0.alloc_zeroed()
+    }
+    fn table_mut(&mut self, frame: HostPhys) -> Option<&mut [u64; ENTRIES]> {
+        self.0.table_mut(frame)
+    }
 }
+
+impl<F: Frames + ?Sized> nested::TableFrames for CoreRef<'_, F> {
+    fn table(&self, frame: HostPhys) -> Option<&[u64; ENTRIES]> {
+        self.0.table(frame)
+    }
+}
+
+/// Errors from building or walking the tables.
+pub type EptError = nested::NestedError;
 
 /// Result of [`Ept::translate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,15 +139,6 @@ pub struct Translation {
     pub perms: Perms,
     /// Memory type of the leaf.
     pub memory_type: MemoryType,
-}
-
-/// How many leaves [`Ept::map`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct MapStats {
-    /// 4 KiB leaves.
-    pub small: u64,
-    /// 2 MiB leaves.
-    pub large: u64,
 }
 
 /// The EPT pointer for a 4-level hierarchy at `root` in write-back memory (SDM vol. 3C
@@ -186,33 +155,25 @@ pub const fn eptp(root: HostPhys, accessed_dirty: bool) -> u64 {
 /// An EPT hierarchy identified by its root (the PML4 the EPTP points at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ept {
-    root: HostPhys,
-}
-
-const fn index(gpa: u64, level: u32) -> usize {
-    ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) as usize
-}
-
-const fn present(e: u64) -> bool {
-    e & RWX != 0
+    table: NestedTable<EptFormat>,
 }
 
 impl Ept {
     /// Allocate an empty root (PML4).
     pub fn new<F: Frames>(frames: &mut F) -> Result<Self, EptError> {
         Ok(Self {
-            root: frames.alloc_zeroed().ok_or(EptError::OutOfFrames)?,
+            table: NestedTable::new(&mut Core(frames))?,
         })
     }
 
     /// The root's host-physical address.
     pub const fn root(&self) -> HostPhys {
-        self.root
+        self.table.root()
     }
 
     /// The EPTP value for the VMCS ([`eptp`] of the root).
     pub const fn eptp(&self, accessed_dirty: bool) -> u64 {
-        eptp(self.root, accessed_dirty)
+        eptp(self.root(), accessed_dirty)
     }
 
     /// Map `len` bytes at `gpa` to `hpa`, using 2 MiB leaves wherever both addresses are
@@ -226,75 +187,7 @@ impl Ept {
         len: u64,
         perms: Perms,
     ) -> Result<MapStats, EptError> {
-        let (g0, h0) = (gpa.as_u64(), hpa.as_u64());
-        if (g0 | h0 | len) & (PAGE_SIZE - 1) != 0 {
-            return Err(EptError::Unaligned);
-        }
-        let fits = |start: u64, limit: u64| start.checked_add(len).is_some_and(|end| end <= limit);
-        if !fits(g0, GPA_LIMIT) || !fits(h0, HPA_LIMIT) {
-            return Err(EptError::AddressTooLarge);
-        }
-        let mut stats = MapStats::default();
-        let mut off = 0;
-        while off < len {
-            let (g, h) = (g0 + off, h0 + off);
-            if (g | h) % LARGE_PAGE_SIZE == 0 && len - off >= LARGE_PAGE_SIZE {
-                let pd = self.walk_create(frames, g, 2)?;
-                let t = frames.table_mut(pd).ok_or(EptError::BadFrame(pd))?;
-                let e = &mut t[index(g, 2)];
-                if *e == 0 {
-                    *e = h | perms.leaf_bits() | EptFlags::LARGE.bits();
-                    stats.large += 1;
-                    off += LARGE_PAGE_SIZE;
-                    continue;
-                }
-                if *e & EptFlags::LARGE.bits() != 0 {
-                    return Err(EptError::AlreadyMapped { gpa: GuestPhys(g) });
-                }
-                // A 4 KiB table already covers this 2 MiB slot: fill it page by page.
-            }
-            let pt = self.walk_create(frames, g, 1)?;
-            let t = frames.table_mut(pt).ok_or(EptError::BadFrame(pt))?;
-            let e = &mut t[index(g, 1)];
-            if present(*e) {
-                return Err(EptError::AlreadyMapped { gpa: GuestPhys(g) });
-            }
-            *e = h | perms.leaf_bits();
-            stats.small += 1;
-            off += PAGE_SIZE;
-        }
-        Ok(stats)
-    }
-
-    /// Walk from the root down to the table at `level` (2 = PD, 1 = PT) for `gpa`, creating
-    /// missing intermediate tables.
-    fn walk_create<F: Frames>(
-        &self,
-        frames: &mut F,
-        gpa: u64,
-        level: u32,
-    ) -> Result<HostPhys, EptError> {
-        let mut table = self.root;
-        let mut l = 4;
-        while l > level {
-            let i = index(gpa, l);
-            let e = frames.table(table).ok_or(EptError::BadFrame(table))?[i];
-            table = if !present(e) {
-                let new = frames.alloc_zeroed().ok_or(EptError::OutOfFrames)?;
-                frames.table_mut(table).ok_or(EptError::BadFrame(table))?[i] =
-                    new.as_u64() | TABLE_FLAGS;
-                new
-            } else if e & EptFlags::LARGE.bits() != 0 {
-                // A larger leaf already covers this address.
-                return Err(EptError::AlreadyMapped {
-                    gpa: GuestPhys(gpa & !(PAGE_SIZE - 1)),
-                });
-            } else {
-                HostPhys(e & ADDR_MASK)
-            };
-            l -= 1;
-        }
-        Ok(table)
+        self.table.map(&mut Core(frames), gpa, hpa, len, perms)
     }
 
     /// Translate one guest-physical address as the CPU would (`Ok(None)` = not present).
@@ -303,39 +196,15 @@ impl Ept {
         frames: &F,
         gpa: GuestPhys,
     ) -> Result<Option<Translation>, EptError> {
-        let g = gpa.as_u64();
-        if g >= GPA_LIMIT {
-            return Ok(None);
-        }
-        let mut table = self.root;
-        let mut level = 4;
-        loop {
-            let e = frames.table(table).ok_or(EptError::BadFrame(table))?[index(g, level)];
-            if !present(e) {
-                return Ok(None);
-            }
-            let large = e & EptFlags::LARGE.bits() != 0;
-            if level == 1 || (level == 2 && large) {
-                let (size, mask) = if level == 1 {
-                    (PageSize::Size4K, PAGE_SIZE - 1)
-                } else {
-                    (PageSize::Size2M, LARGE_PAGE_SIZE - 1)
-                };
-                let hpa = HostPhys((e & ADDR_MASK & !mask) | (g & mask));
-                return Ok(Some(Translation {
-                    hpa,
-                    size,
-                    perms: Perms::from_entry(e),
-                    memory_type: MemoryType::from_raw(((e >> 3) & 7) as u8),
-                }));
-            }
-            if large {
-                // 1 GiB leaves are never created here.
-                return Err(EptError::BadFrame(HostPhys(e & ADDR_MASK)));
-            }
-            table = HostPhys(e & ADDR_MASK);
-            level -= 1;
-        }
+        Ok(self
+            .table
+            .translate(&CoreRef(frames), gpa)?
+            .map(|l| Translation {
+                hpa: l.hpa,
+                size: l.size,
+                perms: EptFormat::perms(l.entry),
+                memory_type: MemoryType::from_raw(((l.entry >> 3) & 7) as u8),
+            }))
     }
 }
 
