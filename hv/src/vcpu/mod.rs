@@ -211,3 +211,5 @@ pub struct VcpuState {
     /// Control registers and segments.
     pub sys: SystemRegisters,
 }
+
+pub mod run;
