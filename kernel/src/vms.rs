@@ -352,6 +352,8 @@ pub fn event(id: u32, ev: VmEvent) -> Result<(), VmError> {
         }
         _ => {}
     }
+    // Its CPU may be idle: tell it there is a VM to run (or one less to wait for).
+    crate::percpu::wake(vm.cpu);
     Ok(())
 }
 
@@ -714,6 +716,7 @@ pub fn evacuate(cpu: usize, online: hv::virt::CpuSet) -> (usize, usize) {
                 g.cpu = to.index();
                 load[to.index()] += 1;
                 moved += 1;
+                crate::percpu::wake(g.cpu);
             }
             None if g.state == VmState::Running => {
                 if let Ok((s, _)) = hv::vm::apply(g.state, VmEvent::Pause) {
@@ -740,6 +743,7 @@ pub fn restore(cpu: usize) {
                 g.state = s;
                 g.cpu = cpu;
                 g.parked_by_offline = false;
+                crate::percpu::wake(cpu);
             }
         }
     }

@@ -213,3 +213,4 @@ pub struct VcpuState {
 }
 
 pub mod run;
+pub mod timers;
