@@ -366,12 +366,12 @@ impl VcpuRun {
     /// Put the chosen event in and set the window, before an entry.
     fn prepare<B: VcpuBackend, I: InterruptController>(&mut self, vcpu: &mut B, irq: &mut I) {
         self.nmi |= irq.take_nmi();
-        let d = decide(
-            vcpu.interruptibility(),
-            self.pending,
-            self.nmi,
-            irq.pending_vector().is_some(),
-        );
+        let interrupt = irq.pending_vector().is_some();
+        // The common case on the exit path: nothing to deliver and no window to close.
+        if self.pending.is_none() && !self.nmi && !interrupt && !self.window {
+            return;
+        }
+        let d = decide(vcpu.interruptibility(), self.pending, self.nmi, interrupt);
         let mut window = d.window;
         match d.inject {
             Injection::Nothing => {}
