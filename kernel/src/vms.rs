@@ -627,9 +627,10 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
                 stop(vm, StopReason::EntryFailed { code });
                 true
             }
-            BurstEnd::Yield | BurstEnd::Halted => true,
-            // Interrupts are on again here: the host has taken it. Go on with the slice.
-            BurstEnd::HostInterrupt => false,
+            // A host interrupt (normally the slice's tick) ends the slice: the host has taken
+            // it now that interrupts are on, and whatever it woke on this core (the endpoint
+            // on CPU 0) gets the CPU at the worker's yield.
+            BurstEnd::Yield | BurstEnd::Halted | BurstEnd::HostInterrupt => true,
             BurstEnd::Stop(reason) => {
                 stop(vm, reason);
                 true
@@ -639,7 +640,8 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
                     vm.state = state;
                 }
                 reset(vm, Some(trigger));
-                true
+                // The reloaded guest goes on in the same slice (unless the reload failed).
+                vm.state != VmState::Running
             }
         };
         // A request waits for this VM: let it have the lock now rather than in 5 ms.
