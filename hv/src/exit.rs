@@ -21,6 +21,7 @@
 //! | triple fault                 | reset or stop ([`StopReason::Shutdown`]) per [`OnCrash`]      |
 //! | VMRUN, VMCALL, VMLAUNCH...   | #UD: no nested virtualization, no hypercalls yet              |
 //! | host interrupt               | resume (the backend let the host take it)                     |
+//! | interrupt window open        | resume (the run loop injects before the next entry)           |
 //! | intercepted exception        | re-inject the same vector and error code                      |
 //! | VM entry failed              | stop, [`StopReason::EntryFailed`]                             |
 //! | anything else                | stop, [`StopReason::UnhandledExit`]                           |
@@ -31,7 +32,8 @@
 //! would fault again at once, so the VM stops and reports the address.
 //!
 //! Events whose delivery an exit interrupted (SVM EXITINTINFO, VMX IDT-vectoring information)
-//! are the backend's to re-inject before it applies the action; they are not part of [`Exit`].
+//! are not part of [`Exit`]: the backend reports them next to it and the run loop
+//! (`crate::vcpu::run`) re-injects them before the next entry.
 
 use core::fmt;
 
@@ -112,6 +114,9 @@ pub enum Exit {
     VirtInstruction,
     /// A host interrupt (or NMI) made the guest exit; the host has handled it.
     ExternalInterrupt,
+    /// The interrupt window the run loop asked for is open: the guest can take an external
+    /// interrupt now (SVM VINTR with V_IRQ, VMX interrupt-window exiting).
+    InterruptWindow,
     /// An intercepted exception.
     Exception {
         /// Vector 0–31.
@@ -142,7 +147,7 @@ impl Exit {
             Exit::NestedPageFault { .. } => ExitKind::Npf,
             Exit::TripleFault => ExitKind::TripleFault,
             Exit::VirtInstruction => ExitKind::VirtInsn,
-            Exit::ExternalInterrupt => ExitKind::Intr,
+            Exit::ExternalInterrupt | Exit::InterruptWindow => ExitKind::Intr,
             Exit::Exception { .. } => ExitKind::Exception,
             Exit::EntryFailed { .. } | Exit::Unknown { .. } => ExitKind::Other,
         }
@@ -517,7 +522,8 @@ pub fn handle(exit: &Exit, regs: &GuestView, vm: &mut VmRuntime) -> Action {
             vector: VECTOR_UD,
             error_code: None,
         },
-        Exit::ExternalInterrupt => Action::Resume,
+        // The run loop closes the window and injects before the next entry.
+        Exit::ExternalInterrupt | Exit::InterruptWindow => Action::Resume,
         Exit::Exception { vector, error_code } => Action::InjectException { vector, error_code },
         Exit::EntryFailed { code } => Action::Stop(StopReason::EntryFailed { code }),
         Exit::Unknown { code } => Action::Stop(StopReason::UnhandledExit { code }),
@@ -819,6 +825,7 @@ mod tests {
                 },
             ),
             (Stop, Exit::ExternalInterrupt, Action::Resume),
+            (Stop, Exit::InterruptWindow, Action::Resume),
             (
                 Stop,
                 Exit::Exception {

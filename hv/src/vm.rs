@@ -39,11 +39,12 @@
 
 use core::fmt;
 
-use crate::cpuid::CpuidView;
+use crate::cpuid::{CpuidRegs, CpuidView};
 use crate::devices::Devices;
 use crate::exit::{ExitStats, ResetTrigger, StopReason};
 use crate::msr::MsrState;
 use crate::virt::{CpuId, CpuSet, MAX_CPUS};
+use crate::vpmu::{PmuConfig, VmPmu};
 
 /// Longest VM name.
 pub const NAME_MAX: usize = 32;
@@ -469,6 +470,11 @@ impl VmStats {
 
 /// What the exit handler works on: one VM's emulated CPU-side state, devices and counters.
 /// About 70 KiB (mostly the console ring): the kernel keeps it in a `Box`.
+///
+/// It also owns the reset assembly ([`reboot`](Self::reboot)): whatever triggered a reset,
+/// MSRs and devices go back to their reset state, the vPMU is rebuilt from the VM's current
+/// configuration (a pending one applied first) and the CPUID view, which carries the vPMU's
+/// leaves, is derived again from it (DESIGN.md "Guest reset").
 #[derive(Debug)]
 pub struct VmRuntime {
     /// The guest's CPUID.
@@ -481,18 +487,35 @@ pub struct VmRuntime {
     pub on_crash: OnCrash,
     /// Counters.
     pub stats: VmStats,
+    /// The virtual PMU: rebuilt from the VM's current configuration on every reset.
+    pub pmu: VmPmu,
 }
 
 impl VmRuntime {
-    /// Fresh runtime state for a VM seeing `cpuid`.
+    /// Fresh runtime state for a VM seeing `cpuid`, with the vPMU off.
     pub fn new(cpuid: CpuidView, on_crash: OnCrash) -> Self {
+        let vendor = cpuid.vendor();
+        let pmu = match VmPmu::new(PmuConfig::Off, vendor) {
+            Ok(p) => p,
+            // `Off` has nothing to validate.
+            Err(_) => unreachable!(),
+        };
         VmRuntime {
-            msrs: MsrState::new(cpuid.vendor()),
+            msrs: MsrState::new(vendor),
             cpuid,
             devices: Devices::new(),
             on_crash,
             stats: VmStats::default(),
+            pmu,
         }
+    }
+
+    /// Fresh runtime state for a VM with vPMU `pmu`: the CPUID view is derived from the host's
+    /// CPUID (`host(leaf, subleaf)`) and the vPMU's model, as every reset derives it again.
+    pub fn with_pmu(pmu: VmPmu, host: impl Fn(u32, u32) -> CpuidRegs, on_crash: OnCrash) -> Self {
+        let mut rt = VmRuntime::new(CpuidView::from_host(&host, Some(pmu.state())), on_crash);
+        rt.pmu = pmu;
+        rt
     }
 
     /// The runtime part of [`Effect::ReloadAndRun`]: MSRs and devices to reset state (the
@@ -505,6 +528,34 @@ impl VmRuntime {
             let c = &mut self.stats.resets[t.index()];
             *c = c.saturating_add(1);
         }
+    }
+
+    /// Rebuild the vPMU from its current configuration (a pending one first) and the CPUID
+    /// view from it and the host's CPUID. The one place both are derived after creation.
+    pub fn rebuild_pmu(&mut self, host: impl Fn(u32, u32) -> CpuidRegs) {
+        self.pmu.reset(self.cpuid.vendor());
+        self.cpuid = CpuidView::from_host(host, Some(self.pmu.state()));
+    }
+
+    /// The whole reset of the runtime, whatever the trigger: [`reset`](Self::reset), then
+    /// [`rebuild_pmu`](Self::rebuild_pmu). Returns the boot count the reloaded image is told
+    /// (resets so far, all triggers).
+    pub fn reboot(
+        &mut self,
+        trigger: Option<ResetTrigger>,
+        host: impl Fn(u32, u32) -> CpuidRegs,
+    ) -> u64 {
+        self.reset(trigger);
+        self.rebuild_pmu(host);
+        self.boots()
+    }
+
+    /// Resets so far, all triggers together.
+    pub fn boots(&self) -> u64 {
+        self.stats
+            .resets
+            .iter()
+            .fold(0, |a, &c| a.saturating_add(c))
     }
 }
 
@@ -828,6 +879,73 @@ mod tests {
             ("t", "hello", "running")
         );
         assert_eq!((s.console_bytes, s.stats.run_time_us), (5, 1500));
+    }
+
+    /// An Intel host with an architectural PMU at leaf 0xA (what the view would pass through
+    /// without a vPMU).
+    fn intel_host(leaf: u32, _sub: u32) -> CpuidRegs {
+        match leaf {
+            0 => [0xA, 0x756E_6547, 0x6C65_746E, 0x4965_6E69],
+            0xA => [0x0830_0802, 0, 0, 0x0603],
+            _ => [0; 4],
+        }
+    }
+
+    fn intel(version: u8, gp: u8) -> PmuConfig {
+        PmuConfig::Intel {
+            version,
+            gp_counters: gp,
+            fixed_counters: 0,
+            width: 48,
+            full_width_writes: false,
+        }
+    }
+
+    #[test]
+    fn every_reset_rebuilds_the_vpmu_from_the_current_config() {
+        let vendor = crate::features::Vendor::Intel;
+        let pmu = VmPmu::new(intel(1, 2), vendor).unwrap();
+        let mut rt = Box::new(VmRuntime::with_pmu(pmu, intel_host, OnCrash::Reset));
+        let gp_counters = |rt: &VmRuntime| (rt.cpuid.get(0xA, 0)[0] >> 8) & 0xFF;
+        assert_eq!(gp_counters(&rt), 2);
+        // Guest state in the counters: a reset must not keep it.
+        rt.pmu.wrmsr(0xC1, 0x1234).unwrap();
+        assert_eq!(rt.pmu.rdmsr(0xC1), crate::vpmu::MsrResult::Value(0x1234));
+        // A new configuration waits for the next reset; the CPUID view follows it then.
+        rt.pmu.set_pending_config(intel(2, 4)).unwrap();
+        assert_eq!(gp_counters(&rt), 2);
+        let boots = rt.reboot(Some(ResetTrigger::Api), intel_host);
+        assert_eq!(boots, 1);
+        assert_eq!(*rt.pmu.current(), intel(2, 4));
+        assert_eq!(rt.pmu.pending(), None);
+        assert_eq!(gp_counters(&rt), 4);
+        assert_eq!(rt.pmu.rdmsr(0xC1), crate::vpmu::MsrResult::Value(0));
+        // Every trigger, and a restart, goes the same way: counters rebuilt, nothing kept.
+        for (i, t) in ResetTrigger::ALL
+            .into_iter()
+            .map(Some)
+            .chain([None])
+            .enumerate()
+        {
+            rt.pmu.wrmsr(0xC1, 0x55).unwrap();
+            let boots = rt.reboot(t, intel_host);
+            assert_eq!(
+                boots,
+                1 + (i as u64 + 1).min(ResetTrigger::COUNT as u64),
+                "{t:?}"
+            );
+            assert_eq!(
+                rt.pmu.rdmsr(0xC1),
+                crate::vpmu::MsrResult::Value(0),
+                "{t:?}"
+            );
+            assert_eq!(gp_counters(&rt), 4, "{t:?}");
+        }
+        // Off: CPUID enumerates no PMU after the next reset.
+        rt.pmu.set_pending_config(PmuConfig::Off).unwrap();
+        rt.reboot(None, intel_host);
+        assert_eq!(gp_counters(&rt), 0);
+        assert!(rt.pmu.wrmsr(0xC1, 1).is_err());
     }
 
     fn slot(allowed: CpuSet) -> VmSlotInfo {

@@ -11,8 +11,7 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use hv::exit::{Exit, RegUpdate};
-
-use crate::arch::vcpu::Vcpu;
+use hv::vcpu::run::VcpuBackend;
 
 /// The CPUID leaf the floor answers.
 pub const FLOOR_LEAF: u32 = 0x4000_00FF;
@@ -25,7 +24,7 @@ pub fn init(config: &hv::config::BootConfig) {
 
 /// Answer `exit` if it is the floor's CPUID (and the floor is on); true if it did.
 #[inline]
-pub fn floor_exit(vcpu: &mut Vcpu, exit: &Exit) -> bool {
+pub fn floor_exit<B: VcpuBackend>(vcpu: &mut B, exit: &Exit) -> bool {
     match *exit {
         Exit::Cpuid {
             leaf: FLOOR_LEAF,

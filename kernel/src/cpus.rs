@@ -177,13 +177,19 @@ extern "C" fn worker(id: usize) {
         } else if now - last_job < 50_000 {
             // Jobs come in bursts (online = read back + enable + self-test): stay responsive.
             hermit::syscalls::sys_yield();
+        } else if id == 0 {
+            slot.publish_hw_state();
+            // CPU 0 also runs the endpoint and the network stack: its worker must leave the
+            // core to them, so it sleeps in Hermit. A plain sleep, not a futex another CPU
+            // could wake early: in Hermit 0.11.0 a futex wait with a timeout races with a
+            // wake from another core (the timed-out task is woken twice and the scheduler
+            // hits `unreachable!` in `BlockedTaskQueue::custom_wakeup`).
+            hermit::syscalls::sys_usleep(10_000);
         } else {
             slot.publish_hw_state();
-            // A plain sleep, not a futex another CPU could wake early: in Hermit 0.11.0 a
-            // futex wait with a timeout races with a wake from another core (the timed-out
-            // task is woken twice and the scheduler hits `unreachable!` in
-            // `BlockedTaskQueue::custom_wakeup`). Seen here; so idle CPUs poll every 10 ms.
-            hermit::syscalls::sys_usleep(10_000);
+            // The other CPUs run nothing but their worker: halt until woken (`percpu::wake`:
+            // a job, a VM runnable here) or 10 ms pass.
+            percpu::idle(id, 10_000);
         }
     }
 }

@@ -468,6 +468,23 @@ pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Halt this CPU until the next interrupt, unless `woken()` (checked with interrupts off)
+/// says there is work already. STI's one-instruction shadow makes "check, then halt" atomic:
+/// an interrupt (the wakeup IPI) that arrives after the check ends the HLT instead of being
+/// taken before it (SDM vol. 2B STI, vol. 3A 6.8.3). Returns with interrupts enabled.
+pub fn halt_unless(woken: impl FnOnce() -> bool) {
+    // SAFETY: CLI in ring 0 only defers interrupts; STI below re-enables them.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    if woken() {
+        // SAFETY: re-enabling interrupts in ring 0 (the worker threads run with them enabled).
+        unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+        return;
+    }
+    // SAFETY: ring 0 with interrupts about to be enabled: HLT returns at the next interrupt,
+    // whose handler (Hermit's, for every vector it programs) runs as usual.
+    unsafe { core::arch::asm!("sti", "hlt", options(nomem, nostack)) };
+}
+
 /// COM2, the trace port (`trace` feature): a 16550 at 0x2F8.
 #[cfg(feature = "trace")]
 const COM2: u16 = 0x2F8;

@@ -1,11 +1,12 @@
 //! Guests in the image: the VM table, the per-CPU vCPU slices and the one reset path.
 //!
-//! Each VM owns its guest RAM (nested-paged with 2 MiB pages), its vCPU (SVM or VMX) and its
-//! runtime (`hv::vm::VmRuntime`: CPUID view, MSRs, devices, stats). The CPU a VM is placed on
-//! runs it in slices from its worker loop, between mailbox jobs: each slice arms the APIC
-//! preemption tick, enters the guest until an exit needs more than a resume (or the slice
-//! ends), and applies what the pure handler `hv::exit::handle` decided. The lifecycle is
-//! `hv::vm::apply`; every reset, whatever its trigger, goes through [`reset`].
+//! Each VM owns its guest RAM (nested-paged with 2 MiB pages), its vCPU (SVM or VMX), the run
+//! loop's state of it (`hv::vcpu::run::VcpuRun`: event to deliver, halted, window) and its
+//! runtime (`hv::vm::VmRuntime`: CPUID view, MSRs, vPMU, devices, stats). The CPU a VM is
+//! placed on runs it in slices from its worker loop, between mailbox jobs: each slice arms the
+//! APIC preemption tick and runs bursts of the run loop (`VcpuRun::burst`, in `hv`), which
+//! enters the guest until an exit needs more than a resume (or the slice ends). The lifecycle
+//! is `hv::vm::apply`; every reset, whatever its trigger, goes through [`reset`].
 
 #![forbid(unsafe_code)]
 
@@ -16,8 +17,9 @@ use core::fmt::Write as _;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use hermit_sync::{InterruptSpinMutex, SpinMutex};
-use hv::cpuid::CpuidView;
-use hv::exit::{Action, ResetTrigger, StopReason};
+use hv::exit::{Exit, ResetTrigger, StopReason};
+use hv::irq::NoInterrupts;
+use hv::vcpu::run::{BurstEnd, EntryError, Exited, RunHost, VcpuBackend, VcpuRun};
 use hv::vm::{OnCrash, VmConfig, VmEvent, VmRuntime, VmState};
 use hv::vpmu::{PmuConfig, VmPmu};
 
@@ -94,13 +96,13 @@ pub struct Vm {
     pub state: VmState,
     ram: GuestRam,
     vcpu: Vcpu,
+    /// The run loop's state of the vCPU (rebuilt with it at every reset).
+    run: VcpuRun,
+    /// The vCPU's interrupt controller: none yet (the PIC and local APIC plug in here).
+    irq: NoInterrupts,
     rt: Box<VmRuntime>,
-    /// The virtual PMU: rebuilt from the VM's current configuration on every reset.
-    pmu: VmPmu,
     /// The CPU this VM runs on.
     pub cpu: usize,
-    /// Halted with interrupts enabled: nothing will wake it (no virtual interrupts yet).
-    idle: bool,
     /// Console bytes already echoed to the hypervisor console.
     echoed: u64,
     last_run: u64,
@@ -195,11 +197,6 @@ fn guest_vendor() -> hv::features::Vendor {
     crate::backend::features().map_or(hv::features::Vendor::Other, |f| f.vendor)
 }
 
-/// The guest's CPUID: the host's, filtered by `hv::cpuid`, with the vPMU's leaves.
-fn cpuid_view(pmu: &VmPmu) -> CpuidView {
-    CpuidView::from_host(hw::cpuid, Some(pmu.state()))
-}
-
 /// The CPUs in service now (all of them before the virt layer exists).
 fn online_cpus() -> hv::virt::CpuSet {
     let all = (0..crate::cpus::count() as u32)
@@ -276,7 +273,8 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
         let mode = load(&mut ram, &config, img, 0)?;
         vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
     }
-    let rt = Box::new(VmRuntime::new(cpuid_view(&pmu), config.on_crash));
+    // The guest's CPUID: the host's, filtered by `hv::cpuid`, with the vPMU's leaves.
+    let rt = Box::new(VmRuntime::with_pmu(pmu, hw::cpuid, config.on_crash));
     let cpu = cpu
         .or_else(|| place_on(config.cpu, None))
         .unwrap_or(config.cpu.unwrap_or(0) as usize);
@@ -287,10 +285,10 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
         state: VmState::Created,
         ram,
         vcpu,
+        run: VcpuRun::new(),
+        irq: NoInterrupts,
         rt,
-        pmu,
         cpu,
-        idle: false,
         echoed: 0,
         last_run: 0,
         parked_by_offline: false,
@@ -354,7 +352,8 @@ pub fn event(id: u32, ev: VmEvent) -> Result<(), VmError> {
         }
         _ => {}
     }
-    vm.idle = false;
+    // Its CPU may be idle: tell it there is a VM to run (or one less to wait for).
+    crate::percpu::wake(vm.cpu);
     Ok(())
 }
 
@@ -385,8 +384,8 @@ fn view_of(vm: &Vm) -> VmView {
     VmView {
         id: vm.id,
         summary: hv::vm::VmSummary::new(&vm.config, vm.state, &vm.rt),
-        pmu: *vm.pmu.current(),
-        pending_pmu: vm.pmu.pending().copied(),
+        pmu: *vm.rt.pmu.current(),
+        pending_pmu: vm.rt.pmu.pending().copied(),
         running_on: (vm.state == VmState::Running).then_some(vm.cpu as u32),
     }
 }
@@ -426,12 +425,12 @@ pub fn pmu(id: u32) -> Result<net::api::PmuInfo, VmError> {
     let vm = find(id).ok_or(VmError::NotFound)?;
     let g = lock(&vm);
     Ok(net::api::PmuInfo {
-        config: *g.pmu.current(),
-        pending: g.pmu.pending().copied(),
-        state: *g.pmu.state(),
+        config: *g.rt.pmu.current(),
+        pending: g.rt.pmu.pending().copied(),
+        state: *g.rt.pmu.state(),
         // "hardware" only with `vpmu_backing=hardware` on a host PMU that can carry the model.
-        backing: crate::arch::host_pmu::backing(g.pmu.state()).as_str(),
-        probe_digest: hv::vpmu::probe::probe_digest(g.pmu.current(), guest_vendor()),
+        backing: crate::arch::host_pmu::backing(g.rt.pmu.state()).as_str(),
+        probe_digest: hv::vpmu::probe::probe_digest(g.rt.pmu.current(), guest_vendor()),
     })
 }
 
@@ -444,13 +443,11 @@ pub fn pmu(id: u32) -> Result<net::api::PmuInfo, VmError> {
 pub fn set_pmu(id: u32, config: PmuConfig) -> Result<VmView, VmError> {
     let vm = find(id).ok_or(VmError::NotFound)?;
     let mut g = lock(&vm);
-    g.pmu
+    g.rt.pmu
         .set_pending_config(config)
         .map_err(|_| VmError::Vcpu)?;
     if g.state == VmState::Created {
-        let vendor = guest_vendor();
-        g.pmu.reset(vendor);
-        g.rt.cpuid = cpuid_view(&g.pmu);
+        g.rt.rebuild_pmu(hw::cpuid);
     }
     Ok(view_of(&g))
 }
@@ -477,6 +474,7 @@ pub fn upload(id: u32, bytes: Vec<u8>) -> Result<(), VmError> {
         let img = g.uploaded.as_deref().unwrap_or_default();
         let mode = load(&mut g.ram, &g.config, img, 0)?;
         g.vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
+        g.run = VcpuRun::new();
     }
     Ok(())
 }
@@ -503,17 +501,14 @@ fn lock(slot: &Slot) -> hermit_sync::SpinMutexGuard<'_, Vm> {
 }
 
 /// The one reset path, whatever the trigger (API, triple fault, port 0xCF9, keyboard
-/// controller): devices and MSRs reset (and the trigger counted) by the runtime, guest memory
-/// reloaded from the image, the vCPU's architectural state rebuilt. The vPMU is rebuilt here
-/// from the VM's current configuration once it exists (the "Virtual PMU" issue).
+/// controller): the runtime's reset assembly (`VmRuntime::reboot`: devices and MSRs reset, the
+/// trigger counted, the vPMU and the CPUID leaves it decides rebuilt from the current
+/// configuration), guest memory reloaded from the image, the vCPU's architectural state and
+/// the run loop's state of it rebuilt.
 fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
     crate::trace::reset(vm.id, trigger);
-    vm.rt.reset(trigger);
-    // The vPMU and the CPUID leaves it decides are rebuilt from the current configuration by
-    // their one constructor: nothing of the previous run or configuration survives.
-    vm.pmu.reset(guest_vendor());
-    vm.rt.cpuid = cpuid_view(&vm.pmu);
-    let boots = vm.rt.stats.resets.iter().sum::<u64>();
+    let boots = vm.rt.reboot(trigger, hw::cpuid);
+    vm.run = VcpuRun::new();
     let Some(img) = image_of(&vm.config, vm.uploaded.as_deref()) else {
         vm.state = VmState::ended(StopReason::Requested);
         return;
@@ -528,74 +523,38 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
     if vm.vcpu.reset(mode).is_err() {
         vm.state = VmState::ended(StopReason::Requested);
     }
-    vm.idle = false;
     vm.echoed = vm.echoed.min(vm.rt.devices.console.total_written());
 }
 
-/// What ended a burst of guest entries.
-enum BurstEnd {
-    /// The entry itself failed (the VM-instruction error or exit code).
-    EntryFailed(u64),
-    /// An exit that needs more than a register update (halt, stop, reset), or an interrupt
-    /// exit, whose action the caller applies with interrupts on.
-    Exit { action: Action, interrupt: bool },
-    /// Only register updates, then a request waiting for the VM or the slice's deadline.
-    Yield,
-}
-
-/// Enter the guest again and again while its exits only need register updates: the hot path
-/// of a VM exit. Runs with interrupts off; allocates nothing and takes no lock another CPU
-/// holds (the VM's own lock is held by the caller).
-fn burst(
-    vm: &mut Vm,
-    cpu: usize,
-    host: HostCpu,
-    waiters: &AtomicU32,
+/// The run loop's view of this kernel around one burst: requests waiting for the VM and the
+/// slice's TSC deadline end it; the vPMU's hardware backing wraps each entry; tracing and the
+/// benchmark floor see every exit first.
+struct SliceHost<'a> {
+    vm: u32,
+    waiters: &'a AtomicU32,
     tsc_deadline: u64,
-) -> BurstEnd {
-    loop {
-        // Guest counters on the host PMU around the entry, when `vpmu_backing=hardware`.
-        let run = crate::arch::host_pmu::around(&mut vm.pmu, || vm.vcpu.run(cpu, host, &vm.ram));
-        let decoded = match run {
-            Ok(d) => d,
-            Err(code) => return BurstEnd::EntryFailed(code),
-        };
-        let exit = vm.vcpu.neutral(&decoded);
-        if !crate::bench::floor_exit(&mut vm.vcpu, &exit) {
-            crate::trace::exit(vm.id, exit.kind());
-            let action = match vm.pmu.handle_exit(&exit) {
-                Some(a) => {
-                    vm.rt.stats.exits.record(exit.kind());
-                    a
-                }
-                None => hv::exit::handle(&exit, &vm.vcpu.view(), &mut vm.rt),
-            };
-            let interrupt = matches!(exit, hv::exit::Exit::ExternalInterrupt);
-            let registers_only = matches!(
-                action,
-                Action::Resume
-                    | Action::ResumeAt { .. }
-                    | Action::ResumeWith { .. }
-                    | Action::InjectException { .. }
-            );
-            if interrupt || !registers_only {
-                return BurstEnd::Exit { action, interrupt };
-            }
-            apply_regs(vm, &action);
-        }
-        if waiters.load(Ordering::Acquire) > 0 || hw::rdtsc() >= tsc_deadline {
-            return BurstEnd::Yield;
-        }
-    }
 }
 
-/// Apply an action that only changes guest registers or injects an event.
-fn apply_regs(vm: &mut Vm, action: &Action) {
-    match *action {
-        Action::ResumeAt { rip } => vm.vcpu.set_rip(rip),
-        Action::ResumeWith { rip, ref regs } => vm.vcpu.apply(rip, regs),
-        Action::InjectException { vector, error_code } => vm.vcpu.inject(vector, error_code),
-        Action::Resume | Action::Halt { .. } | Action::Stop(_) | Action::Reset(_) => {}
+impl RunHost for SliceHost<'_> {
+    fn should_yield(&mut self) -> bool {
+        self.waiters.load(Ordering::Acquire) > 0 || hw::rdtsc() >= self.tsc_deadline
+    }
+
+    fn enter<B: VcpuBackend>(
+        &mut self,
+        vcpu: &mut B,
+        pmu: &mut VmPmu,
+    ) -> Result<Exited, EntryError> {
+        // Guest counters on the host PMU around the entry, when `vpmu_backing=hardware`.
+        crate::arch::host_pmu::around(pmu, || vcpu.enter())
+    }
+
+    fn intercept<B: VcpuBackend>(&mut self, vcpu: &mut B, exit: &Exit) -> bool {
+        if crate::bench::floor_exit(vcpu, exit) {
+            return true;
+        }
+        crate::trace::exit(self.vm, exit.kind());
+        false
     }
 }
 
@@ -603,9 +562,10 @@ fn apply_regs(vm: &mut Vm, action: &Action) {
 pub fn run_some(cpu: usize, host: HostCpu) -> bool {
     let runnable = |s: &Slot| {
         s.waiters.load(Ordering::Acquire) == 0
-            && s.vm
-                .try_lock()
-                .is_some_and(|g| g.cpu == cpu && g.state == VmState::Running && !g.idle)
+            && s.vm.try_lock().is_some_and(|mut g| {
+                let g = &mut *g;
+                g.cpu == cpu && g.state == VmState::Running && g.run.runnable(&mut g.irq)
+            })
     };
     let candidates: heapless::Vec<Arc<Slot>, MAX_VMS> = {
         // Never spin here: whoever holds the table (the endpoint thread of this core, say)
@@ -653,36 +613,36 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
         // makes the guest exit at once, which ends the burst.
         let end = hw::without_interrupts(|| {
             timer::arm(cpu, (SLICE_US - elapsed) as u32);
-            burst(vm, cpu, host, waiters, deadline)
+            let mut host_side = SliceHost {
+                vm: vm.id,
+                waiters,
+                tsc_deadline: deadline,
+            };
+            let mut on = vm.vcpu.on(cpu, host, &vm.ram);
+            vm.run
+                .burst(&mut on, &mut vm.rt, &mut vm.irq, &mut host_side)
         });
         let done = match end {
-            BurstEnd::EntryFailed(code) => {
+            BurstEnd::EntryFailed { code } => {
                 stop(vm, StopReason::EntryFailed { code });
                 true
             }
-            BurstEnd::Yield => true,
-            BurstEnd::Exit { action, interrupt } => match action {
-                Action::Halt { rip } => {
-                    vm.vcpu.set_rip(rip);
-                    vm.idle = true;
-                    true
+            // A host interrupt (normally the slice's tick) ends the slice: the host has taken
+            // it now that interrupts are on, and whatever it woke on this core (the endpoint
+            // on CPU 0) gets the CPU at the worker's yield.
+            BurstEnd::Yield | BurstEnd::Halted | BurstEnd::HostInterrupt => true,
+            BurstEnd::Stop(reason) => {
+                stop(vm, reason);
+                true
+            }
+            BurstEnd::Reset(trigger) => {
+                if let Ok((state, _)) = hv::vm::apply(vm.state, VmEvent::Reset(trigger)) {
+                    vm.state = state;
                 }
-                Action::Stop(reason) => {
-                    stop(vm, reason);
-                    true
-                }
-                Action::Reset(trigger) => {
-                    if let Ok((state, _)) = hv::vm::apply(vm.state, VmEvent::Reset(trigger)) {
-                        vm.state = state;
-                    }
-                    reset(vm, Some(trigger));
-                    interrupt
-                }
-                action => {
-                    apply_regs(vm, &action);
-                    interrupt
-                }
-            },
+                reset(vm, Some(trigger));
+                // The reloaded guest goes on in the same slice (unless the reload failed).
+                vm.state != VmState::Running
+            }
         };
         // A request waits for this VM: let it have the lock now rather than in 5 ms.
         if done || waiters.load(Ordering::Acquire) > 0 {
@@ -758,6 +718,7 @@ pub fn evacuate(cpu: usize, online: hv::virt::CpuSet) -> (usize, usize) {
                 g.cpu = to.index();
                 load[to.index()] += 1;
                 moved += 1;
+                crate::percpu::wake(g.cpu);
             }
             None if g.state == VmState::Running => {
                 if let Ok((s, _)) = hv::vm::apply(g.state, VmEvent::Pause) {
@@ -784,6 +745,7 @@ pub fn restore(cpu: usize) {
                 g.state = s;
                 g.cpu = cpu;
                 g.parked_by_offline = false;
+                crate::percpu::wake(cpu);
             }
         }
     }

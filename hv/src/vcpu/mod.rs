@@ -211,3 +211,6 @@ pub struct VcpuState {
     /// Control registers and segments.
     pub sys: SystemRegisters,
 }
+
+pub mod run;
+pub mod timers;

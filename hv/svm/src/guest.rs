@@ -382,8 +382,18 @@ pub enum ConsistencyError {
     AsidZero,
 }
 
+/// The CPU's physical-address width from CPUID Fn8000_0008_EAX (bits 7:0, APM vol. 3
+/// appendix E.4.7), what [`check_vmrun_consistency_with`] needs. A width outside the
+/// architectural 32..=52 (0 from a CPU that does not report it) is taken as 52, the most
+/// permissive; the hardware still checks.
+pub const fn phys_addr_bits(cpuid_8000_0008_eax: u32) -> u8 {
+    let bits = cpuid_8000_0008_eax as u8;
+    if bits >= 32 && bits <= 52 { bits } else { 52 }
+}
+
 /// Check `vmcb` against the VMRUN consistency rules, assuming the architectural maximum of
-/// 52 physical-address bits.
+/// 52 physical-address bits. The kernel uses [`check_vmrun_consistency_with`] and the CPU's
+/// width ([`phys_addr_bits`]).
 pub fn check_vmrun_consistency(vmcb: &Vmcb) -> Result<(), ConsistencyError> {
     check_vmrun_consistency_with(vmcb, 52)
 }
@@ -492,6 +502,25 @@ mod tests {
         };
         build_vmcb(&cfg(mode), &mut v, &mut r);
         (v, r)
+    }
+
+    #[test]
+    fn phys_addr_bits_from_cpuid() {
+        // QEMU's default 40 bits, a 48-bit part, 52; 0 and nonsense fall back to 52.
+        assert_eq!(phys_addr_bits(0x3028), 40);
+        assert_eq!(phys_addr_bits(0x3030), 48);
+        assert_eq!(phys_addr_bits(0x34), 52);
+        assert_eq!(phys_addr_bits(0), 52);
+        assert_eq!(phys_addr_bits(0x40), 52);
+        // With 40 bits, a permission map at 2^40 - 4 KiB is out of range; with 52 it is not.
+        let (mut vmcb, _) = build(GuestMode::Protected32 {
+            eip: 0x10_0000,
+            esp: 0,
+            multiboot_info: None,
+        });
+        vmcb.control.iopm_base_pa = (1 << 40) - 0x1000;
+        assert!(check_vmrun_consistency_with(&vmcb, 52).is_ok());
+        assert!(check_vmrun_consistency_with(&vmcb, phys_addr_bits(0x3028)).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod caps;
 pub mod exit;
 pub mod guest;
 pub mod insn_len;
+pub mod neutral;
 pub mod npt;
 pub mod permmap;
 pub mod regs;

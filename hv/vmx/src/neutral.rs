@@ -7,8 +7,9 @@
 #![forbid(unsafe_code)]
 
 use hv::exit::{Exit, GuestPhys};
+use hv::vcpu::run::{self, EventKind, Exited};
 
-use crate::exit::{DecodedExit, VmxExit};
+use crate::exit::{DecodedExit, Event, EventType, VmxExit};
 use crate::regs::GuestRegs;
 
 /// RFLAGS.IF.
@@ -78,9 +79,10 @@ pub fn to_neutral(d: &DecodedExit, regs: &GuestRegs, ctx: ExitContext) -> Exit {
         VmxExit::ExternalInterrupt { .. }
         | VmxExit::Nmi
         | VmxExit::InitSignal
-        | VmxExit::InterruptWindow
         | VmxExit::NmiWindow
         | VmxExit::PreemptionTimer => Exit::ExternalInterrupt,
+        // Interrupt-window exiting, which the run loop turns on while an interrupt waits.
+        VmxExit::InterruptWindow => Exit::InterruptWindow,
         VmxExit::Exception {
             vector, error_code, ..
         } => Exit::Exception { vector, error_code },
@@ -93,6 +95,70 @@ pub fn to_neutral(d: &DecodedExit, regs: &GuestRegs, ctx: ExitContext) -> Exit {
             code: u64::from(ctx.reason),
         },
     }
+}
+
+/// The IDT-vectoring event to deliver again (SDM vol. 3C 28.2.4 "Information for VM Exits
+/// That Occur During Event Delivery"): every kind, software ones with the exit's instruction
+/// length `insn_len` (VM entry needs it to push the right return address).
+pub fn reinjected(e: Event, insn_len: u32) -> Option<run::Event> {
+    let kind = match e.kind {
+        EventType::ExternalInterrupt => EventKind::External,
+        EventType::Nmi => EventKind::Nmi,
+        EventType::HardwareException => EventKind::Exception,
+        EventType::SoftwareInterrupt => EventKind::SoftwareInterrupt,
+        EventType::SoftwareException => EventKind::SoftwareException,
+        EventType::PrivilegedSoftwareException => EventKind::PrivilegedSoftwareException,
+        EventType::Other | EventType::Reserved => return None,
+    };
+    Some(run::Event {
+        kind,
+        vector: e.vector,
+        error_code: e.error_code,
+        insn_len: insn_len.min(15) as u8,
+    })
+}
+
+/// The decoded exit and its interrupted event, neutral.
+pub fn exited(d: &DecodedExit, regs: &GuestRegs, ctx: ExitContext, insn_len: u32) -> Exited {
+    Exited {
+        exit: to_neutral(d, regs, ctx),
+        interrupted: d.interrupted_event.and_then(|e| reinjected(e, insn_len)),
+    }
+}
+
+/// The VM-entry interruption information for a neutral event, with the instruction length
+/// for software events. Hardware exceptions carry an error code exactly when their vector
+/// pushes one (VM entry checks it, SDM vol. 3C 27.2.1.3).
+pub fn injection(e: run::Event) -> (Event, u32) {
+    let kind = match e.kind {
+        EventKind::External => EventType::ExternalInterrupt,
+        EventKind::Nmi => EventType::Nmi,
+        EventKind::Exception => EventType::HardwareException,
+        EventKind::SoftwareInterrupt => EventType::SoftwareInterrupt,
+        EventKind::SoftwareException => EventType::SoftwareException,
+        EventKind::PrivilegedSoftwareException => EventType::PrivilegedSoftwareException,
+    };
+    let error_code = match kind {
+        EventType::HardwareException => {
+            crate::exit::exception_has_error_code(e.vector).then(|| e.error_code.unwrap_or(0))
+        }
+        _ => None,
+    };
+    let software = matches!(
+        kind,
+        EventType::SoftwareInterrupt
+            | EventType::SoftwareException
+            | EventType::PrivilegedSoftwareException
+    );
+    (
+        Event {
+            kind,
+            vector: e.vector,
+            error_code,
+            nmi_unblocking: false,
+        },
+        if software { u32::from(e.insn_len) } else { 0 },
+    )
 }
 
 #[cfg(test)]
@@ -223,6 +289,8 @@ mod tests {
             // External interrupt (1) and the preemption timer (52): the host's.
             (snap(1, 0, 0), 0x2, Exit::ExternalInterrupt),
             (snap(52, 0, 0), 0x2, Exit::ExternalInterrupt),
+            // Interrupt window (7): the run loop's.
+            (snap(7, 0, 0), 0x2, Exit::InterruptWindow),
             // Entry failure: invalid guest state (33 | bit 31), qualification 4.
             (
                 snap(33 | (1 << 31), 4, 0),
@@ -269,6 +337,82 @@ mod tests {
                 vector: 13,
                 error_code: Some(0),
             }
+        );
+    }
+
+    #[test]
+    fn interrupted_events_and_injection() {
+        // #PF(2) cut short by an EPT violation: delivered again with its error code.
+        let s = ExitSnapshot {
+            reason: 48,
+            idt_vectoring_info: (1 << 31) | (3 << 8) | (1 << 11) | 14,
+            idt_vectoring_error_code: 2,
+            ..ExitSnapshot::default()
+        };
+        let e = exited(
+            &decode(&s),
+            &GuestRegs::default(),
+            ExitContext::default(),
+            0,
+        );
+        assert_eq!(e.interrupted, Some(run::Event::exception(14, Some(2))));
+        // INT 0x80 (type 4) cut short: delivered again with the instruction length.
+        let s = ExitSnapshot {
+            reason: 48,
+            idt_vectoring_info: (1 << 31) | (4 << 8) | 0x80,
+            ..ExitSnapshot::default()
+        };
+        let e = exited(
+            &decode(&s),
+            &GuestRegs::default(),
+            ExitContext::default(),
+            2,
+        );
+        let int80 = e.interrupted.unwrap();
+        assert_eq!(
+            (int80.kind, int80.vector, int80.insn_len),
+            (EventKind::SoftwareInterrupt, 0x80, 2)
+        );
+        assert_eq!(injection(int80).0.injection(), (0x8000_0480, 0));
+        assert_eq!(injection(int80).1, 2);
+        // Nothing in flight.
+        let e = exited(
+            &decode(&snap(10, 0, 2)),
+            &GuestRegs::default(),
+            ExitContext::default(),
+            2,
+        );
+        assert_eq!(e.interrupted, None);
+        // External 0x20, NMI, #GP(0), #UD (an error code given for it is dropped).
+        assert_eq!(
+            injection(run::Event::external(0x20)),
+            (
+                Event {
+                    kind: EventType::ExternalInterrupt,
+                    vector: 0x20,
+                    error_code: None,
+                    nmi_unblocking: false
+                },
+                0
+            )
+        );
+        assert_eq!(
+            injection(run::Event::external(0x20)).0.injection(),
+            (0x8000_0020, 0)
+        );
+        assert_eq!(injection(run::Event::NMI).0.injection(), (0x8000_0202, 0));
+        assert_eq!(
+            injection(run::Event::exception(13, Some(0))).0.injection(),
+            (0x8000_0B0D, 0)
+        );
+        assert_eq!(
+            injection(run::Event::exception(6, Some(5))).0.injection(),
+            (0x8000_0306, 0)
+        );
+        // #DF without a code given still pushes one (0).
+        assert_eq!(
+            injection(run::Event::exception(8, None)).0.injection(),
+            (0x8000_0B08, 0)
         );
     }
 }

@@ -1,7 +1,9 @@
 //! One guest vCPU under SVM: its VMCB, general registers, FPU state, permission maps and nested
 //! page tables over the guest's RAM, and one `run` = one VMRUN / #VMEXIT with the exit decoded
-//! (instruction bytes fetched from guest RAM when the CPU has no NRIPS). What to do about the
-//! exit is decided elsewhere (`hv::exit`); this file only enters the guest and applies results.
+//! (instruction bytes fetched from guest RAM when the CPU has no NRIPS) and mapped to the
+//! neutral exit by `svm::neutral`. What to do about the exit, what to inject and when to open
+//! the interrupt window is decided by the run loop (`hv::vcpu::run`); this file only enters
+//! the guest and writes what it is told into the VMCB.
 
 use alloc::boxed::Box;
 
@@ -13,10 +15,11 @@ use svm::insn_len::InsnBytes;
 use svm::npt::{NestedPageTable, Perms};
 use svm::permmap::{IOPM_SIZE, Iopm, MSRPM_SIZE, Msrpm};
 use svm::regs::FxArea;
-use svm::vmcb::{Event, TlbControl, Vmcb};
+use svm::vmcb::{InterceptMisc1, InterruptState, TlbControl, VIntr, Vmcb};
 use svm::{GuestPhys, GuestRegs, HostPhys, hw};
 
-use hv::exit::{Exit, GuestView, RegUpdate};
+use hv::exit::{GuestView, RegUpdate};
+use hv::vcpu::run::{Event, Exited, Interruptibility};
 
 use super::frames::HeapFrames;
 use super::vcpu::VcpuError;
@@ -56,6 +59,8 @@ pub struct SvmVcpu {
     /// The VMCB passed the VMRUN consistency checks and nothing but GPRs and RIP changed
     /// since (the guest itself cannot make it inconsistent: the CPU checks what it writes).
     checked: bool,
+    /// The CPU's physical-address width (CPUID Fn8000_0008_EAX[7:0]) for those checks.
+    phys_bits: u8,
 }
 
 impl core::fmt::Debug for SvmVcpu {
@@ -92,6 +97,7 @@ impl SvmVcpu {
             npt_root,
             asid: None,
             checked: false,
+            phys_bits: guest::phys_addr_bits(hw::cpuid(0x8000_0008, 0)[0]),
         })
     }
 
@@ -119,15 +125,40 @@ impl SvmVcpu {
         self.vmcb.save.rip = rip;
     }
 
-    /// RFLAGS.IF of the guest.
-    pub fn interrupts_enabled(&self) -> bool {
-        self.vmcb.save.rflags & (1 << 9) != 0
+    /// Deliver `ev` at the next VMRUN (EVENTINJ, APM 15.20).
+    pub fn inject(&mut self, ev: Event) {
+        self.vmcb.control.event_inj = svm::neutral::injection(ev).encode();
+        self.checked = false;
     }
 
-    /// Inject an exception at the next entry.
-    pub fn inject(&mut self, vector: u8, error_code: Option<u32>) {
-        self.vmcb.control.event_inj = Event::exception(vector, error_code).encode();
-        self.checked = false;
+    /// RFLAGS.IF and the interrupt shadow as the last exit left them. GIF is set whenever the
+    /// guest runs (CLGI/STGI are intercepted and raise #UD); NMI blocking is not tracked
+    /// (nothing raises guest NMIs yet).
+    pub fn interruptibility(&self) -> Interruptibility {
+        Interruptibility {
+            interrupts_enabled: self.vmcb.save.rflags & hv::vcpu::RFLAGS_IF != 0,
+            shadow: self
+                .vmcb
+                .control
+                .interrupt_state
+                .contains(InterruptState::INTERRUPT_SHADOW),
+            gif: true,
+            nmi_blocked: false,
+        }
+    }
+
+    /// Open or close the interrupt window the way KVM does (APM 15.21.4): a virtual interrupt
+    /// pending (V_IRQ) at the highest priority and past the virtual TPR, with the VINTR
+    /// intercept, so the guest exits as soon as it could take it.
+    pub fn set_interrupt_window(&mut self, open: bool) {
+        let c = &mut self.vmcb.control;
+        c.vintr = c
+            .vintr
+            .with(VIntr::V_IRQ, open)
+            .with(VIntr::V_IGN_TPR, open)
+            .with_prio(if open { 0xF } else { 0 })
+            .with_vector(0);
+        c.intercept_misc1.set(InterceptMisc1::VINTR, open);
     }
 
     /// Enter the guest once on CPU `cpu` and decode why it left. `nrips` says whether the CPU
@@ -138,10 +169,10 @@ impl SvmVcpu {
         host_area: u64,
         ram: &GuestRam,
         nrips: bool,
-    ) -> Result<DecodedExit, u64> {
+    ) -> Result<Exited, u64> {
         self.assign_asid(cpu);
         if !self.checked {
-            if guest::check_vmrun_consistency(&self.vmcb).is_err() {
+            if guest::check_vmrun_consistency_with(&self.vmcb, self.phys_bits).is_err() {
                 return Err(self.vmcb.control.exit_code);
             }
             self.checked = true;
@@ -169,7 +200,14 @@ impl SvmVcpu {
                 .map(InsnBytes::new)
         };
         let snap = ExitSnapshot::from_vmcb(&self.vmcb, &self.regs, nrips, insn);
-        exit::decode(&snap).map_err(|_| code)
+        let decoded: DecodedExit = exit::decode(&snap).map_err(|_| code)?;
+        let ctx = svm::neutral::ExitContext {
+            exit_code: code,
+            rax: self.vmcb.save.rax,
+            rcx: self.regs.rcx,
+            rflags: self.vmcb.save.rflags,
+        };
+        Ok(svm::neutral::exited(&decoded, ctx))
     }
 
     fn assign_asid(&mut self, cpu: usize) {
@@ -187,63 +225,6 @@ impl SvmVcpu {
 }
 
 impl SvmVcpu {
-    /// The decoded SVM exit in the core's neutral vocabulary.
-    pub fn neutral(&self, d: &DecodedExit) -> Exit {
-        use svm::exit::SvmExit as S;
-        match d.exit {
-            S::Cpuid { next_rip } => Exit::Cpuid {
-                leaf: self.vmcb.save.rax as u32,
-                subleaf: self.regs.rcx as u32,
-                next_rip,
-            },
-            S::Hlt { next_rip } => Exit::Hlt {
-                next_rip,
-                interrupts_enabled: self.interrupts_enabled(),
-            },
-            S::Io(io) => Exit::Io {
-                port: io.port,
-                size: io.size,
-                write: if io.write {
-                    io.value.or(Some(self.vmcb.save.rax as u32))
-                } else {
-                    None
-                },
-                string: io.string,
-                rep: io.rep,
-                next_rip: io.next_rip,
-            },
-            S::Msr(m) => Exit::Msr {
-                index: m.index,
-                write: m.write,
-                next_rip: m.next_rip,
-            },
-            S::NestedPageFault(npf) => Exit::NestedPageFault {
-                gpa: hv::exit::GuestPhys(npf.gpa.as_u64()),
-                write: npf.write(),
-                exec: npf.exec(),
-            },
-            S::Skip {
-                insn: svm::insn_len::SkipInsn::Rdpmc,
-                next_rip,
-            } => Exit::Rdpmc {
-                index: self.regs.rcx as u32,
-                next_rip,
-            },
-            S::Shutdown => Exit::TripleFault,
-            S::Vmmcall { .. } | S::SvmInstruction(_) => Exit::VirtInstruction,
-            S::Intr | S::Nmi | S::Smi | S::Init | S::Vintr => Exit::ExternalInterrupt,
-            S::Exception {
-                vector, error_code, ..
-            } => Exit::Exception { vector, error_code },
-            S::VmrunFailed => Exit::EntryFailed {
-                code: self.vmcb.control.exit_code,
-            },
-            _ => Exit::Unknown {
-                code: self.vmcb.control.exit_code,
-            },
-        }
-    }
-
     /// What the exit handler needs to see of the guest.
     pub fn view(&self) -> GuestView {
         GuestView {

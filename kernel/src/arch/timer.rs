@@ -89,6 +89,21 @@ pub fn wake_others() {
     }
 }
 
+/// Send Hermit's wakeup interrupt to the CPU with APIC ID `apic_id` (fixed delivery, physical
+/// destination; SDM vol. 3A 11.6.1). Its handler only reschedules that core; what matters is
+/// that the interrupt ends a `hw::halt_unless` there.
+pub fn wake_one(apic_id: u32) {
+    let Some(apic) = apic() else { return };
+    let icr = (1 << 14) | HERMIT_WAKEUP_VECTOR;
+    match apic {
+        Apic::X2 => hw::wrmsr(0x830, (u64::from(apic_id) << 32) | u64::from(icr)),
+        Apic::X1 { base } => {
+            hw::mmio_write32(base + 0x310, (apic_id & 0xFF) << 24);
+            hw::mmio_write32(base + u64::from(ICR_LOW), icr);
+        }
+    }
+}
+
 /// Measure this CPU's APIC timer rate (call once on each CPU, from its worker, at bring-up).
 pub fn calibrate(cpu: usize) {
     let Some(apic) = apic() else { return };
@@ -113,6 +128,11 @@ pub fn calibrate(cpu: usize) {
     let rate = (u64::from(ticks) / elapsed_us.max(1)) as u32;
 
     TICKS_PER_US[cpu].store(rate.max(1), Ordering::Relaxed);
+}
+
+/// Whether [`arm`] works on CPU `cpu` (its APIC timer rate was measured).
+pub fn can_arm(cpu: usize) -> bool {
+    TICKS_PER_US[cpu].load(Ordering::Relaxed) != 0
 }
 
 /// Arm the one-shot timer to fire after `us` microseconds, with Hermit's vector.

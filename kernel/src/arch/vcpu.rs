@@ -1,14 +1,16 @@
 //! One vCPU, whichever virtualization the host has: the rest of the kernel (`vms.rs`) sees
 //! only [`Vcpu`], which forwards to the SVM (`svm_vcpu.rs`) or VMX (`vmx_vcpu.rs`) backend
-//! chosen by the host's virtualization kind. Both backends map their decoded exits onto the
-//! core's neutral `hv::exit::Exit`, so the exit handler is shared.
+//! chosen by the host's virtualization kind. [`Vcpu::on`] binds it to the CPU it is entered on
+//! and is the `hv::vcpu::run::VcpuBackend` the run loop drives: both backends report their
+//! exits in the core's neutral vocabulary, so the run loop and the exit handler are shared.
 
 #![forbid(unsafe_code)]
 
 use alloc::boxed::Box;
 
-use hv::exit::{Exit, GuestView, RegUpdate};
+use hv::exit::{GuestView, RegUpdate};
 use hv::features::VirtKind;
+use hv::vcpu::run::{EntryError, Event, Exited, Interruptibility, VcpuBackend};
 
 use super::svm_vcpu::SvmVcpu;
 use super::vmx_vcpu::VmxVcpu;
@@ -122,13 +124,6 @@ impl HostCpu {
     }
 }
 
-/// A decoded exit of either backend.
-#[derive(Clone, Copy, Debug)]
-pub enum Decoded {
-    Svm(svm::exit::DecodedExit),
-    Vmx(vmx::exit::DecodedExit),
-}
-
 /// Both kinds are boxed: they differ in size several times over (the VMX one carries a pending
 /// guest-state area between a reset and its next entry).
 #[derive(Debug)]
@@ -158,33 +153,13 @@ impl Vcpu {
         }
     }
 
-    /// Enter the guest once on CPU `cpu` (described by `host`) and decode why it left. `Err`
-    /// is a failed entry with the backend's code (VMX: the VM-instruction error number).
-    pub fn run(&mut self, cpu: usize, host: HostCpu, ram: &GuestRam) -> Result<Decoded, u64> {
-        match (self, host) {
-            (Vcpu::Svm(v), HostCpu::Svm { host_area, nrips }) => {
-                v.run(cpu, host_area, ram, nrips).map(Decoded::Svm)
-            }
-            (Vcpu::Vmx(v), HostCpu::Vmx) => v.run(cpu).map(Decoded::Vmx),
-            _ => Err(CODE_WRONG_BACKEND),
-        }
-    }
-
-    /// The decoded exit in the core's neutral vocabulary.
-    pub fn neutral(&self, d: &Decoded) -> Exit {
-        match (self, d) {
-            (Vcpu::Svm(v), Decoded::Svm(d)) => v.neutral(d),
-            (Vcpu::Vmx(v), Decoded::Vmx(d)) => v.neutral(d),
-            _ => Exit::Unknown {
-                code: CODE_WRONG_BACKEND,
-            },
-        }
-    }
-
-    pub fn view(&self) -> GuestView {
-        match self {
-            Vcpu::Svm(v) => v.view(),
-            Vcpu::Vmx(v) => v.view(),
+    /// This vCPU bound to CPU `cpu` (described by `host`) and its RAM, for the run loop.
+    pub fn on<'a>(&'a mut self, cpu: usize, host: HostCpu, ram: &'a GuestRam) -> OnCpu<'a> {
+        OnCpu {
+            vcpu: self,
+            cpu,
+            host,
+            ram,
         }
     }
 
@@ -194,18 +169,67 @@ impl Vcpu {
             Vcpu::Vmx(v) => v.set_rip(rip),
         }
     }
+}
 
-    pub fn apply(&mut self, rip: u64, u: &RegUpdate) {
-        match self {
+/// A vCPU on the CPU that enters it: the run loop's backend.
+#[derive(Debug)]
+pub struct OnCpu<'a> {
+    vcpu: &'a mut Vcpu,
+    cpu: usize,
+    host: HostCpu,
+    ram: &'a GuestRam,
+}
+
+impl VcpuBackend for OnCpu<'_> {
+    /// Enter the guest once and decode why it left. `Err` is a failed entry with the
+    /// backend's code (VMX: the VM-instruction error number).
+    fn enter(&mut self) -> Result<Exited, EntryError> {
+        match (&mut *self.vcpu, self.host) {
+            (Vcpu::Svm(v), HostCpu::Svm { host_area, nrips }) => {
+                v.run(self.cpu, host_area, self.ram, nrips)
+            }
+            (Vcpu::Vmx(v), HostCpu::Vmx) => v.run(self.cpu),
+            _ => Err(CODE_WRONG_BACKEND),
+        }
+        .map_err(|code| EntryError { code })
+    }
+
+    fn view(&self) -> GuestView {
+        match &*self.vcpu {
+            Vcpu::Svm(v) => v.view(),
+            Vcpu::Vmx(v) => v.view(),
+        }
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        self.vcpu.set_rip(rip);
+    }
+
+    fn apply(&mut self, rip: u64, u: &RegUpdate) {
+        match &mut *self.vcpu {
             Vcpu::Svm(v) => v.apply(rip, u),
             Vcpu::Vmx(v) => v.apply(rip, u),
         }
     }
 
-    pub fn inject(&mut self, vector: u8, error_code: Option<u32>) {
-        match self {
-            Vcpu::Svm(v) => v.inject(vector, error_code),
-            Vcpu::Vmx(v) => v.inject(vector, error_code),
+    fn inject(&mut self, event: Event) {
+        match &mut *self.vcpu {
+            Vcpu::Svm(v) => v.inject(event),
+            Vcpu::Vmx(v) => v.inject(event),
+        }
+    }
+
+    fn interruptibility(&self) -> Interruptibility {
+        match &*self.vcpu {
+            Vcpu::Svm(v) => v.interruptibility(),
+            Vcpu::Vmx(v) => v.interruptibility(),
+        }
+    }
+
+    fn set_interrupt_window(&mut self, open: bool) {
+        match &mut *self.vcpu {
+            Vcpu::Svm(v) => v.set_interrupt_window(open),
+            Vcpu::Vmx(v) => v.set_interrupt_window(open),
         }
     }
 }

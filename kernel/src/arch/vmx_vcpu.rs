@@ -12,9 +12,10 @@
 //! it (at its next entry of any guest, or before VMXOFF), never freed while the CPU may still
 //! write it back.
 //!
-//! Everything the exit handler asks to change (RIP, EFER, PAT, an injected event) and a reset
-//! are recorded here and written to the VMCS at the next entry, on the CPU where it is current:
-//! `reset` may run on another thread and CPU than the VM's.
+//! Everything the run loop (`hv::vcpu::run`) asks to change (RIP, EFER, PAT, an injected event,
+//! the interrupt window) and a reset are recorded here and written to the VMCS at the next
+//! entry, on the CPU where it is current: `reset` may run on another thread and CPU than the
+//! VM's. What the guest's interruptibility is, is read once at each exit, with the exit.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -22,9 +23,11 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU16, Ordering};
 
 use hermit_sync::SpinMutex;
-use hv::exit::{Exit, GuestView, RegUpdate};
+use hv::exit::{GuestView, RegUpdate};
+use hv::vcpu::run::{self as runloop, Exited, Interruptibility};
+use vmx::controls::PrimaryControls;
 use vmx::ept::{Ept, Perms};
-use vmx::exit::{self, DecodedExit, Event, EventType, ExitSnapshot, VmxExit};
+use vmx::exit::{self, Event, EventType, ExitSnapshot, VmxExit};
 use vmx::guest::{self, GuestMode, GuestSetup};
 use vmx::regs::FxArea;
 use vmx::residency::{self, Residency};
@@ -118,6 +121,8 @@ struct Pending {
     pat: Option<u64>,
     /// An event to inject, with the instruction length for software events.
     event: Option<(Event, u32)>,
+    /// Interrupt-window exiting to turn on or off.
+    window: Option<bool>,
 }
 
 /// Guest state read at the last exit (what `neutral` and `view` need besides the GPRs).
@@ -126,6 +131,8 @@ struct LastExit {
     reason: u32,
     rflags: u64,
     efer: u64,
+    /// Guest interruptibility state (STI, MOV SS, NMI blocking).
+    interruptibility: u32,
 }
 
 /// The MSR bitmap and I/O bitmaps A and B every VMX vCPU shares: all ones, so every MSR and
@@ -155,6 +162,8 @@ pub struct VmxVcpu {
     setup: Option<GuestSetup>,
     pending: Pending,
     last: LastExit,
+    /// Interrupt-window exiting is on in the VMCS (off after a reset).
+    window: bool,
 }
 
 impl core::fmt::Debug for VmxVcpu {
@@ -223,6 +232,7 @@ impl VmxVcpu {
             setup: None,
             pending: Pending::default(),
             last: LastExit::default(),
+            window: false,
         })
     }
 
@@ -238,7 +248,9 @@ impl VmxVcpu {
             reason: 0,
             rflags: setup.state.rflags,
             efer: setup.state.efer,
+            interruptibility: setup.state.interruptibility.bits(),
         };
+        self.window = false;
         self.setup = Some(setup);
         Ok(())
     }
@@ -247,11 +259,37 @@ impl VmxVcpu {
         self.pending.rip = Some(rip);
     }
 
-    /// Inject a hardware exception at the next entry (VM-entry interruption information; the
-    /// error code only for vectors that push one, as VM entry checks).
-    pub fn inject(&mut self, vector: u8, error_code: Option<u32>) {
-        let code = exit::exception_has_error_code(vector).then(|| error_code.unwrap_or(0));
-        self.pending.event = Some((Event::exception(vector, code), 0));
+    /// Deliver `ev` at the next entry (VM-entry interruption information; the error code only
+    /// for vectors that push one, as VM entry checks: `vmx::neutral::injection`).
+    pub fn inject(&mut self, ev: runloop::Event) {
+        self.pending.event = Some(vmx::neutral::injection(ev));
+    }
+
+    /// RFLAGS.IF and the interruptibility state as the last exit left them (SDM vol. 3C
+    /// "Guest Non-Register State"); there is no GIF under VMX.
+    pub fn interruptibility(&self) -> Interruptibility {
+        let blocking = guest::Interruptibility::from_bits_retain(self.last.interruptibility);
+        Interruptibility {
+            interrupts_enabled: self.last.rflags & hv::vcpu::RFLAGS_IF != 0,
+            shadow: blocking
+                .intersects(guest::Interruptibility::STI | guest::Interruptibility::MOV_SS),
+            gif: true,
+            nmi_blocked: blocking.contains(guest::Interruptibility::NMI),
+        }
+    }
+
+    /// Turn interrupt-window exiting on or off at the next entry (SDM vol. 3C 26.7.5: the
+    /// guest exits before its first instruction with RFLAGS.IF=1 and no STI/MOV-SS blocking).
+    pub fn set_interrupt_window(&mut self, open: bool) {
+        self.pending.window = Some(open);
+    }
+
+    /// The primary controls with interrupt-window exiting as `self.window` says. The control
+    /// is allowed on every VMX implementation (it predates the capability MSRs' optional bits).
+    fn primary(&self) -> PrimaryControls {
+        let mut p = self.cfg.primary;
+        p.set(PrimaryControls::INTERRUPT_WINDOW_EXITING, self.window);
+        p
     }
 
     /// Write every control and guest-state field from a fresh reset.
@@ -261,7 +299,10 @@ impl VmxVcpu {
             return Err(CODE_NO_PHYS);
         };
         write(F::PinBasedControls, u64::from(cfg.pin.bits()))?;
-        write(F::PrimaryProcBasedControls, u64::from(cfg.primary.bits()))?;
+        write(
+            F::PrimaryProcBasedControls,
+            u64::from(self.primary().bits()),
+        )?;
         write(
             F::SecondaryProcBasedControls,
             u64::from(cfg.secondary.bits()),
@@ -296,6 +337,13 @@ impl VmxVcpu {
     /// Write what the handler asked for since the last exit.
     fn write_pending(&mut self) -> Result<(), u64> {
         let p = core::mem::take(&mut self.pending);
+        if let Some(open) = p.window {
+            self.window = open;
+            write(
+                F::PrimaryProcBasedControls,
+                u64::from(self.primary().bits()),
+            )?;
+        }
         if let Some(rip) = p.rip {
             write(F::GuestRip, rip)?;
         }
@@ -391,7 +439,7 @@ impl VmxVcpu {
     /// Enter the guest once on CPU `cpu` and decode why it left. A failed entry is `Err`
     /// with the VM-instruction error number (or a `CODE_*`); a VM-entry failure after guest
     /// state was loaded is an `Ok` exit that `neutral` maps to `EntryFailed`.
-    pub fn run(&mut self, cpu: usize) -> Result<DecodedExit, u64> {
+    pub fn run(&mut self, cpu: usize) -> Result<Exited, u64> {
         let launch = self.prepare(cpu)?;
         // SAFETY: the VMCS is current on this CPU with controls from `VmxConfig::derive`,
         // guest state that passed `check_guest_state` at reset, this CPU's host state (checked
@@ -416,20 +464,16 @@ impl VmxVcpu {
             reason: snap.reason,
             rflags: read(F::GuestRflags),
             efer: read(F::GuestIa32Efer),
+            interruptibility: read(F::GuestInterruptibilityState) as u32,
         };
         let decoded = exit::decode(&snap);
-        // An event the exit interrupted is delivered again at the next entry (unless the
-        // handler injects another).
-        if let Some(ev) = decoded.interrupted_event {
-            let len = read(F::VmExitInstructionLength) as u32;
-            self.pending.event = Some((
-                Event {
-                    nmi_unblocking: false,
-                    ..ev
-                },
-                len,
-            ));
-        }
+        // An event the exit interrupted: the run loop delivers it again at the next entry
+        // (software events need the exit's instruction length for that).
+        let len = if decoded.interrupted_event.is_some() {
+            read(F::VmExitInstructionLength) as u32
+        } else {
+            0
+        };
         match decoded.exit {
             VmxExit::ExternalInterrupt { vector: Some(v) } if v >= 32 => {
                 // SAFETY: the exit acknowledged `v` from the local APIC ("acknowledge
@@ -451,19 +495,11 @@ impl VmxVcpu {
             }
             _ => {}
         }
-        Ok(decoded)
-    }
-
-    /// The decoded VMX exit in the core's neutral vocabulary (`vmx::neutral`).
-    pub fn neutral(&self, d: &DecodedExit) -> Exit {
-        vmx::neutral::to_neutral(
-            d,
-            &self.regs,
-            vmx::neutral::ExitContext {
-                reason: self.last.reason,
-                rflags: self.last.rflags,
-            },
-        )
+        let ctx = vmx::neutral::ExitContext {
+            reason: self.last.reason,
+            rflags: self.last.rflags,
+        };
+        Ok(vmx::neutral::exited(&decoded, &self.regs, ctx, len))
     }
 
     /// What the exit handler needs to see of the guest.

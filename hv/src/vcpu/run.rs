@@ -1,0 +1,482 @@
+//! The vCPU contract and the run loop: what a backend (SVM, VMX) must do, and everything it
+//! must not decide.
+//!
+//! Why here (STYLE.md points 2 and 12): a backend enters the guest, reads the exit once and
+//! decodes it into the neutral [`Exit`], writes registers and injects events. Everything else
+//! is a decision and lives in this file, in plain Rust driven by host tests against a mock
+//! backend: which exit handler sees the exit (the vPMU first, then [`exit::handle`]), how the
+//! action is applied, which event goes in before the next entry (an interrupted event first,
+//! then an NMI, then the interrupt controller's vector), when an interrupt window is opened
+//! instead, when a halted vCPU may run again, and when a burst of entries ends.
+//!
+//! The shape follows Cloud Hypervisor's `hypervisor::Vcpu` (a small trait per backend) and
+//! Firecracker's `handle_kvm_exit` (a loop over decoded exits, tested with synthetic ones).
+//!
+//! # Injection (SDM vol. 3A 6.8.1, 6.8.3, 27.6; APM vol. 2 15.20, 15.21)
+//!
+//! Before each entry, [`decide`] picks at most one event:
+//!
+//! 1. an event whose delivery the last exit interrupted (SVM EXITINTINFO, VMX IDT-vectoring
+//!    information), or the exception the exit handler asked for, which replaces it;
+//! 2. else a pending NMI, if neither GIF=0, an STI/MOV-SS shadow nor NMI blocking hold it back;
+//! 3. else the controller's pending external interrupt, if RFLAGS.IF=1, no shadow and GIF=1:
+//!    the controller is acknowledged at that moment (the INTA cycle / local APIC acceptance),
+//!    so a vector is never taken from the controller and then dropped.
+//!
+//! An external interrupt that cannot go in now (IF=0, a shadow, or another event going in
+//! first) opens the interrupt window (SVM: V_IRQ + VINTR intercept; VMX: interrupt-window
+//! exiting); the [`Exit::InterruptWindow`] it causes brings the loop back here, and the window
+//! is closed again when nothing waits. A pending NMI that is blocked is retried at every entry
+//! (no NMI window: nothing raises NMIs yet).
+//!
+//! # Halt
+//!
+//! HLT always exits (both backends intercept it; VMX never enters in the HLT activity state,
+//! which Bochs 2.7 never leaves). With IF=1 the handler says [`Action::Halt`]: the vCPU is
+//! halted until an NMI or an external interrupt is pending for it ([`VcpuRun::runnable`]); if
+//! one is pending already, the loop goes on at once. With IF=0 the VM stops (nothing can
+//! wake it).
+
+use crate::exit::{self, Action, Exit, GuestView, RegUpdate, ResetTrigger, StopReason};
+use crate::irq::InterruptController;
+use crate::vm::VmRuntime;
+use crate::vpmu::VmPmu;
+
+/// What kind of event an injection delivers (the same classes on SVM and VMX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// An external (maskable) interrupt.
+    External,
+    /// A non-maskable interrupt (vector 2).
+    Nmi,
+    /// A hardware exception (fault, trap, abort).
+    Exception,
+    /// INT n.
+    SoftwareInterrupt,
+    /// INT3, INTO.
+    SoftwareException,
+    /// INT1 (ICEBP).
+    PrivilegedSoftwareException,
+}
+
+/// An event to inject, or one whose delivery an exit interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Event {
+    /// Its class.
+    pub kind: EventKind,
+    /// The vector.
+    pub vector: u8,
+    /// The error code, for exceptions that push one.
+    pub error_code: Option<u32>,
+    /// For software events: the length of the instruction that raised it (VMX needs it to
+    /// re-inject; SVM re-executes the instruction and ignores it).
+    pub insn_len: u8,
+}
+
+impl Event {
+    /// A hardware exception.
+    pub const fn exception(vector: u8, error_code: Option<u32>) -> Event {
+        Event {
+            kind: EventKind::Exception,
+            vector,
+            error_code,
+            insn_len: 0,
+        }
+    }
+
+    /// An external interrupt with `vector`.
+    pub const fn external(vector: u8) -> Event {
+        Event {
+            kind: EventKind::External,
+            vector,
+            error_code: None,
+            insn_len: 0,
+        }
+    }
+
+    /// An NMI.
+    pub const NMI: Event = Event {
+        kind: EventKind::Nmi,
+        vector: 2,
+        error_code: None,
+        insn_len: 0,
+    };
+}
+
+/// What holds events back in the guest right now, as the backend reads it before an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Interruptibility {
+    /// RFLAGS.IF.
+    pub interrupts_enabled: bool,
+    /// An STI or MOV SS/POP SS shadow (SVM INTERRUPT_SHADOW; VMX interruptibility bits 0-1).
+    pub shadow: bool,
+    /// The global interrupt flag (SVM: the guest's GIF; always set under VMX).
+    pub gif: bool,
+    /// NMIs blocked (VMX interruptibility bit 3; under SVM, while an NMI handler runs).
+    pub nmi_blocked: bool,
+}
+
+impl Interruptibility {
+    /// Nothing holds interrupts back: IF=1, no shadow, GIF=1, NMIs unblocked.
+    pub const OPEN: Interruptibility = Interruptibility {
+        interrupts_enabled: true,
+        shadow: false,
+        gif: true,
+        nmi_blocked: false,
+    };
+
+    /// Whether an external interrupt can be delivered at the next entry.
+    pub const fn accepts_interrupt(self) -> bool {
+        self.gif && self.interrupts_enabled && !self.shadow
+    }
+
+    /// Whether an NMI can be delivered at the next entry.
+    pub const fn accepts_nmi(self) -> bool {
+        self.gif && !self.shadow && !self.nmi_blocked
+    }
+}
+
+/// One exit as the backend read it: the neutral exit, and the event whose delivery it
+/// interrupted, which must be delivered again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Exited {
+    /// What the guest did.
+    pub exit: Exit,
+    /// SVM EXITINTINFO / VMX IDT-vectoring information, if valid.
+    pub interrupted: Option<Event>,
+}
+
+impl Exited {
+    /// An exit that interrupted no event delivery.
+    pub const fn plain(exit: Exit) -> Exited {
+        Exited {
+            exit,
+            interrupted: None,
+        }
+    }
+}
+
+/// The entry itself failed: the guest did not run. `code` is the backend's (VMX: the
+/// VM-instruction error number or a kernel code; SVM: the exit code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EntryError {
+    /// Backend-defined detail.
+    pub code: u64,
+}
+
+/// The hardware side of one vCPU: the only operations the run loop needs.
+///
+/// Calls between two entries are recorded by the backend and written at the next
+/// [`enter`](Self::enter) (VMX: VMWRITE on the CPU where the VMCS is current; SVM: the VMCB).
+pub trait VcpuBackend {
+    /// Enter the guest once and decode why it left.
+    fn enter(&mut self) -> Result<Exited, EntryError>;
+
+    /// The guest registers the exit handler reads.
+    fn view(&self) -> GuestView;
+
+    /// Continue at `rip`.
+    fn set_rip(&mut self, rip: u64);
+
+    /// Write `regs` and continue at `rip`.
+    fn apply(&mut self, rip: u64, regs: &RegUpdate);
+
+    /// Deliver `event` at the next entry (at most one per entry).
+    fn inject(&mut self, event: Event);
+
+    /// What holds events back now (read after the last exit, with what was applied since).
+    fn interruptibility(&self) -> Interruptibility;
+
+    /// Open (`true`) or close the interrupt window: with it open, the guest exits with
+    /// [`Exit::InterruptWindow`] as soon as it can take an external interrupt.
+    fn set_interrupt_window(&mut self, open: bool);
+}
+
+/// What the run loop needs from the host around the guest: the preemption checks, the vPMU's
+/// hardware backing and hooks that see every exit.
+pub trait RunHost {
+    /// Whether the burst must end after this exit (a request waits, the slice is over).
+    fn should_yield(&mut self) -> bool;
+
+    /// One entry of `vcpu`; the host may wrap it (load the guest's counters into the host PMU
+    /// when the vPMU is hardware-backed).
+    fn enter<B: VcpuBackend>(
+        &mut self,
+        vcpu: &mut B,
+        pmu: &mut VmPmu,
+    ) -> Result<Exited, EntryError> {
+        let _ = pmu;
+        vcpu.enter()
+    }
+
+    /// A first look at each exit (tracing, the benchmark's floor exit). `true`: the host
+    /// dealt with it and the loop only re-enters.
+    fn intercept<B: VcpuBackend>(&mut self, vcpu: &mut B, exit: &Exit) -> bool {
+        let _ = (vcpu, exit);
+        false
+    }
+}
+
+/// Why a burst of entries ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BurstEnd {
+    /// The entry failed; the VM should stop with [`StopReason::EntryFailed`].
+    EntryFailed {
+        /// The backend's code.
+        code: u64,
+    },
+    /// A host interrupt made the guest exit: let the host take it (interrupts on), then go on.
+    HostInterrupt,
+    /// The vCPU halted with interrupts enabled and nothing is pending for it.
+    Halted,
+    /// The VM stops.
+    Stop(StopReason),
+    /// The VM resets.
+    Reset(ResetTrigger),
+    /// [`RunHost::should_yield`] said so.
+    Yield,
+}
+
+/// Which event [`decide`] puts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Injection {
+    /// None.
+    Nothing,
+    /// This one (re-injected or asked for by the exit handler).
+    Event(Event),
+    /// The pending NMI.
+    Nmi,
+    /// The controller's pending interrupt: acknowledge it and inject what it answers.
+    Interrupt,
+}
+
+/// The injection decision before one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Decision {
+    /// What goes in.
+    pub inject: Injection,
+    /// Whether the interrupt window must be open during this entry.
+    pub window: bool,
+}
+
+/// Decide what to inject before an entry (see the module docs): `pending` is an event that
+/// must go in (interrupted or asked for), `nmi` a pending NMI, `interrupt` whether the
+/// controller has a vector pending.
+pub const fn decide(
+    state: Interruptibility,
+    pending: Option<Event>,
+    nmi: bool,
+    interrupt: bool,
+) -> Decision {
+    if let Some(ev) = pending {
+        return Decision {
+            inject: Injection::Event(ev),
+            window: interrupt,
+        };
+    }
+    if nmi && state.accepts_nmi() {
+        return Decision {
+            inject: Injection::Nmi,
+            window: interrupt,
+        };
+    }
+    if interrupt && state.accepts_interrupt() {
+        return Decision {
+            inject: Injection::Interrupt,
+            window: false,
+        };
+    }
+    Decision {
+        inject: Injection::Nothing,
+        window: interrupt,
+    }
+}
+
+/// Counters of the injection path (per vCPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InjectStats {
+    /// External interrupts injected.
+    pub interrupts: u64,
+    /// NMIs injected.
+    pub nmis: u64,
+    /// Events re-injected after an exit interrupted their delivery.
+    pub reinjected: u64,
+    /// Times the interrupt window was opened.
+    pub windows: u64,
+}
+
+/// The run loop's own state of one vCPU, beside the backend's hardware state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VcpuRun {
+    /// The event to deliver at the next entry.
+    pending: Option<Event>,
+    /// Whether `pending` came from an interrupted delivery (counted as re-injected).
+    reinjecting: bool,
+    /// An NMI taken from the controller and not delivered yet.
+    nmi: bool,
+    /// Halted (HLT with IF=1) and waiting for an interrupt.
+    halted: bool,
+    /// Whether the backend's interrupt window is open.
+    window: bool,
+    /// Counters.
+    pub stats: InjectStats,
+}
+
+impl VcpuRun {
+    /// A vCPU at reset: nothing pending, not halted, window closed (the backend's reset closes
+    /// it too). Call whenever the backend is reset.
+    pub const fn new() -> VcpuRun {
+        VcpuRun {
+            pending: None,
+            reinjecting: false,
+            nmi: false,
+            halted: false,
+            window: false,
+            stats: InjectStats {
+                interrupts: 0,
+                nmis: 0,
+                reinjected: 0,
+                windows: 0,
+            },
+        }
+    }
+
+    /// Whether the vCPU is halted (waiting for an interrupt).
+    pub const fn halted(&self) -> bool {
+        self.halted
+    }
+
+    /// The event that goes in at the next entry, if any.
+    pub const fn pending_event(&self) -> Option<Event> {
+        self.pending
+    }
+
+    /// Whether the vCPU has something to do: it is not halted, or an event, an NMI or an
+    /// external interrupt is pending for it. A halted vCPU with IF=1 waits for this (its CPU's
+    /// worker sleeps until it changes).
+    pub fn runnable<I: InterruptController>(&mut self, irq: &mut I) -> bool {
+        self.nmi |= irq.take_nmi();
+        !self.halted || self.has_work(irq)
+    }
+
+    fn has_work<I: InterruptController>(&self, irq: &I) -> bool {
+        self.pending.is_some() || self.nmi || irq.pending_vector().is_some()
+    }
+
+    /// Put the chosen event in and set the window, before an entry.
+    fn prepare<B: VcpuBackend, I: InterruptController>(&mut self, vcpu: &mut B, irq: &mut I) {
+        self.nmi |= irq.take_nmi();
+        let interrupt = irq.pending_vector().is_some();
+        // The common case on the exit path: nothing to deliver and no window to close.
+        if self.pending.is_none() && !self.nmi && !interrupt && !self.window {
+            return;
+        }
+        let d = decide(vcpu.interruptibility(), self.pending, self.nmi, interrupt);
+        let mut window = d.window;
+        match d.inject {
+            Injection::Nothing => {}
+            Injection::Event(ev) => {
+                self.pending = None;
+                if core::mem::take(&mut self.reinjecting) {
+                    self.stats.reinjected += 1;
+                }
+                vcpu.inject(ev);
+            }
+            Injection::Nmi => {
+                self.nmi = false;
+                self.stats.nmis += 1;
+                vcpu.inject(Event::NMI);
+            }
+            Injection::Interrupt => match irq.acknowledge() {
+                Some(v) => {
+                    self.stats.interrupts += 1;
+                    vcpu.inject(Event::external(v));
+                    // Another request behind this one waits for the next window.
+                    window = irq.pending_vector().is_some();
+                }
+                None => window = false,
+            },
+        }
+        if window != self.window {
+            self.window = window;
+            if window {
+                self.stats.windows += 1;
+            }
+            vcpu.set_interrupt_window(window);
+        }
+    }
+
+    /// Enter the guest again and again while its exits need only register updates or
+    /// injections: the hot path of a VM exit. Allocates nothing. Each exit goes to the host's
+    /// hook, then the vPMU, then [`exit::handle`]; the action is applied here.
+    pub fn burst<B, I, H>(
+        &mut self,
+        vcpu: &mut B,
+        rt: &mut VmRuntime,
+        irq: &mut I,
+        host: &mut H,
+    ) -> BurstEnd
+    where
+        B: VcpuBackend,
+        I: InterruptController,
+        H: RunHost,
+    {
+        loop {
+            if self.halted {
+                self.nmi |= irq.take_nmi();
+                if !self.has_work(irq) {
+                    return BurstEnd::Halted;
+                }
+                self.halted = false;
+            }
+            self.prepare(vcpu, irq);
+            let exited = match host.enter(vcpu, &mut rt.pmu) {
+                Ok(e) => e,
+                Err(e) => return BurstEnd::EntryFailed { code: e.code },
+            };
+            // Delivered again at the next entry, unless the handler injects another event.
+            self.pending = exited.interrupted;
+            self.reinjecting = exited.interrupted.is_some();
+            let exit = exited.exit;
+            if !host.intercept(vcpu, &exit) {
+                let action = match rt.pmu.handle_exit(&exit) {
+                    Some(a) => {
+                        rt.stats.exits.record(exit.kind());
+                        a
+                    }
+                    None => exit::handle(&exit, &vcpu.view(), rt),
+                };
+                match action {
+                    Action::Resume => {}
+                    Action::ResumeAt { rip } => vcpu.set_rip(rip),
+                    Action::ResumeWith { rip, regs } => vcpu.apply(rip, &regs),
+                    Action::InjectException { vector, error_code } => {
+                        self.pending = Some(Event::exception(vector, error_code));
+                        self.reinjecting = false;
+                    }
+                    Action::Halt { rip } => {
+                        vcpu.set_rip(rip);
+                        self.halted = true;
+                    }
+                    Action::Stop(reason) => return BurstEnd::Stop(reason),
+                    Action::Reset(trigger) => return BurstEnd::Reset(trigger),
+                }
+                if matches!(exit, Exit::ExternalInterrupt) {
+                    return BurstEnd::HostInterrupt;
+                }
+                if self.halted {
+                    self.nmi |= irq.take_nmi();
+                    if !self.has_work(irq) {
+                        return BurstEnd::Halted;
+                    }
+                }
+            }
+            if host.should_yield() {
+                return BurstEnd::Yield;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
