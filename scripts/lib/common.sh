@@ -70,7 +70,10 @@ build_image() {
     for pkg in hermitage-boot hermitage; do
         local feat=()
         [ "$pkg" = hermitage ] && [ -n "$features" ] && feat=(--features "$features")
-        (cd "$ROOT" && RUSTFLAGS="-Zmutable-noalias=no" cargo +"$TOOLCHAIN" build --release --locked \
+        # Hermit logs its boot arguments and the whole device tree at level info, and with them
+        # an api_token= passed on the command line: keep its log at warnings and errors
+        # (read at compile time by hermit-kernel's logging.rs).
+        (cd "$ROOT" && HERMIT_LOG_LEVEL_FILTER=warn RUSTFLAGS="-Zmutable-noalias=no" cargo +"$TOOLCHAIN" build --release --locked \
             --target "$TARGET" -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem \
             -p "$pkg" "${feat[@]}" ${CARGO_QUIET:+--quiet})
     done
