@@ -111,3 +111,18 @@ qemu_args() {
     [ -z "${HERMITAGE_QEMU_EXTRA:-}" ] || printf '%s\n' ${HERMITAGE_QEMU_EXTRA}
     [ "$reboot" = 1 ] || printf '%s\n' -no-reboot
 }
+
+# The third-party API tools of the hostile suite, in a venv under target/ (pip from PyPI):
+# openapi-spec-validator checks net/openapi.yaml against the OpenAPI 3.0 schema; schemathesis
+# drives the booted image from the document. Versions pinned; prints the venv's bin directory.
+API_TOOLS="$ROOT/target/api-tools"
+ensure_api_tools() {
+    local want="openapi-spec-validator==0.9.0 schemathesis==4.32.5"
+    if [ ! -f "$API_TOOLS/.installed" ] || [ "$(cat "$API_TOOLS/.installed")" != "$want" ]; then
+        python3 -m venv "$API_TOOLS" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$API_TOOLS"; }
+        log "installing $want (pip, into target/api-tools)"
+        "$API_TOOLS/bin/pip" install -q $want >&2
+        echo "$want" >"$API_TOOLS/.installed"
+    fi
+    echo "$API_TOOLS/bin"
+}
