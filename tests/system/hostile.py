@@ -32,6 +32,8 @@ AUTH_APPEND = f"api_token={TOKEN} http_max_conns={MAX_CONNS} http_idle_ms={IDLE_
               "http_max_upload_bytes=65536"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"
 
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
 # Requests checked so far (the suite asserts at least 200 in all).
 CHECKED = [0]
 
@@ -709,9 +711,39 @@ def test_issue18_token_never_on_the_console():
         os.unlink(path)
 
 
+def readme_vm_block():
+    """The README's "### VMs" example block, as written."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    m = re.search(r"^### VMs\n.*?```sh\n(.*?)```", text, re.S | re.M)
+    assert m, "no sh block under ### VMs"
+    return m.group(1)
+
+
+def test_readme_vm_examples_run_in_order():
+    """Item 8: the README's VM examples, run as written and in order, all succeed: the block is
+    one bash script, with `curl` wrapped to fail on any 4xx/5xx."""
+    import subprocess
+    import tempfile
+    block = readme_vm_block()
+    assert "pause" in block and "guest-elf" in block, block
+    wrapper = (
+        "set -e\n"
+        "curl() { local code; code=$(command curl -sS -o /dev/null -w '%{http_code}' \"$@\");"
+        " code=${code: -3}; echo \"$code curl $*\"; sleep 0.3; [ \"$code\" -lt 400 ]; }\n")
+    with Endpoint(None, "", smp=2) as ep, tempfile.TemporaryDirectory() as tmp:
+        os.symlink(os.path.join(ROOT, "scripts"), os.path.join(tmp, "scripts"))
+        env = dict(os.environ, H=f"http://{ep.host}:{ep.port}")
+        p = subprocess.run(["bash", "-c", wrapper + block], cwd=tmp, env=env, capture_output=True,
+                           text=True, timeout=600)
+        lines = [l for l in p.stdout.splitlines() if " curl " in l]
+        CHECKED[0] += len(lines)
+        assert p.returncode == 0, f"{p.stdout[-3000:]}{p.stderr[-2000:]}\n{ep.context()}"
+        assert len(lines) >= 18, p.stdout
+
+
 # --- third-party tools: an OpenAPI validator and schemathesis -----------------------------------
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OPENAPI = os.path.join(ROOT, "net", "openapi.yaml")
 
 
@@ -803,6 +835,7 @@ def test_hostile_with_token_and_tight_limits():
 
 TESTS = [test_hostile_without_token, test_hostile_with_token_and_tight_limits,
          test_issue18_api_as_a_new_user, test_issue18_token_never_on_the_console,
+         test_readme_vm_examples_run_in_order,
          test_openapi_document_is_valid_openapi_3_0, test_schemathesis_against_the_booted_image]
 
 if __name__ == "__main__":
