@@ -401,9 +401,7 @@ fn run<B: Backend + ?Sized>(
 /// names no built-in image (`"nope"`): 400 `unknown_image` either way, as the spec's enum says.
 fn image_error(e: crate::body::BodyError) -> ApiError {
     match e {
-        crate::body::BodyError::Invalid { field: "image", .. } => {
-            ApiError::Vm(VmError::UnknownImage)
-        }
+        crate::body::BodyError::UnknownImage => ApiError::Vm(VmError::UnknownImage),
         e => ApiError::Body(e),
     }
 }

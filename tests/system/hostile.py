@@ -252,7 +252,7 @@ def cases_truncated(ep):
     expect_clean_close_or_error(ep, b"\r\n\r\n")
 
 
-def cases_oversized(ep, head_limit=8192, body_limit=65536, upload_limit=4 << 20, auth=""):
+def cases_oversized(ep, head_limit=8192, body_limit=65536, upload_limit=16 << 20, auth=""):
     # A head over the limit: 431 and close, without waiting for more.
     expect(ep, b"GET /v1/health HTTP/1.1\r\nX-Big: " + b"a" * (head_limit + 10) + b"\r\n\r\n",
            431, "headers_too_large", closes=True)
