@@ -1,5 +1,6 @@
 //! Everything that only makes sense on the bare machine.
 
+mod fwcfg;
 mod heap;
 mod serial;
 mod start;
@@ -90,8 +91,32 @@ fn boot(magic: u32, multiboot_info: u32) -> Result<core::convert::Infallible, Bo
         .unwrap_or_default();
     let name = info.boot_loader_name.map(|addr| read_cstr(u64::from(addr)));
     let args = multiboot::kernel_args(&cmdline, name.as_deref());
-    let args: &'static str = String::from(args).leak();
-    println!("hermitage-boot: started by {name:?} with {cmdline:?}, kernel arguments {args:?}");
+    // A token in a fw_cfg file (`scripts/run --token-file`) joins the kernel's arguments: it
+    // never was on QEMU's command line, where `ps` shows it to everyone.
+    let token = fwcfg::read_file(hermitage_boot::fwcfg::TOKEN_FILE, 4096);
+    let args = match token.as_deref().map(multiboot::token_from_file) {
+        Some(Some(t)) => {
+            println!(
+                "hermitage-boot: api token from fw_cfg {}",
+                hermitage_boot::fwcfg::TOKEN_FILE
+            );
+            multiboot::with_token(args, t)
+        }
+        Some(None) => {
+            println!(
+                "hermitage-boot: fw_cfg {} is no valid token; ignored",
+                hermitage_boot::fwcfg::TOKEN_FILE
+            );
+            String::from(args)
+        }
+        None => String::from(args),
+    };
+    let args: &'static str = args.leak();
+    println!(
+        "hermitage-boot: started by {name:?} with {:?}, kernel arguments {:?}",
+        multiboot::redacted(&cmdline),
+        multiboot::redacted(args)
+    );
     let ram: Vec<Range<u64>> = {
         let (addr, len) = info.memory_map.ok_or(BootError::NoMemoryMap)?;
         // SAFETY: the boot loader placed the memory map there; nothing writes it before this copy.

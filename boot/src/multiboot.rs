@@ -99,9 +99,102 @@ pub fn kernel_args<'a>(cmdline: &'a str, boot_loader_name: Option<&str>) -> &'a 
     }
 }
 
+/// `line` as it may be printed: the value of every `api_token=` word replaced by
+/// `<redacted>`, the rest (spacing included) unchanged. The serial console ends up in files
+/// and CI logs; the token must not.
+pub fn redacted(line: &str) -> alloc::string::String {
+    const KEY: &str = "api_token=";
+    let mut out = alloc::string::String::with_capacity(line.len());
+    let mut rest = line;
+    while !rest.is_empty() {
+        let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at(word_end);
+        if word.starts_with(KEY) {
+            out.push_str(KEY);
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(word);
+        }
+        let space_end = tail
+            .find(|c: char| !c.is_whitespace())
+            .unwrap_or(tail.len());
+        out.push_str(&tail[..space_end]);
+        rest = &tail[space_end..];
+    }
+    out
+}
+
+/// The kernel arguments with `api_token=TOKEN` added among our words (after `--`, Hermit's
+/// separator, which is added when missing): how a token read from QEMU's fw_cfg reaches the
+/// kernel without ever being on QEMU's command line.
+pub fn with_token(args: &str, token: &str) -> alloc::string::String {
+    let has_separator = args.split_whitespace().any(|w| w == "--");
+    let sep = if has_separator { "" } else { " --" };
+    let lead = if args.is_empty() { "" } else { args };
+    alloc::format!("{lead}{sep} api_token={token}")
+        .trim_start()
+        .into()
+}
+
+/// Whether `bytes` (a token file, a trailing newline allowed) is a token to pass on: 1 to 128
+/// bytes of `A-Z a-z 0-9 - . _ ~ + /`, then `=`s (RFC 6750 §2.1, as `hv::config` checks it
+/// again). Returns it without the newline.
+pub fn token_from_file(bytes: &[u8]) -> Option<&str> {
+    let t = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let t = t.strip_suffix(b"\r").unwrap_or(t);
+    let body_len = t.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
+    let ok = (1..=128).contains(&body_len)
+        && t[..body_len]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(b));
+    ok.then(|| core::str::from_utf8(t).ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_hides_the_token_and_nothing_else() {
+        assert_eq!(
+            redacted("/boot/loader -- api_token=s3cr3t  vm=hello"),
+            "/boot/loader -- api_token=<redacted>  vm=hello"
+        );
+        assert_eq!(redacted("api_token=x"), "api_token=<redacted>");
+        assert_eq!(redacted("-- port=1 "), "-- port=1 ");
+        assert_eq!(redacted(""), "");
+        assert!(!redacted("a api_token=abc b").contains("abc"));
+    }
+
+    #[test]
+    fn token_joins_our_words() {
+        assert_eq!(
+            with_token("-- vm=hello", "t0k"),
+            "-- vm=hello api_token=t0k"
+        );
+        assert_eq!(with_token("", "t0k"), "-- api_token=t0k");
+        assert_eq!(with_token("-freq 2000", "t"), "-freq 2000 -- api_token=t");
+    }
+
+    #[test]
+    fn token_files() {
+        assert_eq!(token_from_file(b"abc-._~+/=="), Some("abc-._~+/=="));
+        assert_eq!(token_from_file(b"abc\n"), Some("abc"));
+        assert_eq!(token_from_file(b"abc\r\n"), Some("abc"));
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"===",
+            b"a b",
+            b"a\nb",
+            b"a=b",
+            &[b'a'; 129],
+            b"\xff",
+        ] {
+            assert_eq!(token_from_file(bad), None, "{bad:?}");
+        }
+        assert!(token_from_file(&[b'a'; 128]).is_some());
+    }
 
     #[test]
     fn info_respects_flags() {

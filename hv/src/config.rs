@@ -19,8 +19,8 @@
 //! | `http_max_headers=N`      | most header fields in a request, 1..=64 (more: 431) | `32`     |
 //! | `http_max_head_bytes=N`   | most bytes in a request head, 256..=65536 (more: 431) | `8192` |
 //! | `http_max_body_bytes=N`   | most bytes in a JSON request body, 0..=1048576 (more: 413) | `65536` |
-//! | `http_max_upload_bytes=N` | most bytes in an image upload, 0..=67108864 (more: 413) | `4194304` |
-//! | `http_max_conns=N`        | most open API connections, 1..=1024 (more: 503, then closed) | `16` |
+//! | `http_max_upload_bytes=N` | most bytes in an image upload, 0..=67108864 (more: 413) | `16777216` |
+//! | `http_max_conns=N`        | most open API connections, 1..=1024 (more: 503 with `Retry-After`, then closed) | `64` |
 //! | `http_idle_ms=N`          | close an API connection idle this long, 100..=3600000 ms (408) | `30000` |
 //!
 //! The `http_*` values are `None` in [`BootConfig`] when not given; the `net` crate's

@@ -18,12 +18,27 @@ use crate::virt::{EndpointCpu, PerCpuBackend, layer};
 static FEATURES: OnceCell<HostFeatures> = OnceCell::new();
 /// Heap free for guests right after boot: `memory.total_bytes` of `GET /v1/host`.
 static HEAP_AT_BOOT: OnceCell<u64> = OnceCell::new();
+/// The monotonic clock at our entry point, in µs: `uptime_ms` counts from this boot. Hermit's
+/// clock keeps counting across a machine reset (the TSC is not reset under QEMU), so a
+/// reboot through `POST /v1/host/reboot` would otherwise report the time since power-on.
+static BOOTED_AT_US: OnceCell<u64> = OnceCell::new();
 /// The most heap `GET /v1/host` probes for (the probe allocates and frees in 2 MiB steps).
 const HEAP_PROBE_LIMIT: usize = 64 << 30;
 
 /// Record the boot CPU's features for the API.
 pub fn features() -> Option<HostFeatures> {
     FEATURES.get().copied()
+}
+
+/// Mark the start of this boot (call first thing at the entry point).
+pub fn mark_boot() {
+    let _ = BOOTED_AT_US.set(crate::hw::monotonic_micros());
+}
+
+/// Milliseconds since [`mark_boot`].
+fn uptime_ms() -> u64 {
+    let since = BOOTED_AT_US.get().copied().unwrap_or(0);
+    crate::hw::monotonic_micros().saturating_sub(since) / 1000
 }
 
 pub fn init(features: HostFeatures) {
@@ -197,7 +212,7 @@ impl Backend for Hypervisor {
         let mut h = HostInfo::new(features, tdx_info());
         h.memory_total_bytes = HEAP_AT_BOOT.get().copied().unwrap_or(0);
         h.memory_free_bytes = crate::hw::probe_free_heap(HEAP_PROBE_LIMIT) as u64;
-        h.uptime_ms = crate::hw::monotonic_micros() / 1000;
+        h.uptime_ms = uptime_ms();
         h.cpus = cpus::count() as u32;
         h.vms = crate::vms::count() as u32;
         h
@@ -217,15 +232,36 @@ impl Backend for Hypervisor {
         pmu: hv::vpmu::PmuConfig,
         start: bool,
     ) -> Result<VmInfo, VmError> {
+        // Create and start are one operation: what cannot start is refused before anything
+        // exists (an `uploaded` VM has no image yet), and a start that fails anyway undoes
+        // the create, so a failed request leaves nothing behind.
+        if start && config.image == hv::vm::ImageRef::Uploaded {
+            return Err(VmError::NoImage {
+                event: hv::vm::VmEvent::Start,
+            });
+        }
         let id = crate::vms::create(config, pmu, None).map_err(vm_error)?;
         if start {
-            crate::vms::event(id, hv::vm::VmEvent::Start).map_err(vm_error)?;
+            if let Err(e) = crate::vms::event(id, hv::vm::VmEvent::Start) {
+                // A created VM can always be deleted; should that fail, say so.
+                if crate::vms::delete(id).is_err() {
+                    println!("hermitage: vm {id}: start failed and the create could not be undone");
+                }
+                return Err(vm_error(e));
+            }
         }
         self.vm(id)
     }
 
     fn vm_action(&mut self, id: u32, action: VmAction) -> Result<VmInfo, VmError> {
-        crate::vms::event(id, action.event()).map_err(vm_error)?;
+        let event = action.event();
+        // Start and reset load the image: without one that is the VM's state, not the request.
+        if matches!(event, hv::vm::VmEvent::Start | hv::vm::VmEvent::Reset(_))
+            && !crate::vms::has_image(id).map_err(vm_error)?
+        {
+            return Err(VmError::NoImage { event });
+        }
+        crate::vms::event(id, event).map_err(vm_error)?;
         self.vm(id)
     }
 
@@ -245,8 +281,23 @@ impl Backend for Hypervisor {
         crate::vms::pmu(id).map_err(vm_error)
     }
 
+    fn vm_upload_allowed(&self, id: u32) -> Result<(), VmError> {
+        use hv::vm::VmState;
+        match crate::vms::view(id).map_err(vm_error)?.summary.state {
+            from @ (VmState::Running | VmState::Paused) => Err(VmError::UploadWhile { from }),
+            _ => Ok(()),
+        }
+    }
+
     fn vm_image(&mut self, id: u32, image: &[u8]) -> Result<VmInfo, VmError> {
-        crate::vms::upload(id, image.to_vec()).map_err(vm_error)?;
+        self.vm_upload_allowed(id)?;
+        crate::vms::upload(id, image.to_vec()).map_err(|e| match e {
+            // Started meanwhile: the same answer as from the head.
+            crate::vms::VmError::State(hv::vm::TransitionError::WrongState { from, .. }) => {
+                VmError::UploadWhile { from }
+            }
+            e => vm_error(e),
+        })?;
         self.vm(id)
     }
 

@@ -33,11 +33,14 @@ fn args(argc: i32, argv: *const *const u8) -> Vec<String> {
 
 #[unsafe(no_mangle)]
 extern "C" fn runtime_entry(argc: i32, argv: *const *const u8, _env: *const *const u8) -> ! {
+    backend::mark_boot();
     let args = args(argc, argv);
+    // Never the token itself on the console: `api_token=<redacted>`.
+    let shown: Vec<&str> = args.iter().map(|a| net::auth::redact(a)).collect();
     println!(
         "hermitage {} starting: args={:?}",
         env!("CARGO_PKG_VERSION"),
-        args
+        shown
     );
     let config = match hv::config::BootConfig::parse(args.iter().map(String::as_str)) {
         Ok(c) => c,

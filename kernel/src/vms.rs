@@ -774,3 +774,12 @@ pub fn start_from_cmdline<'a>(names: impl Iterator<Item = &'a str>, pmu: PmuConf
         }
     }
 }
+
+/// Whether VM `id` has an image to load: a built-in one, or an upload for an `uploaded` VM.
+/// The endpoint asks before a start or reset, so that one without an image is a state error
+/// (409) and not a failed load (issue 18).
+pub fn has_image(id: u32) -> Result<bool, VmError> {
+    let vm = find(id).ok_or(VmError::NotFound)?;
+    let g = lock(&vm);
+    Ok(image_of(&g.config, g.uploaded.as_deref()).is_some())
+}

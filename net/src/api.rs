@@ -284,10 +284,20 @@ pub trait Backend {
 
     /// `PUT /v1/vms/{id}/image`: check `image` (a Multiboot ELF32; `BadImage(reason)` if
     /// refused, VM unchanged), keep a copy as the VM's image (`image` becomes `"uploaded"`)
-    /// and load it at the next start or reset. Refused with `InvalidState` while the VM runs.
+    /// and load it at the next start or reset. Refused with `UploadWhile` while the VM runs.
     fn vm_image(&mut self, id: u32, image: &[u8]) -> Result<VmInfo, VmError> {
         let _ = (id, image);
         Err(VmError::Unsupported(NO_VMS))
+    }
+
+    /// Whether VM `id` may take an image upload now, asked from the head of `PUT
+    /// /v1/vms/{id}/image` before its body is read: `Err(NotFound)`, `Err(UploadWhile)` (it
+    /// runs) and the like are answered at once and the connection closed, so that a client
+    /// does not send megabytes to be refused. The default allows every upload
+    /// ([`Backend::vm_image`] still judges it).
+    fn vm_upload_allowed(&self, id: u32) -> Result<(), VmError> {
+        let _ = id;
+        Ok(())
     }
 }
 
@@ -436,6 +446,19 @@ pub enum VmError {
     /// An uploaded image was refused (the Multiboot loader's reason as the message): 400
     /// `bad_image`. The VM is unchanged.
     BadImage(&'static str),
+    /// Start or reset of an `uploaded` VM that has no image yet (`event`: the refused one):
+    /// 409 `invalid_state`, "cannot start a VM that has no image yet; upload one first".
+    NoImage {
+        /// The refused event (start, reset).
+        event: hv::vm::VmEvent,
+    },
+    /// An image upload to a VM that runs or is paused: 409 `invalid_state`, "cannot upload an
+    /// image to a VM that is running; stop it first". Refused from the request head, before
+    /// the body is read ([`Backend::vm_upload_allowed`]).
+    UploadWhile {
+        /// The state the VM is in.
+        from: hv::vm::VmState,
+    },
     /// The command was tried and failed on the way: 500 `vm_failed`, the words as the message.
     Failed(&'static str),
 }

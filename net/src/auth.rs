@@ -15,6 +15,20 @@
 
 use hv::config::ApiToken;
 
+/// The command-line key of the token ([`hv::config`]).
+const TOKEN_KEY: &str = "api_token=";
+
+/// A command-line word as it may be logged: `api_token=<redacted>` for the token, the word
+/// itself otherwise. Every line that echoes the command line goes through this (the serial
+/// console is often captured to files and CI logs).
+pub fn redact(word: &str) -> &str {
+    if word.starts_with(TOKEN_KEY) {
+        "api_token=<redacted>"
+    } else {
+        word
+    }
+}
+
 /// The scheme, compared without regard to case (RFC 9110 §11.1).
 const SCHEME: &str = "Bearer";
 
@@ -85,5 +99,14 @@ mod tests {
         assert!(!ct_eq(b"a", b"ab"));
         assert!(ct_eq(b"\0\xff", b"\0\xff"));
         assert!(!ct_eq(b"\0", b"\xff"));
+    }
+
+    #[test]
+    fn redact_hides_only_the_token() {
+        assert_eq!(redact("api_token=s3cret"), "api_token=<redacted>");
+        assert_eq!(redact("api_token="), "api_token=<redacted>");
+        for kept in ["vm=hello", "port=8080", "xapi_token=a", "api_tokens", "--"] {
+            assert_eq!(redact(kept), kept);
+        }
     }
 }

@@ -69,6 +69,9 @@ pub enum BodyError {
     },
     /// A field sent twice.
     Duplicate(&'static str),
+    /// `image` is a string but names no image (not even a valid name: `""`, `"../x"`): the
+    /// server answers it as the backend's 400 `unknown_image`, like `"nope"`.
+    UnknownImage,
     /// A field with a wrong type or value; `expected` says what would do.
     Invalid {
         /// The field.
@@ -97,6 +100,7 @@ impl BodyError {
     pub fn field(&self) -> &'static str {
         match *self {
             BodyError::Syntax => "",
+            BodyError::UnknownImage => "image",
             BodyError::Missing(f) | BodyError::Duplicate(f) => f,
             BodyError::Invalid { field, .. } | BodyError::NotForVendor { field, .. } => field,
             BodyError::Unknown { prefix, .. } => prefix,
@@ -112,6 +116,7 @@ impl fmt::Display for BodyError {
             BodyError::Missing(field) => write!(f, "{field}: required"),
             BodyError::Unknown { prefix, key } => write!(f, "{prefix}{key}: unknown field"),
             BodyError::Duplicate(field) => write!(f, "{field}: given twice"),
+            BodyError::UnknownImage => f.write_str("image: no built-in image has that name"),
             BodyError::Invalid { field, expected } => write!(f, "{field}: expected {expected}"),
             BodyError::NotForVendor { field, vendor } => {
                 write!(f, "{field}: not a field of a {vendor} PMU")
@@ -459,6 +464,7 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
         };
         let mut config = match VmConfig::new(&name.0, &image.0, memory_mib) {
             Ok(c) => c,
+            Err(VmConfigError::Image) => return fail(diag, BodyError::UnknownImage),
             Err(e) => return invalid(diag, e),
         };
         if let Some(Some(c)) = cpu {
@@ -773,7 +779,7 @@ mod tests {
             (r#"{"image":"hello"}"#, "name: required"),
             (r#"{"name":"a"}"#, "image: required"),
             (r#"{"name":"A","image":"hello"}"#, "name: expected"),
-            (r#"{"name":"a","image":"../x"}"#, "image: expected"),
+            (r#"{"name":"a","image":"../x"}"#, "image: no built-in image"),
             (
                 r#"{"name":"a","image":"hello","memory_mib":0}"#,
                 "memory_mib: expected an integer from 1 to 1024",

@@ -100,9 +100,13 @@ impl ApiError {
             | ApiError::Vm(
                 VmError::UnknownImage | VmError::Unsupported(_) | VmError::BadImage(_),
             ) => Status::BadRequest,
-            ApiError::Vm(VmError::InvalidState { .. } | VmError::NameTaken | VmError::TooMany) => {
-                Status::Conflict
-            }
+            ApiError::Vm(
+                VmError::InvalidState { .. }
+                | VmError::NoImage { .. }
+                | VmError::UploadWhile { .. }
+                | VmError::NameTaken
+                | VmError::TooMany,
+            ) => Status::Conflict,
             ApiError::Vm(VmError::NoMemory) => Status::InsufficientStorage,
             ApiError::Vm(VmError::Failed(_)) => Status::InternalServerError,
             ApiError::UnsupportedMediaType(_) => Status::UnsupportedMediaType,
@@ -140,7 +144,9 @@ impl ApiError {
             ApiError::Cpu(CpuError::Failed(_)) => "cpu_failed",
             ApiError::Vm(e) => match e {
                 VmError::NotFound => "vm_not_found",
-                VmError::InvalidState { .. } => "invalid_state",
+                VmError::InvalidState { .. }
+                | VmError::NoImage { .. }
+                | VmError::UploadWhile { .. } => "invalid_state",
                 VmError::NameTaken => "name_taken",
                 VmError::TooMany => "too_many_vms",
                 VmError::NoMemory => "insufficient_storage",
@@ -311,6 +317,16 @@ impl fmt::Display for Message<'_, '_> {
                 VmError::InvalidState { from, event } => {
                     hv::vm::TransitionError::WrongState { from, event }.fmt(f)
                 }
+                VmError::NoImage { event } => write!(
+                    f,
+                    "cannot {} a VM that has no image yet; upload one first (PUT /v1/vms/{{id}}/image)",
+                    event.as_str()
+                ),
+                VmError::UploadWhile { from } => write!(
+                    f,
+                    "cannot upload an image to a VM that is {}; stop it first",
+                    from.as_str()
+                ),
                 VmError::NameTaken => f.write_str("a vm with that name exists"),
                 VmError::TooMany => f.write_str("no room for another vm"),
                 VmError::NoMemory => f.write_str("not enough free memory for the vm"),

@@ -22,16 +22,21 @@
 //! * Every malformed or over-limit request yields one [`ParseError`], to be answered with its
 //!   status (400, 411, 413, 431, 501, 505), after which the connection is closed: once framing
 //!   is in doubt nothing after it can be trusted.
-//! * Not supported (yet): `Expect: 100-continue` (curl only sends it for bodies over 1 KiB and
-//!   then sends the body anyway after a second), `HEAD`, absolute-form targets, percent-decoding.
+//! * `Expect: 100-continue` is answered with `100 Continue` once the head passed every check
+//!   (limits, the token, and for an upload whether the VM can take one), and with the final
+//!   error status instead when it did not (RFC 9110 §10.1.1).
+//! * Not supported (yet): `HEAD`, absolute-form targets, percent-decoding.
 //!
 //! * Bodies have two limits: [`Limits::max_body_bytes`] for every route but the image upload
-//!   (JSON documents, 64 KiB), and [`Limits::max_upload_bytes`] (4 MiB) for the routes whose
+//!   (JSON documents, 64 KiB), and [`Limits::max_upload_bytes`] (16 MiB) for the routes whose
 //!   [`crate::router::BodyKind`] is `Upload`. Which one applies is decided from the request
 //!   head, before any of the body is buffered: an oversized `Content-Length` is answered 413 at
-//!   once.
+//!   once. An upload head that passed these checks is offered once to the caller
+//!   ([`Conn::take_upload_check`]), which refuses it at once when the VM cannot take an image
+//!   now ([`crate::Backend::vm_upload_allowed`]): again before the body is buffered.
 //!
-//! Memory: a [`Conn`] allocates its input buffer once, `max_head_bytes + max_body_bytes` long.
+//! Memory: a [`Conn`] allocates its input buffer when its first bytes arrive,
+//! `max_head_bytes + max_body_bytes` long, and gives it back on [`Conn::reset`].
 //! It grows past that only while the request at the front is an upload whose head has been
 //! parsed and accepted, to exactly that request's size, and shrinks back once it is answered:
 //! an idle connection never holds an upload-sized buffer, and neither does one that only sends
@@ -64,7 +69,8 @@ pub struct Limits {
     /// Most bytes in a request body, as announced by `Content-Length` (default 64 KiB). More: 413.
     /// Applies to every route but uploads.
     pub max_body_bytes: usize,
-    /// Most bytes in an upload body (`PUT /v1/vms/{id}/image`; default 4 MiB). More: 413.
+    /// Most bytes in an upload body (`PUT /v1/vms/{id}/image`; default 16 MiB: a Linux bzImage
+    /// of ~8 MiB and an initramfs fit). More: 413.
     pub max_upload_bytes: usize,
     /// Most bytes in one response, head included (default 256 KiB). A reply that would not fit
     /// is replaced by a `500 response_too_large` error. [`crate::serve`] also stops answering
@@ -73,13 +79,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The documented defaults: 32 headers, 8 KiB head, 64 KiB body, 4 MiB upload, 256 KiB
+    /// The documented defaults: 32 headers, 8 KiB head, 64 KiB body, 16 MiB upload, 256 KiB
     /// response.
     pub const DEFAULT: Limits = Limits {
         max_headers: 32,
         max_head_bytes: 8 * 1024,
         max_body_bytes: 64 * 1024,
-        max_upload_bytes: 4 * 1024 * 1024,
+        max_upload_bytes: 16 * 1024 * 1024,
         max_response_bytes: 256 * 1024,
     };
 
@@ -480,6 +486,12 @@ pub struct Conn {
     continue_due: bool,
     /// 100 Continue was reported for the request at the front: once per request.
     continued: bool,
+    /// The request at the front is an upload (with the token, if one is configured) whose head
+    /// is in and whose body is not: where its path is in `buf[consumed..]`, until
+    /// [`Conn::take_upload_check`] hands it out.
+    upload_due: Option<HeadSpans>,
+    /// The upload at the front was handed out: once per request.
+    upload_offered: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -501,25 +513,59 @@ impl Conn {
     pub fn with_token(limits: Limits, token: Option<ApiToken>) -> Conn {
         Conn {
             limits,
-            buf: Vec::with_capacity(limits.buffer_capacity()),
+            buf: Vec::new(),
             consumed: 0,
             want: 0,
             token,
             state: State::Open,
             continue_due: false,
             continued: false,
+            upload_due: None,
+            upload_offered: false,
         }
     }
 
-    /// Makes this a fresh connection again, keeping the buffer (for connection pools).
+    /// Makes this a fresh connection again (for connection pools), giving its buffer back: an
+    /// idle connection holds no memory.
     pub fn reset(&mut self) {
-        self.buf.clear();
-        self.buf.shrink_to(self.limits.buffer_capacity());
+        self.buf = Vec::new();
         self.consumed = 0;
         self.want = 0;
         self.state = State::Open;
         self.continue_due = false;
         self.continued = false;
+        self.upload_due = None;
+        self.upload_offered = false;
+    }
+
+    /// The head of an upload whose body is still to come, once per request: the caller may
+    /// refuse it now ([`crate::Backend::vm_upload_allowed`]) and [`Conn::close`] the
+    /// connection rather than receive the body. Offered only when the head passed every check
+    /// of this layer, the token included.
+    pub fn take_upload_check(&mut self) -> Option<UploadHead<'_>> {
+        let spans = self.upload_due.take()?;
+        let input = self.buf.get(self.consumed..)?;
+        let text = |(start, len): (usize, usize)| {
+            core::str::from_utf8(input.get(start..start + len)?).ok()
+        };
+        Some(UploadHead {
+            path: text(spans.path)?,
+            content_type: match spans.content_type {
+                Some(span) => Some(text(span)?),
+                None => None,
+            },
+        })
+    }
+
+    /// Stops reading: the caller answered the request at the front itself (and closes the
+    /// connection once that answer is sent). Bytes fed from now on are dropped.
+    pub fn close(&mut self) {
+        self.state = State::Closed;
+        self.buf = Vec::new();
+        self.consumed = 0;
+        self.want = 0;
+        self.continue_due = false;
+        self.upload_due = None;
     }
 
     /// Whether to send `HTTP/1.1 100 Continue` now: the request at the front carries
@@ -562,6 +608,9 @@ impl Conn {
             // Give back what an upload took.
             self.buf.shrink_to(self.limits.buffer_capacity());
         }
+        if self.buf.capacity() == 0 && !bytes.is_empty() {
+            self.buf.reserve_exact(self.limits.buffer_capacity());
+        }
         let room = self
             .limits
             .buffer_capacity()
@@ -588,15 +637,21 @@ impl Conn {
                 self.want = 0;
                 self.continue_due = false;
                 self.continued = false;
+                self.upload_due = None;
+                self.upload_offered = false;
                 if !req.keep_alive {
                     self.state = State::Closed;
                 }
                 Next::Request(req)
             }
-            Ok(Parsed::Need(total, expect_continue)) => {
+            Ok(Parsed::Need(total, expect_continue, upload)) => {
                 if expect_continue && !self.continued {
                     self.continue_due = true;
                     self.continued = true;
+                }
+                if upload.is_some() && !self.upload_offered {
+                    self.upload_due = upload;
+                    self.upload_offered = true;
                 }
                 // Beyond the default buffer only for a request whose head was accepted.
                 self.want = if total > limits.buffer_capacity() {
@@ -614,13 +669,30 @@ impl Conn {
     }
 }
 
+/// The head of an upload whose body has not all arrived ([`Conn::take_upload_check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadHead<'a> {
+    /// The path of the target (the method is `PUT`).
+    pub path: &'a str,
+    /// The `Content-Type` header, if sent.
+    pub content_type: Option<&'a str>,
+}
+
+/// Where an upload head's path and content type are in the input: (start, length).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeadSpans {
+    path: (usize, usize),
+    content_type: Option<(usize, usize)>,
+}
+
 /// What [`parse`] found at the front of the input.
 enum Parsed<'a> {
     /// A request and how many bytes it spans.
     Done(Request<'a>, usize),
     /// More bytes are needed: the request's total size when its head is complete, else 0;
-    /// and whether that head asked for `Expect: 100-continue`.
-    Need(usize, bool),
+    /// whether that head asked for `Expect: 100-continue`; and, for an upload whose body is to
+    /// come from a client that may send it, where its path is in the input (start, length).
+    Need(usize, bool, Option<HeadSpans>),
 }
 
 /// Parses one request from the front of `input`.
@@ -638,7 +710,7 @@ fn parse<'a>(
     let head_len = match head.parse(window) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if full => return Err(ParseError::HeadTooLarge),
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Need(0, false)),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Need(0, false, None)),
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
         // httparse reports any unexpected byte in the version as soon as it sees it; wait for
         // the whole request line to tell `HTTP/2.0` (505) from garbage (400).
@@ -646,7 +718,7 @@ fn parse<'a>(
             Some(line) if is_other_version(line) => return Err(ParseError::UnsupportedVersion),
             Some(_) => return Err(ParseError::Malformed),
             None if full => return Err(ParseError::HeadTooLarge),
-            None => return Ok(Parsed::Need(0, false)),
+            None => return Ok(Parsed::Need(0, false, None)),
         },
         Err(_) => return Err(ParseError::Malformed),
     };
@@ -721,10 +793,16 @@ fn parse<'a>(
     }
     if input.len() < total {
         // Invite the body only from a client that may send it.
-        let invite = expect_continue
-            && body_len > 0
-            && token.is_none_or(|t| crate::auth::authorized(t, authorization));
-        return Ok(Parsed::Need(total, invite));
+        let may_send =
+            body_len > 0 && token.is_none_or(|t| crate::auth::authorized(t, authorization));
+        let span = |s: &str| (s.as_ptr() as usize - input.as_ptr() as usize, s.len());
+        let upload = (may_send
+            && crate::router::body_kind(method, path) == crate::router::BodyKind::Upload)
+            .then(|| HeadSpans {
+                path: span(path),
+                content_type: content_type.map(span),
+            });
+        return Ok(Parsed::Need(total, expect_continue && may_send, upload));
     }
     let keep_alive = match minor_version {
         0 => keep_alive_token && !close,

@@ -81,9 +81,11 @@
 //!
 //! # Bounds
 //!
-//! A [`Conn`] allocates its input buffer once (head + body limit, 72 KiB by default) and grows
-//! it only for an accepted upload (up to [`Limits::max_upload_bytes`], 4 MiB by default), giving
-//! the memory back once it is answered; parsing allocates nothing. Responses go into the
+//! A [`Conn`] allocates its input buffer when its first bytes arrive (head + body limit, 72 KiB
+//! by default) and grows it only for an accepted upload (up to [`Limits::max_upload_bytes`],
+//! 16 MiB by default), giving the memory back once it is answered; parsing allocates nothing.
+//! An upload the backend would refuse ([`Backend::vm_upload_allowed`]) is answered from its
+//! head, before its body is buffered. Responses go into the
 //! caller's `Vec<u8>`, at most [`Limits::max_response_bytes`] each, and [`serve`] stops
 //! answering pipelined requests while that much output is waiting. The number of connections
 //! and their idle time are bounded by the transport, with the values in [`Settings`].

@@ -10,8 +10,10 @@
 //!   percent-decoding.
 //! * Known path, other method: 405 `method_not_allowed` with `Allow` listing every method some
 //!   route accepts on that path.
-//! * A method token we do not know at all (`Method::Other`, e.g. `BREW` or lower-case `get`):
-//!   501 `not_implemented`, as RFC 9110 §9.1 asks, before the path is looked at.
+//! * A method token we do not know at all (`Method::Other`, e.g. `TRACE`, `BREW` or lower-case
+//!   `get`) on a known path is a method that resource does not allow: 405 with `Allow`, like
+//!   any other (what OpenAPI clients and testers such as schemathesis expect: a 5xx says the
+//!   server failed). On an unknown path it is 501 `not_implemented` (RFC 9110 §15.6.2).
 //! * An `{id}` that is not a decimal `u32` (`/v1/cpus/abc`, `/v1/cpus/-1`, `/v1/cpus/99999999999`):
 //!   400 `invalid_id`. The path has the right shape, so 404 would suggest a wrong URL; 400 says
 //!   the parameter is malformed, which is what an OpenAPI `uint32` parameter check reports. A
@@ -436,9 +438,6 @@ impl Command {
 
 /// Routes a request through [`ROUTES`].
 pub fn route(method: Method, path: &str) -> Result<Command, ApiError> {
-    if method == Method::Other {
-        return Err(ApiError::MethodNotImplemented);
-    }
     let mut allow = Methods::EMPTY;
     for r in ROUTES {
         let Some(capture) = match_pattern(r.pattern, path) else {
@@ -454,7 +453,9 @@ pub fn route(method: Method, path: &str) -> Result<Command, ApiError> {
         };
         return Ok(r.op.command(id));
     }
-    if allow.is_empty() {
+    if allow.is_empty() && method == Method::Other {
+        Err(ApiError::MethodNotImplemented)
+    } else if allow.is_empty() {
         Err(ApiError::NotFound)
     } else {
         Err(ApiError::MethodNotAllowed(allow))
@@ -608,10 +609,10 @@ mod tests {
     }
 
     #[test]
-    fn unknown_method_is_501() {
+    fn unknown_method_is_405_on_a_known_path_and_501_elsewhere() {
         assert_eq!(
             route(Method::Other, "/v1/health"),
-            Err(ApiError::MethodNotImplemented)
+            Err(ApiError::MethodNotAllowed(Methods::EMPTY.with(Method::Get)))
         );
         assert_eq!(
             route(Method::Other, "/nope"),

@@ -188,7 +188,10 @@ fn provoke(op: Op, status: u16) -> Option<Vec<u8>> {
         (_, 400) if op.takes_id() => with(&path("x")),
         (Op::GetCpu | Op::CpuOnline | Op::CpuOffline, 404) => with(&path("7")),
         (_, 404) if op.takes_id() => with(&path("99")),
-        (_, 413) if ctype.is_some() => req(m, &path("1"), ctype, &vec![b' '; 5 << 20]),
+        (_, 413) if ctype.is_some() => {
+            let over = net::Limits::DEFAULT.max_upload_bytes + 1;
+            req(m, &path("1"), ctype, &vec![b' '; over])
+        }
         (_, 415) if ctype.is_some() => req(m, &path("1"), Some("text/plain"), good_body),
         _ => return None,
     })

@@ -189,8 +189,11 @@ fn invalid_id_is_400() {
 }
 
 #[test]
-fn unknown_method_is_501() {
-    let r = one(&mut Fake::new(1), "BREW", "/v1/health");
+fn unknown_method_is_405_on_a_known_path_and_501_elsewhere() {
+    let r = one(&mut Fake::new(1), "TRACE", "/v1/health");
+    assert_eq!((r.status, r.code()), (405, "method_not_allowed"));
+    assert_eq!(r.header("allow"), Some("GET"));
+    let r = one(&mut Fake::new(1), "BREW", "/v1/nope");
     assert_eq!((r.status, r.code()), (501, "not_implemented"));
 }
 

@@ -453,7 +453,98 @@ fn image_upload() {
 
     post(&mut fake, "/v1/vms/1/start");
     let r = up(&mut fake, &elf);
-    assert_eq!((r.status, r.code()), (409, "invalid_state"));
+    assert_eq!(
+        (r.status, r.code(), r.message()),
+        (
+            409,
+            "invalid_state",
+            "cannot upload an image to a VM that is running; stop it first"
+        )
+    );
+}
+
+/// Issue 18, item 2: an upload to a VM that cannot take one is answered from its head, before
+/// any of the body is sent, and the connection closed (as the token check does).
+#[test]
+fn upload_to_a_running_vm_is_refused_from_the_head() {
+    let mut fake = Fake::new(1);
+    create(&mut fake, r#"{"name":"a","image":"hello","start":true}"#);
+    create(&mut fake, r#"{"name":"b","image":"hello"}"#);
+    let ep = Endpoint::new(Settings::default());
+    let head = |id: u32, expect: &str| {
+        format!(
+            "PUT /v1/vms/{id}/image HTTP/1.1\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: 8000000\r\n{expect}\r\n"
+        )
+    };
+    for (id, expect, status, code) in [
+        (1, "", 409, "invalid_state"),
+        (1, "Expect: 100-continue\r\n", 409, "invalid_state"),
+        (9, "", 404, "vm_not_found"),
+    ] {
+        let mut ep = Endpoint::new(Settings::default());
+        let mut conn = ep.conn();
+        let h = head(id, expect);
+        assert_eq!(conn.feed(h.as_bytes()), h.len());
+        let mut out = Vec::new();
+        let flow = ep.serve(&mut conn, &mut fake, &mut out);
+        let r = read_responses(&out);
+        assert_eq!(flow, Flow::Close, "{id} {expect:?}: {out:?}");
+        assert_eq!(r.len(), 1, "no 100 Continue before the refusal: {r:?}");
+        assert_eq!((r[0].status, r[0].code()), (status, code));
+        assert!(!r[0].keep_alive());
+        assert!(conn.is_closed());
+        // The body that follows anyway is dropped, not buffered.
+        assert_eq!(conn.feed(&[0; 4096]), 4096);
+        assert_eq!(conn.buffered(), 0);
+    }
+    // A VM that can take one invites the body (100 Continue) and waits for it.
+    let mut ep2 = Endpoint::new(Settings::default());
+    let mut conn = ep.conn();
+    let h = head(2, "Expect: 100-continue\r\n");
+    conn.feed(h.as_bytes());
+    let mut out = Vec::new();
+    assert_eq!(ep2.serve(&mut conn, &mut fake, &mut out), Flow::Continue);
+    assert_eq!(out, b"HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+/// Issue 18, item 6: an `uploaded` VM with nothing uploaded cannot start or reset: a state
+/// error (409), not a bad request; and a create that would start one leaves nothing behind.
+#[test]
+fn uploaded_vm_without_an_image_is_a_state_error() {
+    let mut fake = Fake::new(1);
+    let r = create(&mut fake, r#"{"name":"u","image":"uploaded","start":true}"#);
+    assert_eq!((r.status, r.code()), (409, "invalid_state"), "{r:?}");
+    assert!(fake.vms.is_empty());
+    assert_eq!(
+        create(&mut fake, r#"{"name":"u","image":"uploaded"}"#).status,
+        201
+    );
+    for action in ["start", "reset"] {
+        let r = post(&mut fake, &format!("/v1/vms/1/{action}"));
+        assert_eq!(
+            (r.status, r.code(), r.message()),
+            (
+                409,
+                "invalid_state",
+                format!(
+                    "cannot {action} a VM that has no image yet; upload one first \
+                     (PUT /v1/vms/{{id}}/image)"
+                )
+                .as_str()
+            )
+        );
+    }
+}
+
+/// Issue 18, item 6: `""` (no valid name) and `"nope"` (no such image) are the same error.
+#[test]
+fn every_image_that_is_not_built_in_is_unknown_image() {
+    let mut fake = Fake::new(1);
+    for image in ["", "nope", "../x", "A"] {
+        let r = create(&mut fake, &format!(r#"{{"name":"a","image":"{image}"}}"#));
+        assert_eq!((r.status, r.code()), (400, "unknown_image"), "{image:?}");
+    }
 }
 
 #[test]
@@ -744,6 +835,21 @@ fn transport_answers() {
         (ep.stats().rejected_connections, ep.stats().timeouts),
         (1, 1)
     );
+}
+
+/// Issue 18, items 2 and 7: a 503 says when to come back, and the defaults serve an ordinary
+/// client pool and a Linux kernel plus initramfs.
+#[test]
+fn busy_answers_retry_after_and_defaults_fit_real_clients() {
+    let mut ep = Endpoint::new(Settings::default());
+    let mut out = Vec::new();
+    ep.reject(&mut out);
+    let r = read_responses(&out);
+    assert_eq!(r[0].header("retry-after"), Some("1"));
+    ep.timeout(&mut out);
+    assert_eq!(read_responses(&out)[1].header("retry-after"), None);
+    assert_eq!(Settings::default().max_connections, 64);
+    assert_eq!(Limits::DEFAULT.max_upload_bytes, 16 << 20);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ROOT="$(cd -P "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOLCHAIN="$(sed -n 's/^channel = "\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")"
 TARGET=x86_64-unknown-none
 OUT="$ROOT/target/image"
@@ -70,7 +70,10 @@ build_image() {
     for pkg in hermitage-boot hermitage; do
         local feat=()
         [ "$pkg" = hermitage ] && [ -n "$features" ] && feat=(--features "$features")
-        (cd "$ROOT" && RUSTFLAGS="-Zmutable-noalias=no" cargo +"$TOOLCHAIN" build --release --locked \
+        # Hermit logs its boot arguments and the whole device tree at level info, and with them
+        # an api_token= passed on the command line: keep its log at warnings and errors
+        # (read at compile time by hermit-kernel's logging.rs).
+        (cd "$ROOT" && HERMIT_LOG_LEVEL_FILTER=warn RUSTFLAGS="-Zmutable-noalias=no" cargo +"$TOOLCHAIN" build --release --locked \
             --target "$TARGET" -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem \
             -p "$pkg" "${feat[@]}" ${CARGO_QUIET:+--quiet})
     done
@@ -107,4 +110,19 @@ qemu_args() {
     # Extra QEMU arguments, whitespace-separated (scripts/bench: -icount, a COM2 trace file).
     [ -z "${HERMITAGE_QEMU_EXTRA:-}" ] || printf '%s\n' ${HERMITAGE_QEMU_EXTRA}
     [ "$reboot" = 1 ] || printf '%s\n' -no-reboot
+}
+
+# The third-party API tools of the hostile suite, in a venv under target/ (pip from PyPI):
+# openapi-spec-validator checks net/openapi.yaml against the OpenAPI 3.0 schema; schemathesis
+# drives the booted image from the document. Versions pinned; prints the venv's bin directory.
+API_TOOLS="$ROOT/target/api-tools"
+ensure_api_tools() {
+    local want="openapi-spec-validator==0.9.0 schemathesis==4.32.5"
+    if [ ! -f "$API_TOOLS/.installed" ] || [ "$(cat "$API_TOOLS/.installed")" != "$want" ]; then
+        python3 -m venv "$API_TOOLS" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$API_TOOLS"; }
+        log "installing $want (pip, into target/api-tools)"
+        "$API_TOOLS/bin/pip" install -q $want >&2
+        echo "$want" >"$API_TOOLS/.installed"
+    fi
+    echo "$API_TOOLS/bin"
 }

@@ -51,7 +51,8 @@ def stop_group(proc):
 class Hermitage:
     """One booted image. Use as a context manager; the console log is kept for failures."""
 
-    def __init__(self, smp=2, memory=512, append="", ready=True, timeout=90, reboot=False, bochs=None):
+    def __init__(self, smp=2, memory=512, append="", ready=True, timeout=90, reboot=False, bochs=None,
+                 run_args=()):
         bochs = BOCHS if bochs is None else bochs
         if bochs:
             # Bochs takes 30-60 s to boot the image on a loaded 2-core machine.
@@ -63,7 +64,7 @@ class Hermitage:
         self.proc = subprocess.Popen(
             [RUN, "--no-build", "--accel", "tcg", "--port", str(self.port), "--smp", str(smp),
              "--memory", str(memory), "--append", append] + ([] if reboot else ["--no-reboot"])
-            + (["--bochs"] if bochs else []),
+            + (["--bochs"] if bochs else []) + list(run_args),
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
             start_new_session=True)
         if ready:

@@ -32,6 +32,8 @@ AUTH_APPEND = f"api_token={TOKEN} http_max_conns={MAX_CONNS} http_idle_ms={IDLE_
               "http_max_upload_bytes=65536"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"
 
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
 # Requests checked so far (the suite asserts at least 200 in all).
 CHECKED = [0]
 
@@ -39,14 +41,14 @@ CHECKED = [0]
 class Endpoint:
     """Where to send: a booted image (a `Hermitage`) or an address from the environment."""
 
-    def __init__(self, env, append):
+    def __init__(self, env, append, **boot):
         self.hv = None
-        addr = os.environ.get(env)
+        addr = os.environ.get(env) if env else None
         if addr:
             host, port = addr.rsplit(":", 1)
             self.host, self.port = host, int(port)
         else:
-            self.hv = Hermitage(smp=2, append=append)
+            self.hv = Hermitage(**{"smp": 2, "append": append, **boot})
             self.host, self.port = "127.0.0.1", self.hv.port
 
     def __enter__(self):
@@ -250,7 +252,7 @@ def cases_truncated(ep):
     expect_clean_close_or_error(ep, b"\r\n\r\n")
 
 
-def cases_oversized(ep, head_limit=8192, body_limit=65536, upload_limit=4 << 20, auth=""):
+def cases_oversized(ep, head_limit=8192, body_limit=65536, upload_limit=16 << 20, auth=""):
     # A head over the limit: 431 and close, without waiting for more.
     expect(ep, b"GET /v1/health HTTP/1.1\r\nX-Big: " + b"a" * (head_limit + 10) + b"\r\n\r\n",
            431, "headers_too_large", closes=True)
@@ -337,8 +339,11 @@ def cases_methods(ep, auth=""):
                 continue
             r = expect(ep, req(m, path, extra=auth), 405, "method_not_allowed", closes=True)
             assert set(r.header("allow").split(", ")) == ms, (path, r)
+    # A method we do not know on a known path: 405 like any other; elsewhere 501.
     for m in ("BREW", "get", "Get", "TRACE", "CONNECT", "PROPFIND"):
-        expect(ep, req(m, "/v1/health", extra=auth), 501, "not_implemented")
+        r = expect(ep, req(m, "/v1/health", extra=auth), 405, "method_not_allowed")
+        assert r.header("allow") == "GET", r
+        expect(ep, req(m, "/v1/nope", extra=auth), 501, "not_implemented")
 
 
 def cases_paths(ep, auth=""):
@@ -366,7 +371,7 @@ BAD_JSON = [
     b'{"name":"a","image":"hello","cpu":-1}', b'{"name":"a","image":"hello","cpu":64}',
     b'{"name":"a","image":"hello","cpu":18446744073709551616}', b'{"name":"A","image":"hello"}',
     b'{"name":"","image":"hello"}', b'{"name":"' + b"a" * 33 + b'","image":"hello"}',
-    b'{"name":"a b","image":"hello"}', b'{"name":"a","image":"../../etc"}', b'{"name":"a","image":""}',
+    b'{"name":"a b","image":"hello"}',
     b'{"name":"a","image":"hello","cmdline":"' + b"x" * 257 + b'"}',
     b'{"name":"a","image":"hello","cmdline":"a\\nb"}', b'{"name":"a","image":"hello","cmdline":"\\u0000"}',
     b'{"name":"a","image":"hello","on_crash":"explode"}', b'{"name":"a","image":"hello","on_crash":null}',
@@ -453,8 +458,10 @@ def cases_vms(ep, auth=""):
     expect(ep, req("DELETE", "/v1/vms/4000000000", extra=auth), 404, "vm_not_found")
     expect(ep, req("PUT", "/v1/vms/4000000000/pmu", b'{"vendor":"none"}', "application/json", auth), 404)
     expect(ep, req("PUT", "/v1/vms/4000000000/image", b"\x7fELF", "application/octet-stream", auth), 404)
-    expect(ep, req("POST", "/v1/vms", b'{"name":"nope","image":"no-such-image"}', "application/json", auth),
-           400, ("unknown_image", "invalid_body"))
+    # Whatever is not a built-in image is the same error, a valid name or not (issue 18).
+    for image in (b"no-such-image", b"", b"../../etc", b"A"):
+        expect(ep, req("POST", "/v1/vms", b'{"name":"nope","image":"' + image + b'"}', "application/json", auth),
+               400, "unknown_image")
     expect(ep, req("POST", "/v1/vms", b'{"name":"big","image":"hello","memory_mib":1024}', "application/json", auth),
            (201, 507), None)
     r = expect(ep, req("GET", "/v1/vms", extra=auth), 200)
@@ -511,6 +518,7 @@ def cases_too_many_connections(ep):
             if data.startswith(b"HTTP/1.1 503 "):
                 r, _ = parse_one(data) or (None, None)
                 assert r is not None and r.code() == "too_many_connections", data
+                assert r.header("retry-after") == "1", r
                 s.close()
                 refused = True
                 break
@@ -533,6 +541,258 @@ def cases_too_many_connections(ep):
             break
         assert time.time() < deadline, rs
         time.sleep(0.2)
+
+
+# --- issue 18: the API as a new user meets it ---------------------------------------------------
+
+# The built-in images the spec's `image` enum lists (net/openapi.yaml), read from it.
+def documented_images():
+    doc = os.path.join(os.path.dirname(__file__), "..", "..", "net", "openapi.yaml")
+    with open(doc) as f:
+        text = f.read()
+    m = re.search(r"    VmCreate:.*?        image:.*?          enum: \[([^\]]*)\]", text, re.S)
+    assert m, "no image enum in VmCreate"
+    return [w.strip() for w in m.group(1).split(",")]
+
+
+def call(ep, method, path, body=None, auth=""):
+    ctype = "application/json" if body is not None else None
+    data = json.dumps(body).encode() if body is not None else b""
+    rs, _ = exchange(ep, req(method, path, data, ctype, auth))
+    assert len(rs) == 1, rs
+    return rs[0]
+
+
+def vm_names(ep, auth=""):
+    return [v["name"] for v in call(ep, "GET", "/v1/vms", auth=auth).json()]
+
+
+def case_create_start_leaves_nothing(ep):
+    """Item 1 and 6: a create whose start cannot work is refused whole, as a state error."""
+    r = call(ep, "POST", "/v1/vms", {"name": "up", "image": "uploaded", "start": True})
+    assert (r.status, r.code()) == (409, "invalid_state"), r
+    assert "up" not in vm_names(ep), vm_names(ep)
+    r = call(ep, "POST", "/v1/vms", {"name": "up", "image": "uploaded"})
+    assert r.status == 201, r
+    vid = r.json()["id"]
+    for action in ("start", "reset"):
+        r = call(ep, "POST", f"/v1/vms/{vid}/{action}")
+        assert (r.status, r.code()) == (409, "invalid_state"), r
+        assert "no image yet" in r.json()["error"]["message"], r
+    assert call(ep, "DELETE", f"/v1/vms/{vid}").status == 204
+
+
+def case_every_documented_image_exists(ep):
+    """Item 6: the spec's enum is what the server takes: every name creates, others do not."""
+    images = documented_images()
+    assert "uploaded" in images and "hello" in images, images
+    for i, image in enumerate(images):
+        r = call(ep, "POST", "/v1/vms", {"name": f"img{i}", "image": image, "memory_mib": 2})
+        assert r.status == 201, (image, r)
+        assert call(ep, "DELETE", f"/v1/vms/{r.json()['id']}").status == 204
+    codes = {call(ep, "POST", "/v1/vms", {"name": "x", "image": bad}).code() for bad in ("", "nope")}
+    assert codes == {"unknown_image"}, codes
+
+
+def case_upload_refused_from_head(ep):
+    """Items 2 and 9: an upload to a running VM is answered from its head (the body is never
+    sent here) with the right verb, and the connection closed."""
+    r = call(ep, "POST", "/v1/vms", {"name": "busy", "image": "spinner", "start": True})
+    assert r.status == 201, r
+    vid = r.json()["id"]
+    for expect_hdr in ("", "Expect: 100-continue\r\n"):
+        head = (f"PUT /v1/vms/{vid}/image HTTP/1.1\r\nHost: hv\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: 8000000\r\n{expect_hdr}\r\n").encode()
+        t0 = time.time()
+        rs, closed = exchange(ep, head, timeout=10)
+        assert time.time() - t0 < 5, "the refusal waited for the body"
+        assert len(rs) == 1 and closed, rs
+        assert (rs[0].status, rs[0].code()) == (409, "invalid_state"), rs
+        msg = rs[0].json()["error"]["message"]
+        assert msg == "cannot upload an image to a VM that is running; stop it first", msg
+    assert call(ep, "POST", f"/v1/vms/{vid}/stop").status == 200
+    assert call(ep, "DELETE", f"/v1/vms/{vid}").status == 204
+
+
+def case_upload_speed(ep):
+    """Item 2: megabytes upload in about a second under TCG (it took 53 s for 4 MiB), and a
+    Linux kernel plus initramfs (~8 + ~2 MiB) fits the default limit."""
+    r = call(ep, "POST", "/v1/vms", {"name": "big-up", "image": "uploaded", "memory_mib": 64})
+    assert r.status == 201, r
+    vid = r.json()["id"]
+    times = {}
+    for size in (4 << 20, 10 << 20):
+        body = b"\x7fELF" + bytes(size - 4)  # not Multiboot: 400 bad_image once all is read
+        s = ep.connect(timeout=60)
+        try:
+            t0 = time.time()
+            s.sendall(f"PUT /v1/vms/{vid}/image HTTP/1.1\r\nHost: hv\r\nContent-Type: application/octet-stream\r\n"
+                      f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode() + body)
+            data = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                data += b
+            times[size] = time.time() - t0
+        finally:
+            s.close()
+        r, _ = parse_one(data)
+        assert (r.status, r.code()) == (400, "bad_image"), r
+        CHECKED[0] += 1
+    print(f"  upload: 4 MiB in {times[4 << 20]:.2f} s, 10 MiB in {times[10 << 20]:.2f} s", flush=True)
+    assert times[4 << 20] < 8, times
+    assert call(ep, "DELETE", f"/v1/vms/{vid}").status == 204
+
+
+def case_keep_alive_pool(ep, clients=20):
+    """Item 7: a modest keep-alive client pool is served, none told 503."""
+    socks = []
+    try:
+        for _ in range(clients):
+            s = ep.connect()
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: hv\r\n\r\n")
+            socks.append(s)
+        for s in socks:
+            s.settimeout(10)
+            data = s.recv(65536)
+            CHECKED[0] += 1
+            assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_issue18_api_as_a_new_user():
+    with Endpoint(None, "", reboot=True) as ep:
+        hv = ep.hv
+        try:
+            case_create_start_leaves_nothing(ep)
+            case_every_documented_image_exists(ep)
+            case_upload_refused_from_head(ep)
+            case_upload_speed(ep)
+            case_keep_alive_pool(ep)
+            # Item 3: uptime counts from this boot, not from power-on.
+            time.sleep(3)
+            before = call(ep, "GET", "/v1/host").json()["uptime_ms"]
+            assert before >= 3000, before
+            assert call(ep, "POST", "/v1/host/reboot").status == 202
+            hv.wait_for(r"hermitage: endpoint ready on ", 120, count=2)
+            after = call(ep, "GET", "/v1/host").json()["uptime_ms"]
+            assert after < before, f"uptime {after} ms after reboot, {before} ms before"
+            rs, _ = exchange(ep, req("GET", "/v1/metrics"))
+            m = re.search(rb"^hermitage_uptime_seconds ([0-9.]+)$", rs[0].body, re.M)
+            assert m and float(m.group(1)) * 1000 < before, rs[0].body[:300]
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{ep.context()}") from None
+
+
+def test_issue18_token_never_on_the_console():
+    """Item 5: the token is redacted on the console, whether on the command line or handed
+    over in a file through fw_cfg (scripts/run --token-file, not visible in `ps`)."""
+    secret = "t0ken-" + "".join(random.choice("abcdefghijklmnop") for _ in range(20))
+    with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"hermitage-token-{os.getpid()}"), "w") as f:
+        f.write(secret + "\n")
+        path = f.name
+    try:
+        for append, kw in ((f"api_token={secret}", {}), ("", {"run_args": ["--token-file", path]})):
+            with Endpoint(None, append, smp=1, **kw) as ep:
+                hv = ep.hv
+                expect(ep, req("GET", "/v1/health"), 401, "unauthorized")
+                expect(ep, req("GET", "/v1/health", extra=f"Authorization: Bearer {secret}\r\n"), 200)
+                console = hv.console()
+                assert "api_token=<redacted>" in console, console[-2000:]
+                leaks = [l for l in console.splitlines() if secret in l]
+                assert not leaks, f"token on the console ({kw}): {leaks}"
+                if "run_args" in kw:
+                    qemu = [p for p in os.popen("ps -eo args").read().splitlines() if str(hv.port) in p]
+                    assert qemu and not any(secret in p for p in qemu), qemu
+    finally:
+        os.unlink(path)
+
+
+def readme_vm_block():
+    """The README's "### VMs" example block, as written."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    m = re.search(r"^### VMs\n.*?```sh\n(.*?)```", text, re.S | re.M)
+    assert m, "no sh block under ### VMs"
+    return m.group(1)
+
+
+def test_readme_vm_examples_run_in_order():
+    """Item 8: the README's VM examples, run as written and in order, all succeed: the block is
+    one bash script, with `curl` wrapped to fail on any 4xx/5xx."""
+    import subprocess
+    import tempfile
+    block = readme_vm_block()
+    assert "pause" in block and "guest-elf" in block, block
+    wrapper = (
+        "set -e\n"
+        "curl() { local code; code=$(command curl -sS -o /dev/null -w '%{http_code}' \"$@\");"
+        " code=${code: -3}; echo \"$code curl $*\"; sleep 0.3; [ \"$code\" -lt 400 ]; }\n")
+    with Endpoint(None, "", smp=2) as ep, tempfile.TemporaryDirectory() as tmp:
+        os.symlink(os.path.join(ROOT, "scripts"), os.path.join(tmp, "scripts"))
+        env = dict(os.environ, H=f"http://{ep.host}:{ep.port}")
+        p = subprocess.run(["bash", "-c", wrapper + block], cwd=tmp, env=env, capture_output=True,
+                           text=True, timeout=600)
+        lines = [l for l in p.stdout.splitlines() if " curl " in l]
+        CHECKED[0] += len(lines)
+        assert p.returncode == 0, f"{p.stdout[-3000:]}{p.stderr[-2000:]}\n{ep.context()}"
+        assert len(lines) >= 18, p.stdout
+
+
+# --- third-party tools: an OpenAPI validator and schemathesis -----------------------------------
+
+OPENAPI = os.path.join(ROOT, "net", "openapi.yaml")
+
+
+def api_tool(name):
+    """A tool of the venv `scripts/test hostile` installs (target/api-tools)."""
+    bin_dir = os.environ.get("HERMITAGE_API_TOOLS") or os.path.join(ROOT, "target", "api-tools", "bin")
+    path = os.path.join(bin_dir, name)
+    assert os.path.exists(path), f"{path} missing: scripts/test hostile installs it (pip, target/api-tools)"
+    return path
+
+
+def test_openapi_document_is_valid_openapi_3_0():
+    """Item 4: net/openapi.yaml validates against the OpenAPI 3.0 schema."""
+    import subprocess
+    code = ("import sys; from openapi_spec_validator import validate; "
+            "from openapi_spec_validator.readers import read_from_filename; "
+            "d, _ = read_from_filename(sys.argv[1]); assert d['openapi'] == '3.0.3', d['openapi']; "
+            "validate(d); print('valid')")
+    p = subprocess.run([api_tool("python"), "-c", code, OPENAPI], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "valid" in p.stdout, (p.stdout + p.stderr)[-3000:]
+
+
+# Checks left out, and why (README, "Testing the API"): positive_data_acceptance wants every
+# schema-valid request accepted, but two refusals depend on what the schema cannot say: an image
+# upload whose bytes are no Multiboot ELF (400 bad_image) and a pinned CPU this host does not
+# have (400 unsupported). POST /v1/host/reboot is left out: it would reboot the image under test.
+# 507 (no memory for another VM) counts as expected: tests/system/schemathesis.toml.
+SCHEMATHESIS_EXCLUDED_CHECKS = "positive_data_acceptance"
+SCHEMATHESIS_EXAMPLES = int(os.environ.get("HERMITAGE_SCHEMATHESIS_EXAMPLES", "10"))
+
+
+def test_schemathesis_against_the_booted_image():
+    """Every phase (coverage, fuzzing, stateful: VMs created, started, paused, uploaded to,
+    deleted through the document's links), bounded by HERMITAGE_SCHEMATHESIS_EXAMPLES."""
+    import subprocess
+    with Endpoint(None, "", smp=2) as ep:
+        p = subprocess.run(
+            [api_tool("st"), "--config-file", os.path.join(ROOT, "tests", "system", "schemathesis.toml"),
+             "run", OPENAPI, "--url", f"http://{ep.host}:{ep.port}",
+             "-n", str(SCHEMATHESIS_EXAMPLES), "--seed", "18", "--checks", "all",
+             "--exclude-checks", SCHEMATHESIS_EXCLUDED_CHECKS, "--exclude-operation-id", "rebootHost",
+             "--request-timeout", "20"],
+            capture_output=True, text=True, timeout=900, cwd=os.path.join(ROOT, "target"))
+        out = p.stdout + p.stderr
+        assert "Stateful" in out, out[-3000:]
+        assert p.returncode == 0, out[-6000:] + "\n" + ep.context()
+        # The stateful phase really drove VMs through the links.
+        assert re.search(r"API Links:\s+[1-9]\d* covered", out), out[-3000:]
+        print("  " + "\n  ".join(l for l in out.splitlines() if re.search(r"Links:|Test cases:|passed|Selected", l)), flush=True)
 
 
 # --- the suite ---------------------------------------------------------------------------------
@@ -574,7 +834,10 @@ def test_hostile_with_token_and_tight_limits():
             raise AssertionError(f"{e}\n{ep.context()}") from None
 
 
-TESTS = [test_hostile_without_token, test_hostile_with_token_and_tight_limits]
+TESTS = [test_hostile_without_token, test_hostile_with_token_and_tight_limits,
+         test_issue18_api_as_a_new_user, test_issue18_token_never_on_the_console,
+         test_readme_vm_examples_run_in_order,
+         test_openapi_document_is_valid_openapi_3_0, test_schemathesis_against_the_booted_image]
 
 if __name__ == "__main__":
     failed = run_suite("hostile", TESTS, sys.argv[1:])

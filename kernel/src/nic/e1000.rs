@@ -336,7 +336,8 @@ impl E1000 {
     }
 
     pub fn capabilities(&self) -> DeviceCapabilities {
-        super::ethernet_caps(MTU)
+        // One descriptor always stays unused (RDT never catches up with RDH).
+        super::ethernet_caps(MTU, RX_DESCS - 1)
     }
 }
 

@@ -58,12 +58,20 @@ impl Nic {
     }
 }
 
-/// What both drivers tell smoltcp: Ethernet frames up to `mtu` bytes, one frame per poll.
-fn ethernet_caps(mtu: usize) -> DeviceCapabilities {
+/// What both drivers tell smoltcp: Ethernet frames up to `mtu` bytes, and bursts of at most
+/// `rx_buffers` frames (the receive buffers a driver keeps posted).
+///
+/// smoltcp caps every TCP window it advertises at `max_burst_size` segments, so that a peer
+/// never sends more back-to-back frames than the NIC can hold. With a burst of one frame the
+/// window was a single segment (1460 bytes): every segment waited for its ACK and a round of
+/// the endpoint loop, and uploads crawled at ~80 KB/s under TCG. A NIC that runs out of posted
+/// buffers holds further frames in the device model (QEMU queues them for virtio-net; an e1000
+/// counts them missed and TCP retransmits), so the cap only has to match what is posted.
+fn ethernet_caps(mtu: usize, rx_buffers: usize) -> DeviceCapabilities {
     let mut caps = DeviceCapabilities::default();
     caps.medium = smoltcp::phy::Medium::Ethernet;
     caps.max_transmission_unit = mtu;
-    caps.max_burst_size = Some(1);
+    caps.max_burst_size = Some(rx_buffers.max(1));
     caps
 }
 

@@ -15,7 +15,9 @@ use virtio_drivers::transport::{DeviceType, Transport};
 use super::RxToken;
 use crate::hw::VirtioHal;
 
-const QUEUE: usize = 16;
+/// Receive buffers kept posted (and the virtqueue size): the TCP window is at most this many
+/// segments (see `ethernet_caps`). 64 x 2 KiB.
+const QUEUE: usize = 64;
 const BUF: usize = 2048;
 /// Largest Ethernet frame we accept (no VLAN tags, no jumbo frames).
 const MTU: usize = 1514;
@@ -109,7 +111,7 @@ impl VirtioNic {
     }
 
     pub fn capabilities(&self) -> DeviceCapabilities {
-        super::ethernet_caps(MTU)
+        super::ethernet_caps(MTU, QUEUE)
     }
 }
 

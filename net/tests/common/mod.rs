@@ -247,6 +247,11 @@ impl Backend for Fake {
         if used + config.memory_mib > FAKE_MEMORY_MIB {
             return Err(VmError::NoMemory);
         }
+        if start && config.image == hv::vm::ImageRef::Uploaded {
+            return Err(VmError::NoImage {
+                event: VmEvent::Start,
+            });
+        }
         let id = self.next_vm_id;
         self.next_vm_id += 1;
         let state = if start {
@@ -269,7 +274,12 @@ impl Backend for Fake {
     fn vm_action(&mut self, id: u32, action: VmAction) -> Result<VmInfo, VmError> {
         self.log.push(format!("{} {id}", action.as_str()));
         let vm = self.vm_mut(id)?;
-        let (state, _effect) = hv::vm::apply(vm.state, action.event())?;
+        let event = action.event();
+        let runs = matches!(event, VmEvent::Start | VmEvent::Reset(_));
+        if runs && vm.config.image == hv::vm::ImageRef::Uploaded && vm.image.is_none() {
+            return Err(VmError::NoImage { event });
+        }
+        let (state, _effect) = hv::vm::apply(vm.state, event)?;
         vm.state = state;
         if let VmEvent::Reset(t) = action.event() {
             vm.stats.resets[t.index()] += 1;
@@ -315,14 +325,21 @@ impl Backend for Fake {
         })
     }
 
-    fn vm_image(&mut self, id: u32, image: &[u8]) -> Result<VmInfo, VmError> {
-        let vm = self.vm_mut(id)?;
-        if vm.state == VmState::Running {
-            return Err(VmError::InvalidState {
-                from: vm.state,
-                event: VmEvent::Start,
-            });
+    fn vm_upload_allowed(&self, id: u32) -> Result<(), VmError> {
+        let vm = self
+            .vms
+            .iter()
+            .find(|v| v.id == id)
+            .ok_or(VmError::NotFound)?;
+        match vm.state {
+            VmState::Running | VmState::Paused => Err(VmError::UploadWhile { from: vm.state }),
+            _ => Ok(()),
         }
+    }
+
+    fn vm_image(&mut self, id: u32, image: &[u8]) -> Result<VmInfo, VmError> {
+        self.vm_upload_allowed(id)?;
+        let vm = self.vm_mut(id)?;
         if !image.starts_with(b"\x7fELF") {
             return Err(VmError::BadImage("not an ELF file"));
         }
