@@ -11,7 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use hv::config::{BootConfig, IpConfig};
-use net::{Conn, Endpoint, Flow, Settings};
+use net::{Conn, ConsoleWait, Endpoint, Flow, Settings};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{dhcpv4, tcp};
 use smoltcp::time::{Duration, Instant};
@@ -36,6 +36,10 @@ const TX_BUF: usize = 16 * 1024;
 /// After traffic, keep polling without sleeping for this long (latency); then sleep 10 ms per
 /// round (Hermit blocks the thread only for sleeps of 10 ms or more).
 const BUSY_POLL: Duration = Duration::from_millis(20);
+/// How often a parked console long-poll looks at its VM's console. Each look takes the VM's
+/// lock, which ends the VM's slice at its next exit, so not every round (a busy-polling round
+/// takes microseconds); 10 ms is below what a person typing notices.
+const LONG_POLL_LOOK: Duration = Duration::from_millis(10);
 
 struct Slot {
     handle: SocketHandle,
@@ -46,6 +50,17 @@ struct Slot {
     last_active: Instant,
     /// Counts against `http_max_conns` (a connection being served; one told `503` does not).
     counted: bool,
+    /// A console long-poll waiting for output ([`Flow::Wait`]). The pool is the fixed table
+    /// of waits: at most one per connection, so at most [`SOCKETS`].
+    parked: Option<Parked>,
+}
+
+/// A parked long-poll: the request, when it was parked, when to look at the console next.
+#[derive(Clone, Copy)]
+struct Parked {
+    wait: ConsoleWait,
+    since: Instant,
+    next_look: Instant,
 }
 
 /// What one round allows a connection.
@@ -113,6 +128,7 @@ pub fn run(mut nic: Nic, config: BootConfig) -> ! {
                 close_after: false,
                 last_active: now(),
                 counted: false,
+                parked: None,
             }
         })
         .collect();
@@ -232,6 +248,21 @@ fn service(
         }
     }
 
+    // A parked long-poll is answered once its VM's console has grown or its time is up; until
+    // then the requests behind it wait (in the connection's buffer) and it is not idle.
+    if let Some(p) = slot.parked {
+        slot.last_active = t;
+        if t >= p.next_look {
+            let elapsed = (t - p.since).total_millis();
+            if ep.resume(&p.wait, elapsed, hv, &mut slot.out) {
+                slot.parked = None;
+                active = true;
+            } else if let Some(p) = slot.parked.as_mut() {
+                p.next_look = t + LONG_POLL_LOOK;
+            }
+        }
+    }
+
     // Receive what fits into the connection's buffer. A closed connection takes (and drops)
     // everything, so that a client still sending a body it was refused (an upload answered
     // from its head) is not stalled by a full window before it reads the answer.
@@ -245,12 +276,12 @@ fn service(
             Ok(_) => active = true,
         }
         // Answer what is complete before taking more, so a full buffer drains.
-        if slot.out.len() == slot.sent {
-            produce(slot, hv, ep);
+        if slot.out.len() == slot.sent && slot.parked.is_none() {
+            produce(slot, hv, ep, t);
         }
     }
-    if slot.out.len() == slot.sent {
-        produce(slot, hv, ep);
+    if slot.out.len() == slot.sent && slot.parked.is_none() {
+        produce(slot, hv, ep, t);
     }
 
     // Send pending output.
@@ -281,7 +312,9 @@ fn service(
     }
     // Still idle after the 408 had its chance to go out: give up on the peer.
     let idle = idle && slot.close_after;
-    let drained = slot.out.is_empty();
+    // A parked long-poll still owes its answer (its connection may already be "closed" for
+    // further requests, by `Connection: close`).
+    let drained = slot.out.is_empty() && slot.parked.is_none();
     let peer_done = !socket.may_recv();
     if drained && (slot.close_after || peer_done || slot.conn.is_closed()) || idle {
         if socket.is_open()
@@ -298,16 +331,24 @@ fn service(
     active
 }
 
-/// Run every complete request buffered in the connection.
-fn produce(slot: &mut Slot, hv: &mut Hypervisor, ep: &mut Endpoint) {
+/// Run every complete request buffered in the connection (up to a long-poll, which parks).
+fn produce(slot: &mut Slot, hv: &mut Hypervisor, ep: &mut Endpoint, t: Instant) {
     if slot.close_after {
         return;
     }
     let before = slot.out.len();
     let flow = ep.serve(&mut slot.conn, hv, &mut slot.out);
     crate::trace::api(&slot.out[before..]);
-    if flow == Flow::Close {
-        slot.close_after = true;
+    match flow {
+        Flow::Close => slot.close_after = true,
+        Flow::Wait(wait) => {
+            slot.parked = Some(Parked {
+                wait,
+                since: t,
+                next_look: t + LONG_POLL_LOOK,
+            })
+        }
+        Flow::Continue => {}
     }
 }
 
@@ -318,5 +359,6 @@ fn recycle(slot: &mut Slot, socket: &mut tcp::Socket<'_>, port: u16) {
     slot.sent = 0;
     slot.close_after = false;
     slot.counted = false;
+    slot.parked = None;
     let _ = socket.listen(port);
 }

@@ -29,7 +29,8 @@
 //!
 //! * Bodies have two limits: [`Limits::max_body_bytes`] for every route but the image upload
 //!   (JSON documents, 64 KiB), and [`Limits::max_upload_bytes`] (16 MiB) for the routes whose
-//!   [`crate::router::BodyKind`] is `Upload`. Which one applies is decided from the request
+//!   [`crate::router::BodyKind`] is `Upload`. Console input (`Input`) is further held to the
+//!   guest's input queue, [`crate::api::CONSOLE_INPUT_MAX`]. Which one applies is decided from the request
 //!   head, before any of the body is buffered: an oversized `Content-Length` is answered 413 at
 //!   once. An upload head that passed these checks is offered once to the caller
 //!   ([`Conn::take_upload_check`]), which refuses it at once when the VM cannot take an image
@@ -101,6 +102,9 @@ impl Limits {
     pub fn body_limit(&self, method: Method, path: &str) -> usize {
         match crate::router::body_kind(method, path) {
             crate::router::BodyKind::Upload => self.max_upload_bytes,
+            crate::router::BodyKind::Input => {
+                crate::api::CONSOLE_INPUT_MAX.min(self.max_body_bytes)
+            }
             _ => self.max_body_bytes,
         }
     }
