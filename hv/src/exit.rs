@@ -14,8 +14,9 @@
 //! | CPUID                        | the VM's [`CpuidView`](crate::cpuid::CpuidView) into RAX..RDX |
 //! | HLT, IF=1                    | [`Action::Halt`]: sleep until an event                        |
 //! | HLT, IF=0                    | stop, [`StopReason::Halted`] (nothing can wake it)            |
-//! | IN / OUT                     | [`Devices`](crate::devices::Devices); debug exit stops, 0xCF9 and 0x64 reset |
+//! | IN / OUT                     | [`Devices`](crate::devices::Devices) at the time of the last advance; debug exit stops, 0xCF9 and 0x64 reset |
 //! | INS / OUTS (string I/O)      | stop, [`StopReason::UnsupportedIo`] (needs guest memory and segment emulation) |
+//! | RDMSR / WRMSR, local APIC    | the VM's local APIC (IA32_APIC_BASE, TSC deadline, x2APIC 0x800-0x8FF) |
 //! | RDMSR / WRMSR                | [`MsrState`](crate::msr::MsrState) allow-list; anything else #GP(0) |
 //! | nested page fault            | stop, [`StopReason::NptViolation`]                            |
 //! | triple fault                 | reset or stop ([`StopReason::Shutdown`]) per [`OnCrash`]      |
@@ -480,6 +481,29 @@ pub fn handle(exit: &Exit, regs: &GuestView, vm: &mut VmRuntime) -> Action {
             index,
             write: None,
             next_rip,
+        } if vm.devices.handles_msr(index) => match vm.devices.msr_read(index) {
+            Ok(value) => Action::ResumeWith {
+                rip: next_rip,
+                regs: RegUpdate {
+                    rax: Some(value & 0xFFFF_FFFF),
+                    rdx: Some(value >> 32),
+                    ..RegUpdate::default()
+                },
+            },
+            Err(_) => gp0(),
+        },
+        Exit::Msr {
+            index,
+            write: Some(value),
+            next_rip,
+        } if vm.devices.handles_msr(index) => match vm.devices.msr_write(index, value) {
+            Ok(()) => Action::ResumeAt { rip: next_rip },
+            Err(_) => gp0(),
+        },
+        Exit::Msr {
+            index,
+            write: None,
+            next_rip,
         } => match vm.msrs.read(index, regs.efer) {
             Ok(value) => Action::ResumeWith {
                 rip: next_rip,
@@ -703,7 +727,9 @@ mod tests {
             (Stop, io_in(0x3FD, 1), rax(RIP, 0xAAAA_BBBB_CCCC_DD60)),
             (Stop, io_in(0x3FA, 1), rax(RIP, 0xAAAA_BBBB_CCCC_DD01)),
             (Stop, io_in(0x70, 1), rax(RIP, 0xAAAA_BBBB_CCCC_DDFF)),
-            (Stop, io_in(0x40, 2), rax(RIP, 0xAAAA_BBBB_CCCC_FFFF)),
+            (Stop, io_in(0x2F8, 2), rax(RIP, 0xAAAA_BBBB_CCCC_FFFF)),
+            // The PIT in its reset state: counter 0 reads 0.
+            (Stop, io_in(0x40, 1), rax(RIP, 0xAAAA_BBBB_CCCC_DD00)),
             (Stop, io_in(0xCFC, 4), rax(RIP, 0xFFFF_FFFF)),
             (Stop, io_out(0x80, 1, 0x12), Action::ResumeAt { rip: RIP }),
             (
@@ -912,9 +938,12 @@ mod tests {
         let mut out = [0; 8];
         let r = vm.devices.console.read(0, &mut out);
         assert_eq!(&out[..r.copied], b"ok\n");
-        handle(&io_in(0x71, 1), &view(), &mut vm);
-        handle(&io_out(0x70, 1, 0x8F), &view(), &mut vm);
+        handle(&io_in(0x2F9, 1), &view(), &mut vm);
+        handle(&io_out(0x2F8, 1, 0x8F), &view(), &mut vm);
+        handle(&io_out(0x2FA, 1, 0xFF), &view(), &mut vm);
+        // Chipset ports are handled: not counted.
         handle(&io_out(0x21, 1, 0xFF), &view(), &mut vm);
+        handle(&io_in(0x71, 1), &view(), &mut vm);
         handle(
             &Exit::Hlt {
                 next_rip: RIP,
@@ -926,10 +955,10 @@ mod tests {
         let s = &vm.stats;
         assert_eq!((s.unhandled_port_reads, s.unhandled_port_writes), (1, 2));
         assert_eq!(s.halts, 1);
-        assert_eq!(s.exits.get(ExitKind::Io), 9);
+        assert_eq!(s.exits.get(ExitKind::Io), 11);
         assert_eq!(s.exits.get(ExitKind::Hlt), 1);
         let listed: Vec<_> = s.exits.iter().filter(|e| e.1 > 0).collect();
-        assert_eq!(listed, [(ExitKind::Io, 9), (ExitKind::Hlt, 1)]);
+        assert_eq!(listed, [(ExitKind::Io, 11), (ExitKind::Hlt, 1)]);
     }
 
     #[test]

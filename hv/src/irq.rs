@@ -61,6 +61,20 @@ pub trait InterruptController {
     }
 }
 
+impl<T: InterruptController + ?Sized> InterruptController for &mut T {
+    fn pending_vector(&self) -> Option<u8> {
+        (**self).pending_vector()
+    }
+
+    fn acknowledge(&mut self) -> Option<u8> {
+        (**self).acknowledge()
+    }
+
+    fn take_nmi(&mut self) -> bool {
+        (**self).take_nmi()
+    }
+}
+
 /// A controller with nothing to deliver, for VMs without interrupt controllers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NoInterrupts;

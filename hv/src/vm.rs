@@ -39,7 +39,7 @@
 
 use core::fmt;
 
-use crate::cpuid::{CpuidRegs, CpuidView};
+use crate::cpuid::{CpuidRegs, CpuidView, GuestPlatform};
 use crate::devices::Devices;
 use crate::exit::{ExitStats, ResetTrigger, StopReason};
 use crate::msr::MsrState;
@@ -155,6 +155,31 @@ pub struct VmConfig {
     pub cmdline: Cmdline,
     /// Triple-fault policy.
     pub on_crash: OnCrash,
+    /// The vCPU has a local APIC (and the VM an IOAPIC): xAPIC and x2APIC, the APIC timer
+    /// with TSC-deadline mode, shown in CPUID. Default: on, except for the built-in guests
+    /// written for a PIC-only PC ([`default_local_apic`]).
+    pub local_apic: bool,
+}
+
+/// Whether a VM booting `image` gets a local APIC unless its configuration says otherwise:
+/// every image but the built-in guests that predate the APIC (and were validated without
+/// one) and the kernel's flat test images.
+pub fn default_local_apic(image: &str) -> bool {
+    !matches!(
+        image,
+        "hello"
+            | "exerciser"
+            | "resetter"
+            | "spinner"
+            | "pmu"
+            | "ticker"
+            | "echo"
+            | "rtc"
+            | "bench"
+            | "smoke"
+            | "spin"
+            | "wild"
+    )
 }
 
 impl VmConfig {
@@ -168,6 +193,7 @@ impl VmConfig {
             cpu: None,
             cmdline: Cmdline::new(),
             on_crash: OnCrash::default(),
+            local_apic: default_local_apic(image),
         };
         config.validate()?;
         Ok(config)
@@ -489,6 +515,8 @@ pub struct VmRuntime {
     pub stats: VmStats,
     /// The virtual PMU: rebuilt from the VM's current configuration on every reset.
     pub pmu: VmPmu,
+    /// What the platform shows in CPUID (the local APIC and its features).
+    pub platform: GuestPlatform,
 }
 
 impl VmRuntime {
@@ -507,7 +535,24 @@ impl VmRuntime {
             on_crash,
             stats: VmStats::default(),
             pmu,
+            platform: GuestPlatform::default(),
         }
+    }
+
+    /// Give the VM the platform `config` describes: its devices (in reset state, with an
+    /// empty console) and the CPUID view that shows them, derived from the host's CPUID. Call
+    /// when the VM is built, before it first runs.
+    pub fn set_platform(
+        &mut self,
+        config: &crate::devices::PlatformConfig,
+        host: impl Fn(u32, u32) -> CpuidRegs,
+    ) {
+        self.devices = Devices::with(config);
+        self.platform = GuestPlatform {
+            local_apic: config.chipset.lapic.is_some(),
+            apic_id: config.chipset.lapic.map_or(0, |l| l.apic_id as u8),
+        };
+        self.cpuid = CpuidView::for_platform(host, Some(self.pmu.state()), &self.platform);
     }
 
     /// Fresh runtime state for a VM with vPMU `pmu`: the CPUID view is derived from the host's
@@ -534,7 +579,7 @@ impl VmRuntime {
     /// view from it and the host's CPUID. The one place both are derived after creation.
     pub fn rebuild_pmu(&mut self, host: impl Fn(u32, u32) -> CpuidRegs) {
         self.pmu.reset(self.cpuid.vendor());
-        self.cpuid = CpuidView::from_host(host, Some(self.pmu.state()));
+        self.cpuid = CpuidView::for_platform(host, Some(self.pmu.state()), &self.platform);
     }
 
     /// The whole reset of the runtime, whatever the trigger: [`reset`](Self::reset), then
@@ -574,6 +619,8 @@ pub struct VmSummary {
     pub cpu: Option<u32>,
     /// Triple-fault policy.
     pub on_crash: OnCrash,
+    /// Whether the vCPU has a local APIC.
+    pub local_apic: bool,
     /// Command line passed to the guest.
     pub cmdline: Cmdline,
     /// Console bytes written since creation (the offset a reader is at when caught up).
@@ -592,6 +639,7 @@ impl VmSummary {
             memory_mib: config.memory_mib,
             cpu: config.cpu,
             on_crash: config.on_crash,
+            local_apic: config.local_apic,
             cmdline: config.cmdline.clone(),
             console_bytes: runtime.devices.console.total_written(),
             stats: runtime.stats,

@@ -164,16 +164,30 @@ extern "C" fn worker(id: usize) {
         // Between jobs: guest slices, while this CPU is in service with SVM or VMX on. After
         // each slice the worker yields, so other threads of this core (the endpoint on core 0)
         // run while it holds no VM lock.
-        if !ran
-            && crate::arch::vcpu::HostCpu::here(kind, id, f.nrips)
-                .is_some_and(|host| crate::vms::run_some(id, host))
-        {
-            hermit::syscalls::sys_yield();
-            continue;
+        let mut wake_tsc = None;
+        if !ran {
+            match crate::arch::vcpu::HostCpu::here(kind, id, f.nrips)
+                .map(|host| crate::vms::run_some(id, host))
+            {
+                Some(crate::vms::Ran::Slice) => {
+                    hermit::syscalls::sys_yield();
+                    continue;
+                }
+                Some(crate::vms::Ran::Nothing { wake_tsc: w }) => wake_tsc = w,
+                None => {}
+            }
         }
+        // How long the worker may sleep: its 10 ms backstop, or until a halted vCPU's timer
+        // is due.
+        let idle_us = wake_tsc.map_or(IDLE_US, |t| {
+            (t.saturating_sub(hw::rdtsc()) / hw::tsc_per_us().max(1)).min(IDLE_US)
+        });
         let now = hw::monotonic_micros();
         if ran {
             last_job = now;
+        } else if idle_us == 0 {
+            // A timer is due now: go round again (after letting this core's others on).
+            hermit::syscalls::sys_yield();
         } else if now - last_job < 50_000 {
             // Jobs come in bursts (online = read back + enable + self-test): stay responsive.
             hermit::syscalls::sys_yield();
@@ -184,15 +198,18 @@ extern "C" fn worker(id: usize) {
             // could wake early: in Hermit 0.11.0 a futex wait with a timeout races with a
             // wake from another core (the timed-out task is woken twice and the scheduler
             // hits `unreachable!` in `BlockedTaskQueue::custom_wakeup`).
-            hermit::syscalls::sys_usleep(10_000);
+            hermit::syscalls::sys_usleep(idle_us);
         } else {
             slot.publish_hw_state();
             // The other CPUs run nothing but their worker: halt until woken (`percpu::wake`:
-            // a job, a VM runnable here) or 10 ms pass.
-            percpu::idle(id, 10_000);
+            // a job, a VM runnable here, console input) or a timer of a halted vCPU is due.
+            percpu::idle(id, idle_us as u32);
         }
     }
 }
+
+/// The longest a worker sleeps without being woken.
+const IDLE_US: u64 = 10_000;
 
 /// Start one pinned worker thread per core, wait for each to report, and return how many
 /// came up.

@@ -295,6 +295,19 @@ pub fn tsc_per_us() -> u64 {
     rate
 }
 
+/// Seconds since 1970 by the host's clock (Hermit reads the RTC at boot).
+pub fn unix_time_secs() -> i64 {
+    let mut ts = hermit::time::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME is supported.
+    unsafe {
+        hermit::syscalls::sys_clock_gettime(1 /* CLOCK_REALTIME */, &mut ts)
+    };
+    ts.tv_sec
+}
+
 /// Microseconds since boot (Hermit's monotonic clock).
 pub fn monotonic_micros() -> u64 {
     let mut ts = hermit::time::timespec {

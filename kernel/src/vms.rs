@@ -17,8 +17,10 @@ use core::fmt::Write as _;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use hermit_sync::{InterruptSpinMutex, SpinMutex};
+use hv::devices::PlatformConfig;
+use hv::devices::chipset::ChipsetConfig;
+use hv::devices::lapic::LapicConfig;
 use hv::exit::{Exit, ResetTrigger, StopReason};
-use hv::irq::NoInterrupts;
 use hv::vcpu::run::{BurstEnd, EntryError, Exited, RunHost, VcpuBackend, VcpuRun};
 use hv::vm::{OnCrash, VmConfig, VmEvent, VmRuntime, VmState};
 use hv::vpmu::{PmuConfig, VmPmu};
@@ -98,8 +100,7 @@ pub struct Vm {
     vcpu: Vcpu,
     /// The run loop's state of the vCPU (rebuilt with it at every reset).
     run: VcpuRun,
-    /// The vCPU's interrupt controller: none yet (the PIC and local APIC plug in here).
-    irq: NoInterrupts,
+    /// CPUID, MSRs, devices (with the chipset, the vCPU's interrupt input), vPMU, stats.
     rt: Box<VmRuntime>,
     /// The CPU this VM runs on.
     pub cpu: usize,
@@ -145,7 +146,10 @@ fn image_of<'a>(config: &VmConfig, uploaded: Option<&'a [u8]>) -> Option<&'a [u8
 }
 
 /// The command line a multiboot guest gets: the configured one, plus `boot=N` with N the
-/// number of resets so far (the resetter guest picks its reset path from it).
+/// number of resets so far (the resetter guest picks its reset path from it) and
+/// `tsc_khz=F`, the guest TSC's rate (what a PC's firmware or CPUID leaf 0x15 would tell; the
+/// built-in timer guests compare their interrupts against it), unless the configured line
+/// gives one.
 fn guest_cmdline(config: &VmConfig, boots: u64) -> heapless::String<320> {
     let mut line = heapless::String::new();
     let _ = line.push_str(config.cmdline.as_str());
@@ -153,7 +157,38 @@ fn guest_cmdline(config: &VmConfig, boots: u64) -> heapless::String<320> {
         let _ = line.push(' ');
     }
     let _ = write!(line, "boot={boots}");
+    if !config
+        .cmdline
+        .as_str()
+        .split(' ')
+        .any(|w| w.starts_with("tsc_khz="))
+    {
+        let _ = write!(line, " tsc_khz={}", guest_tsc_hz() / 1_000);
+    }
     line
+}
+
+/// The guest TSC's rate: the host's (guests run with no TSC offset or scaling).
+fn guest_tsc_hz() -> u64 {
+    hw::tsc_per_us() * 1_000_000
+}
+
+/// The platform a VM built from `config` gets: the chipset (a local APIC in the state a PC's
+/// firmware leaves it, virtual wire, when the configuration asks for one), the guest clock's
+/// rate, the RTC set to the host's time, and what fw_cfg reports.
+fn platform_of(config: &VmConfig) -> PlatformConfig {
+    let lapic = config.local_apic.then_some(LapicConfig {
+        virtual_wire: true,
+        phys_addr_bits: (hw::cpuid(0x8000_0008, 0)[0] & 0xFF).clamp(32, 52) as u8,
+        ..LapicConfig::BSP
+    });
+    PlatformConfig {
+        chipset: ChipsetConfig { lapic },
+        tsc_hz: guest_tsc_hz(),
+        rtc_start_unix: hw::unix_time_secs(),
+        cpus: 1,
+        ram_bytes: u64::from(config.memory_mib) << 20,
+    }
 }
 
 /// Load the image into zeroed RAM and return how the vCPU starts.
@@ -273,8 +308,10 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
         let mode = load(&mut ram, &config, img, 0)?;
         vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
     }
-    // The guest's CPUID: the host's, filtered by `hv::cpuid`, with the vPMU's leaves.
-    let rt = Box::new(VmRuntime::with_pmu(pmu, hw::cpuid, config.on_crash));
+    // The guest's CPUID: the host's, filtered by `hv::cpuid`, with the vPMU's leaves and what
+    // the platform (local APIC or not) shows.
+    let mut rt = Box::new(VmRuntime::with_pmu(pmu, hw::cpuid, config.on_crash));
+    rt.set_platform(&platform_of(&config), hw::cpuid);
     let cpu = cpu
         .or_else(|| place_on(config.cpu, None))
         .unwrap_or(config.cpu.unwrap_or(0) as usize);
@@ -286,7 +323,6 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
         ram,
         vcpu,
         run: VcpuRun::new(),
-        irq: NoInterrupts,
         rt,
         cpu,
         echoed: 0,
@@ -329,8 +365,13 @@ pub fn event(id: u32, ev: VmEvent) -> Result<(), VmError> {
     if runs && image_of(&vm.config, vm.uploaded.as_deref()).is_none() {
         return Err(VmError::BadImage("no image uploaded yet"));
     }
+    let was = vm.state;
     let (state, effect) = hv::vm::apply(vm.state, ev).map_err(VmError::State)?;
     vm.state = state;
+    if was == VmState::Created && state == VmState::Running {
+        // Guest time 0 is the first entry, not the creation.
+        vm.rt.devices.start_clock(hw::rdtsc());
+    }
     vm.parked_by_offline = false;
     if let hv::vm::Effect::ReloadAndRun = effect {
         let trigger = if let VmEvent::Reset(t) = ev {
@@ -523,16 +564,22 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
     if vm.vcpu.reset(mode).is_err() {
         vm.state = VmState::ended(StopReason::Requested);
     }
+    // The reset guest's time starts now.
+    vm.rt.devices.start_clock(hw::rdtsc());
     vm.echoed = vm.echoed.min(vm.rt.devices.console.total_written());
 }
 
 /// The run loop's view of this kernel around one burst: requests waiting for the VM and the
 /// slice's TSC deadline end it; the vPMU's hardware backing wraps each entry; tracing and the
-/// benchmark floor see every exit first.
+/// benchmark floor see every exit first; a device timer due before the slice's tick re-arms
+/// the tick earlier, so the guest exits when its timer fires.
 struct SliceHost<'a> {
     vm: u32,
+    cpu: usize,
     waiters: &'a AtomicU32,
     tsc_deadline: u64,
+    /// When the armed host timer fires (TSC).
+    armed_tsc: u64,
 }
 
 impl RunHost for SliceHost<'_> {
@@ -556,22 +603,60 @@ impl RunHost for SliceHost<'_> {
         crate::trace::exit(self.vm, exit.kind());
         false
     }
+
+    fn exit_by(&mut self, tsc: u64) {
+        if tsc >= self.armed_tsc {
+            return;
+        }
+        // Guest TSC = host TSC: fire the tick at the device's deadline (at least 1 us away:
+        // a deadline already passed makes the next entry exit at once, and the loop delivers).
+        let now = hw::rdtsc();
+        let us = tsc.saturating_sub(now) / hw::tsc_per_us().max(1);
+        timer::arm(self.cpu, us.clamp(1, SLICE_US) as u32);
+        self.armed_tsc = now + us.max(1) * hw::tsc_per_us();
+    }
 }
 
-/// Run one slice of a runnable VM placed on `cpu`, if any. Returns whether one ran.
-pub fn run_some(cpu: usize, host: HostCpu) -> bool {
-    let runnable = |s: &Slot| {
+/// What [`run_some`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// A VM ran a slice.
+    Slice,
+    /// Nothing could run. `wake_tsc`: the earliest TSC at which a halted VM placed here has a
+    /// timer due (the worker must be back by then).
+    Nothing { wake_tsc: Option<u64> },
+}
+
+/// Run one slice of a runnable VM placed on `cpu`, if any.
+pub fn run_some(cpu: usize, host: HostCpu) -> Ran {
+    let now = hw::rdtsc();
+    let mut wake_tsc: Option<u64> = None;
+    let mut runnable = |s: &Slot| {
         s.waiters.load(Ordering::Acquire) == 0
             && s.vm.try_lock().is_some_and(|mut g| {
                 let g = &mut *g;
-                g.cpu == cpu && g.state == VmState::Running && g.run.runnable(&mut g.irq)
+                if g.cpu != cpu || g.state != VmState::Running {
+                    return false;
+                }
+                // Timers that expired while it was halted raise their lines now.
+                g.rt.devices.advance(now);
+                let ready = g.run.runnable(&mut g.rt.devices.chipset.controller());
+                if !ready {
+                    if let Some(t) = g.rt.devices.next_deadline_tsc() {
+                        wake_tsc = Some(wake_tsc.map_or(t, |w| w.min(t)));
+                    }
+                }
+                ready
             })
     };
     let candidates: heapless::Vec<Arc<Slot>, MAX_VMS> = {
         // Never spin here: whoever holds the table (the endpoint thread of this core, say)
-        // may need this CPU to get on. Contended: nothing ran this time.
+        // may need this CPU to get on. Contended: nothing ran this time (and the worker comes
+        // back within its idle backstop).
         let Some(table) = VMS.try_lock() else {
-            return false;
+            return Ran::Nothing {
+                wake_tsc: Some(now),
+            };
         };
         table
             .iter()
@@ -585,13 +670,15 @@ pub fn run_some(cpu: usize, host: HostCpu) -> bool {
         .iter()
         .min_by_key(|v| v.vm.try_lock().map_or(u64::MAX, |g| g.last_run))
     else {
-        return false;
+        return Ran::Nothing { wake_tsc };
     };
     let Some(mut vm) = next.vm.try_lock() else {
-        return false;
+        return Ran::Nothing {
+            wake_tsc: Some(now),
+        };
     };
     run_slice(&mut vm, cpu, host, &next.waiters);
-    true
+    Ran::Slice
 }
 
 fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
@@ -606,30 +693,35 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
         // exit, is the backstop where the tick cannot make the guest exit: no usable APIC
         // timer (TSC-deadline mode), or Bochs, which keeps a guest with IF=0 running despite
         // a pending external interrupt.
-        let deadline = hw::rdtsc() + (SLICE_US - elapsed) * hw::tsc_per_us();
+        let now = hw::rdtsc();
+        let deadline = now + (SLICE_US - elapsed) * hw::tsc_per_us();
         // Arm the tick once and enter with interrupts off for the whole burst: a host timer
         // interrupt in between would let Hermit reprogram (mask) the timer, or switch tasks,
         // and leave the guest without a tick. A tick that arrives meanwhile stays pending and
-        // makes the guest exit at once, which ends the burst.
+        // makes the guest exit at once, which ends the burst. A device timer due earlier
+        // re-arms it (`SliceHost::exit_by`); that exit ends the burst too, and the next one
+        // delivers the interrupt.
         let end = hw::without_interrupts(|| {
             timer::arm(cpu, (SLICE_US - elapsed) as u32);
             let mut host_side = SliceHost {
                 vm: vm.id,
+                cpu,
                 waiters,
                 tsc_deadline: deadline,
+                armed_tsc: deadline,
             };
             let mut on = vm.vcpu.on(cpu, host, &vm.ram);
-            vm.run
-                .burst(&mut on, &mut vm.rt, &mut vm.irq, &mut host_side)
+            vm.run.run(&mut on, &mut *vm.rt, &mut host_side)
         });
         let done = match end {
             BurstEnd::EntryFailed { code } => {
                 stop(vm, StopReason::EntryFailed { code });
                 true
             }
-            // A host interrupt (normally the slice's tick) ends the slice: the host has taken
-            // it now that interrupts are on, and whatever it woke on this core (the endpoint
-            // on CPU 0) gets the CPU at the worker's yield.
+            // A host interrupt (the slice's tick, or the tick re-armed for a device timer)
+            // ends the slice: the host takes it now that interrupts are on, and whatever it
+            // woke on this core (the endpoint on CPU 0) gets the CPU at the worker's yield.
+            // Halted: the worker sleeps until an interrupt is due (or a wake).
             BurstEnd::Yield | BurstEnd::Halted | BurstEnd::HostInterrupt => true,
             BurstEnd::Stop(reason) => {
                 stop(vm, reason);

@@ -25,6 +25,7 @@
 //! | `cpu`       | integer 0..=63/null | null     |
 //! | `cmdline`   | string              | `""`     |
 //! | `on_crash`  | `"stop"`/`"reset"`  | `"stop"` |
+//! | `local_apic`| boolean             | true, false for the PIC-era built-ins ([`hv::vm::default_local_apic`]) |
 //! | `pmu`       | PMU object          | none     |
 //! | `start`     | boolean             | false    |
 //!
@@ -356,6 +357,7 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
         let mut on_crash: Option<Text> = None;
         let mut pmu = None;
         let mut start = None;
+        let mut local_apic: Option<bool> = None;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let d = &mut *diag;
             d.reading = None;
@@ -446,6 +448,17 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                         false,
                     )?)
                 }
+                "local_apic" => {
+                    local_apic = Some(value(
+                        &mut map,
+                        d,
+                        &mut seen,
+                        256,
+                        "local_apic",
+                        BOOL_EXPECTED,
+                        false,
+                    )?)
+                }
                 _ => return fail(d, BodyError::Unknown { prefix: "", key }),
             }
         }
@@ -489,6 +502,9 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                     );
                 }
             }
+        }
+        if let Some(l) = local_apic {
+            config.local_apic = l;
         }
         if let Err(e) = config.validate() {
             return invalid(diag, e);

@@ -34,6 +34,7 @@ impl Serialize for VmJson<'_> {
         o.serialize_field("cpu", &sum.cpu)?;
         o.serialize_field("running_on", &vm.running_on)?;
         o.serialize_field("on_crash", sum.on_crash.as_str())?;
+        o.serialize_field("local_apic", &sum.local_apic)?;
         o.serialize_field("cmdline", sum.cmdline.as_str())?;
         o.serialize_field("pmu", &PmuJson(vm.pmu))?;
         o.serialize_field("console_bytes", &sum.console_bytes)?;
@@ -100,7 +101,7 @@ impl Serialize for PmuJson {
 }
 
 /// `{"exits":{...},"resets":{...},"halts":N,"run_time_us":N,"unhandled_port_reads":N,
-/// "unhandled_port_writes":N}`: also the body of `GET /v1/vms/{id}/stats`.
+/// "unhandled_port_writes":N,"unhandled_mmio_reads":N,"unhandled_mmio_writes":N}`: also the body of `GET /v1/vms/{id}/stats`.
 #[derive(Clone, Copy, Debug)]
 pub struct StatsJson<'a>(pub &'a VmStats);
 
@@ -114,6 +115,8 @@ impl Serialize for StatsJson<'_> {
         o.serialize_field("run_time_us", &st.run_time_us)?;
         o.serialize_field("unhandled_port_reads", &st.unhandled_port_reads)?;
         o.serialize_field("unhandled_port_writes", &st.unhandled_port_writes)?;
+        o.serialize_field("unhandled_mmio_reads", &st.unhandled_mmio_reads)?;
+        o.serialize_field("unhandled_mmio_writes", &st.unhandled_mmio_writes)?;
         o.end()
     }
 }

@@ -153,6 +153,7 @@ fn json_body() -> impl Strategy<Value = String> {
         "cpu",
         "cmdline",
         "on_crash",
+        "local_apic",
         "pmu",
         "start",
         "vendor",

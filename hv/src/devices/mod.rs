@@ -1,33 +1,52 @@
-//! The emulated port-I/O devices of a VM: what a guest finds behind IN and OUT.
+//! The devices of a VM: what a guest finds behind IN, OUT, MMIO outside RAM and the local
+//! APIC's MSRs, on one time base.
 //!
-//! Why this set: our guests need a console (COM1), a way to end a test run with a status (the
-//! debug-exit port, as QEMU's `isa-debug-exit` with `iobase=0xf4`), and the two classic ways to
-//! reset a PC (the reset control register at 0xCF9 and the keyboard controller's pulse-reset
-//! command). Nothing else is emulated: no PIT, PIC, CMOS or PCI configuration space. Ports
-//! without a device read as all ones (an open ISA bus) and swallow writes, and the VM's stats
-//! count both so a guest that expects more hardware shows up.
+//! Why this set: a guest needs a console (COM1 with interrupts and input), the PC's interrupt
+//! controllers and timers (8259A pair, 8254 PIT, MC146818 RTC, and with a local APIC the IOAPIC:
+//! [`chipset`]), fw_cfg so kernels written for QEMU learn the machine's shape, a way to end a test
+//! run with a status (the debug-exit port, as QEMU's `isa-debug-exit` with `iobase=0xf4`) and the
+//! two classic ways to reset a PC (the reset control register at 0xCF9 and the keyboard
+//! controller's pulse-reset command). Ports without a device read as all ones (an open ISA bus)
+//! and swallow writes, and the VM's stats count both so a guest that expects more shows up.
 //!
 //! | ports       | device                 | reads                         | writes                        |
 //! |-------------|------------------------|-------------------------------|-------------------------------|
-//! | 0x3F8–0x3FF | 16550A UART ([`uart`]) | registers                     | THR -> console ring           |
+//! | 0x20-0x21, 0xA0-0xA1, 0x4D0-0x4D1 | 8259A pair, ELCR ([`pic`]) | registers | ICW/OCW, ELCR |
+//! | 0x40-0x43, 0x61 | 8254 PIT, port B ([`pit`]) | counters, status, OUT2 | modes, counts, gate |
+//! | 0x70-0x71   | RTC and CMOS ([`rtc`]) | time, status, CMOS bytes      | index (bit 7: NMI mask), data |
+//! | 0x3F8–0x3FF | 16550A UART ([`uart`]) | registers, RX FIFO            | THR -> console ring           |
+//! | 0x510-0x511 | fw_cfg ([`fw_cfg`])    | selected item                 | selector                      |
 //! | 0xF4        | debug exit             | unhandled                     | any size: stop, value = code  |
 //! | 0x60        | keyboard data          | 0                             | ignored                       |
 //! | 0x64        | keyboard status/cmd    | 0x1C (input buffer empty)     | 0xFE: reset; others ignored   |
 //! | 0xCF9       | reset control (RCR)    | last value written            | bit 2 set: reset              |
 //!
+//! MMIO: the IOAPIC page at 0xFEC00000 and the local APIC's page (at its IA32_APIC_BASE, in
+//! xAPIC mode) when the VM has a local APIC; every other address outside RAM reads all ones and
+//! drops writes, counted by the caller.
+//!
 //! Devices sit on two buses of address ranges ([`bus`]): the port bus ([`PORT_MAP`]) and the
 //! MMIO bus ([`MMIO_MAP`], for guest-physical addresses outside RAM). An access goes to the
-//! device owning its first address, which sees the offset from its base and the access as
-//! bytes, whatever the width. An MMIO access no device claims reads all ones and its writes are
-//! dropped, like a port without a device; the caller counts both kinds.
+//! device owning its first address, which sees the access as bytes, whatever the width. Byte
+//! devices on the ISA bus (UART, PIC, PIT, RTC) see a 16- or 32-bit access as byte accesses to
+//! consecutive ports, as the ISA bus splits it (bytes past a device's last port read as an open
+//! bus). The debug-exit port takes any width (the value is masked to it). The keyboard
+//! controller and RCR answer byte accesses only: a wider access at 0xCF8 is the PCI configuration
+//! address register, not a reset.
 //!
-//! Widths: the UART is a byte device on an 8-bit
-//! bus, so a 16- or 32-bit access to it is split into byte accesses to consecutive ports, as
-//! the ISA bus does (bytes past 0x3FF go to "no device"). The debug-exit port takes any width
-//! (the value is masked to it). The keyboard controller and RCR answer byte accesses only: a
-//! wider access at 0xCF8 is the PCI configuration address register, not a reset.
+//! # Time and interrupt lines
 //!
-//! Devices are decided here and counted by the caller; nothing here blocks or allocates.
+//! Every timer runs on the VM's guest clock ([`GuestClock`]: guest TSC at a fixed ratio, so a
+//! guest calibrating its TSC against the PIT, the RTC or the APIC timer gets exactly the ratio
+//! they all derive from). The run loop calls [`Devices::advance`] with the guest TSC after every
+//! exit; accesses in between happen at that time. After an access or an advance, the UART's and
+//! RTC's line levels go to the chipset (IRQ 4 and 8 on the PIC and the IOAPIC), and the PIT's
+//! edges onto IRQ 0. [`Devices::next_deadline_tsc`] says when the vCPU must exit (or a halted one
+//! wake) for a timer to fire on time. The guest clock restarts at zero with each reset
+//! ([`Devices::start_clock`]); the RTC carries its date across.
+//!
+//! Devices are decided here and counted by the caller; nothing here blocks, and nothing on an
+//! access allocates.
 
 pub mod bus;
 pub mod chipset;
@@ -45,9 +64,14 @@ pub use bus::{Bus, BusError, BusRange};
 pub use console::{CONSOLE_RING_SIZE, ConsoleRead, ConsoleRing};
 pub use uart::{COM1_BASE, Uart16550, UartReg};
 
+use chipset::{Chipset, ChipsetConfig};
+use fw_cfg::FwCfg;
+use rtc::{Rtc, RtcPort};
+
 use crate::exit::ResetTrigger;
+use crate::irq::{IrqLine, LineEvent};
 use crate::mem::GuestPhys;
-use crate::time::GuestTime;
+use crate::time::{GuestClock, GuestTime};
 
 /// Debug-exit port: a write stops the VM with the value as exit code.
 pub const DEBUG_EXIT_PORT: u16 = 0xF4;
@@ -141,6 +165,12 @@ pub enum PortDevice {
     KeyboardCommand,
     /// The reset control register [`RESET_CONTROL_PORT`].
     ResetControl,
+    /// The chipset's ports: the 8259A pair and its ELCR, the PIT and port B.
+    Chipset,
+    /// The RTC's index and data ports.
+    Rtc,
+    /// fw_cfg's selector and data ports.
+    FwCfg,
 }
 
 /// A device on the MMIO bus. None yet: the interrupt controllers (local APIC, I/O APIC) and
@@ -161,7 +191,14 @@ pub type PortBus = Bus<PortDevice, PORT_BUS_CAPACITY>;
 pub type MmioBus = Bus<MmioDevice, MMIO_BUS_CAPACITY>;
 
 /// Where each port device sits: (first port, number of ports, device).
-pub const PORT_MAP: [(u16, u16, PortDevice); 5] = [
+pub const PORT_MAP: [(u16, u16, PortDevice); 12] = [
+    (0x20, 2, PortDevice::Chipset),
+    (0x40, 4, PortDevice::Chipset),
+    (0x61, 1, PortDevice::Chipset),
+    (rtc::RTC_BASE, rtc::RTC_PORTS, PortDevice::Rtc),
+    (0xA0, 2, PortDevice::Chipset),
+    (0x4D0, 2, PortDevice::Chipset),
+    (fw_cfg::FW_CFG_PORT_SEL, 2, PortDevice::FwCfg),
     (COM1_BASE, 8, PortDevice::Uart),
     (DEBUG_EXIT_PORT, 1, PortDevice::DebugExit),
     (KBD_DATA_PORT, 1, PortDevice::KeyboardData),
@@ -172,6 +209,33 @@ pub const PORT_MAP: [(u16, u16, PortDevice); 5] = [
 /// Where each MMIO device sits: (base, length, device).
 pub const MMIO_MAP: [(u64, u64, MmioDevice); 0] = [];
 
+/// The shape of a VM's platform, fixed when it is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PlatformConfig {
+    /// The interrupt controllers (with or without a local APIC).
+    pub chipset: ChipsetConfig,
+    /// Guest TSC ticks per second (the host's TSC rate).
+    pub tsc_hz: u64,
+    /// What the RTC reads when the VM is built, in seconds since 1970 (the host's clock).
+    pub rtc_start_unix: i64,
+    /// vCPUs, for fw_cfg.
+    pub cpus: u16,
+    /// Guest RAM in bytes, for fw_cfg.
+    pub ram_bytes: u64,
+}
+
+impl PlatformConfig {
+    /// A legacy PC (PIC and PIT, no local APIC) with one vCPU, no RAM reported, a 1 GHz TSC
+    /// and the RTC at the epoch: what host tests and a freshly made runtime start from.
+    pub const DEFAULT: PlatformConfig = PlatformConfig {
+        chipset: ChipsetConfig::LEGACY,
+        tsc_hz: 1_000_000_000,
+        rtc_start_unix: 0,
+        cpus: 1,
+        ram_bytes: 0,
+    };
+}
+
 /// The devices of one VM, plus its console log.
 #[derive(Debug)]
 pub struct Devices {
@@ -179,8 +243,18 @@ pub struct Devices {
     pub uart: Uart16550,
     /// Everything the guest transmitted. Kept across guest resets.
     pub console: ConsoleRing,
+    /// Interrupt controllers and the PIT.
+    pub chipset: Chipset,
+    /// The RTC and CMOS memory.
+    pub rtc: Rtc,
+    /// fw_cfg.
+    pub fw_cfg: FwCfg,
     /// Last value written to the reset control register.
     rcr: u8,
+    /// The guest clock (restarted at every reset by [`start_clock`](Self::start_clock)).
+    clock: GuestClock,
+    /// Guest time of the last [`advance`](Self::advance): when accesses happen.
+    now: GuestTime,
     /// Which port belongs to which device.
     ports: PortBus,
     /// Which guest-physical range belongs to which device.
@@ -194,8 +268,14 @@ impl Default for Devices {
 }
 
 impl Devices {
-    /// Devices in reset state with an empty console, on their buses.
+    /// Devices of [`PlatformConfig::DEFAULT`] in reset state with an empty console.
     pub fn new() -> Self {
+        Self::with(&PlatformConfig::DEFAULT)
+    }
+
+    /// Devices for `platform`, in reset state, with an empty console, on their buses. The
+    /// guest clock's epoch is guest TSC 0 until [`start_clock`](Self::start_clock).
+    pub fn with(platform: &PlatformConfig) -> Self {
         let mut ports = PortBus::new();
         for (base, len, dev) in PORT_MAP {
             // The map is a constant checked by a test: these inserts cannot fail.
@@ -208,17 +288,84 @@ impl Devices {
         Devices {
             uart: Uart16550::RESET,
             console: ConsoleRing::new(),
+            chipset: Chipset::new(platform.chipset),
+            rtc: Rtc::new(platform.rtc_start_unix),
+            fw_cfg: FwCfg::new(platform.cpus, platform.ram_bytes),
             rcr: 0,
+            clock: GuestClock::new(platform.tsc_hz, 0),
+            now: GuestTime::ZERO,
             ports,
             mmio,
         }
     }
 
     /// Guest reset: device registers back to reset state; the console log is kept, so output
-    /// from before the reset stays readable at its offsets.
+    /// from before the reset stays readable at its offsets, and the RTC keeps its date and
+    /// CMOS memory. Guest time goes back to zero; call [`start_clock`](Self::start_clock) with
+    /// the guest TSC at which the reset guest starts.
     pub fn reset(&mut self) {
         self.uart.reset();
+        self.chipset.reset();
+        self.rtc.reset(self.now);
+        self.fw_cfg.reset();
         self.rcr = 0;
+        self.now = GuestTime::ZERO;
+    }
+
+    /// Start the guest clock at guest TSC `tsc` (guest time 0), after a reset or when the VM
+    /// is first started.
+    pub fn start_clock(&mut self, tsc: u64) {
+        self.clock = GuestClock::new(self.clock.tsc_hz(), tsc);
+        self.now = GuestTime::ZERO;
+    }
+
+    /// The guest clock.
+    pub const fn clock(&self) -> &GuestClock {
+        &self.clock
+    }
+
+    /// Guest time of the last [`advance`](Self::advance).
+    pub const fn now(&self) -> GuestTime {
+        self.now
+    }
+
+    /// Guest time has reached guest TSC `tsc`: bring every timer up to it and update the
+    /// interrupt lines (PIT edges, the UART's and RTC's levels). Time never goes back: an
+    /// older TSC changes nothing.
+    pub fn advance(&mut self, tsc: u64) {
+        let now = self.clock.now(tsc);
+        if now > self.now {
+            self.now = now;
+        }
+        let now = self.now;
+        self.uart.poll(now);
+        self.rtc.poll(now);
+        self.chipset.poll(now);
+        self.update_lines();
+    }
+
+    /// The UART's and RTC's interrupt lines to the chipset, as they are now.
+    fn update_lines(&mut self) {
+        self.chipset
+            .set_line(IrqLine::COM1, LineEvent::Level(self.uart.irq_level()));
+        self.chipset
+            .set_line(IrqLine::RTC, LineEvent::Level(self.rtc.irq_level()));
+    }
+
+    /// The guest TSC by which the vCPU must have exited (or a halted one been woken) for the
+    /// next timer event to be delivered on time: the earliest deadline of the PIT, the local
+    /// APIC timer, the RTC and the UART. `None`: no timer is running.
+    pub fn next_deadline_tsc(&self) -> Option<u64> {
+        let now = self.now;
+        let earliest = [
+            self.chipset.next_deadline(now),
+            self.uart.next_deadline(),
+            self.rtc.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        Some(self.clock.tsc_at(earliest.max(now)))
     }
 
     /// The port bus.
@@ -236,7 +383,7 @@ impl Devices {
         let mut data = [0u8; 4];
         let data = &mut data[..size.bytes() as usize];
         let handled = match self.ports.lookup(port.into()) {
-            Some((dev, offset)) => self.port_read(dev, offset, data),
+            Some((dev, offset)) => self.port_read(dev, port, offset, data),
             None => false,
         };
         if !handled {
@@ -260,24 +407,44 @@ impl Devices {
         let bytes = value.to_le_bytes();
         let data = &bytes[..size.bytes() as usize];
         match self.ports.lookup(port.into()) {
-            Some((dev, offset)) => self.port_write(dev, offset, data),
+            Some((dev, offset)) => self.port_write(dev, port, offset, data),
             None => PortWrite::Unhandled,
         }
     }
 
-    /// A read of `data.len()` bytes at `offset` into `dev`'s ports: whether the device
-    /// answered (else the bus reads all ones).
-    fn port_read(&mut self, dev: PortDevice, offset: u64, data: &mut [u8]) -> bool {
+    /// A read of `data.len()` bytes at `port` (`offset` into `dev`'s ports): whether the
+    /// device answered (else the bus reads all ones).
+    fn port_read(&mut self, dev: PortDevice, port: u16, offset: u64, data: &mut [u8]) -> bool {
+        let now = self.now;
         match (dev, data) {
             (PortDevice::Uart, data) => {
-                // A byte device on an 8-bit bus: wider accesses are consecutive byte accesses,
-                // bytes past the last register read as an open bus.
                 for (i, b) in data.iter_mut().enumerate() {
                     *b = u16::try_from(offset + i as u64)
                         .ok()
                         .and_then(UartReg::from_offset)
-                        .map_or(0xFF, |reg| self.uart.read(reg, GuestTime::ZERO));
+                        .map_or(0xFF, |reg| self.uart.read(reg, now));
                 }
+                // Reading IIR, RBR or LSR can lower the line.
+                self.update_lines();
+                true
+            }
+            (PortDevice::Chipset, data) => {
+                self.chipset.port_read(port, data, now);
+                true
+            }
+            (PortDevice::Rtc, data) => {
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = u16::try_from(offset + i as u64)
+                        .ok()
+                        .and_then(RtcPort::from_offset)
+                        .map_or(0xFF, |p| self.rtc.read(p, now));
+                }
+                // Reading register C lowers IRQ 8.
+                self.update_lines();
+                true
+            }
+            (PortDevice::FwCfg, data) => {
+                self.fw_cfg.read(offset as u16, data);
                 true
             }
             (PortDevice::DebugExit, _) => false,
@@ -299,8 +466,9 @@ impl Devices {
         }
     }
 
-    /// A write of `data` at `offset` into `dev`'s ports.
-    fn port_write(&mut self, dev: PortDevice, offset: u64, data: &[u8]) -> PortWrite {
+    /// A write of `data` at `port` (`offset` into `dev`'s ports).
+    fn port_write(&mut self, dev: PortDevice, port: u16, offset: u64, data: &[u8]) -> PortWrite {
+        let now = self.now;
         match (dev, data) {
             (PortDevice::Uart, data) => {
                 for (i, b) in data.iter().enumerate() {
@@ -308,9 +476,30 @@ impl Devices {
                         .ok()
                         .and_then(UartReg::from_offset);
                     if let Some(reg) = reg {
-                        self.uart.write(reg, *b, GuestTime::ZERO, &mut self.console);
+                        self.uart.write(reg, *b, now, &mut self.console);
                     }
                 }
+                self.update_lines();
+                PortWrite::Done
+            }
+            (PortDevice::Chipset, data) => {
+                self.chipset.port_write(port, data, now);
+                PortWrite::Done
+            }
+            (PortDevice::Rtc, data) => {
+                for (i, b) in data.iter().enumerate() {
+                    if let Some(p) = u16::try_from(offset + i as u64)
+                        .ok()
+                        .and_then(RtcPort::from_offset)
+                    {
+                        self.rtc.write(p, *b, now);
+                    }
+                }
+                self.update_lines();
+                PortWrite::Done
+            }
+            (PortDevice::FwCfg, data) => {
+                self.fw_cfg.write(offset as u16, data);
                 PortWrite::Done
             }
             (PortDevice::DebugExit, data) => {
@@ -335,10 +524,31 @@ impl Devices {
         }
     }
 
+    /// Whether RDMSR/WRMSR of `index` goes to a device (the local APIC's MSRs, when the VM has
+    /// one) rather than the MSR allow-list.
+    pub fn handles_msr(&self, index: u32) -> bool {
+        self.chipset.handles_msr(index)
+    }
+
+    /// RDMSR of a device MSR (see [`handles_msr`](Self::handles_msr)); `Err` is #GP.
+    pub fn msr_read(&mut self, index: u32) -> Result<u64, lapic::Gp> {
+        self.chipset.msr_read(index, self.now)
+    }
+
+    /// WRMSR of a device MSR; `Err` is #GP.
+    pub fn msr_write(&mut self, index: u32, value: u64) -> Result<(), lapic::Gp> {
+        let clock = self.clock;
+        self.chipset.msr_write(index, value, self.now, &clock)
+    }
+
     /// A guest read of `data.len()` bytes at `gpa` outside RAM. Returns whether a device
     /// claimed it; if none did, `data` is all ones (an open bus) and the caller counts it in
     /// [`crate::vm::VmStats::unhandled_mmio_reads`].
     pub fn mmio_read(&mut self, gpa: GuestPhys, data: &mut [u8]) -> bool {
+        if self.chipset.claims_mmio(gpa.0) {
+            self.chipset.mmio_read(gpa.0, data, self.now);
+            return true;
+        }
         let handled = match self.mmio.lookup(gpa.0) {
             Some((dev, offset)) => self.mmio_dispatch_read(dev, offset, data),
             None => false,
@@ -353,6 +563,10 @@ impl Devices {
     /// none did, the write is dropped and the caller counts it in
     /// [`crate::vm::VmStats::unhandled_mmio_writes`].
     pub fn mmio_write(&mut self, gpa: GuestPhys, data: &[u8]) -> bool {
+        if self.chipset.claims_mmio(gpa.0) {
+            self.chipset.mmio_write(gpa.0, data, self.now);
+            return true;
+        }
         match self.mmio.lookup(gpa.0) {
             Some((dev, offset)) => self.mmio_dispatch_write(dev, offset, data),
             None => false,
@@ -457,9 +671,9 @@ mod tests {
     fn everything_else_is_an_open_bus() {
         let mut d = Devices::new();
         for (port, size, ones) in [
-            (0x40, IoSize::Byte, 0xFF),       // PIT
-            (0x20, IoSize::Byte, 0xFF),       // PIC
-            (0x71, IoSize::Byte, 0xFF),       // CMOS
+            (0x80, IoSize::Byte, 0xFF),       // POST
+            (0x22, IoSize::Byte, 0xFF),       // just past the master PIC
+            (0x72, IoSize::Byte, 0xFF),       // extended CMOS (not offered)
             (0xCFC, IoSize::Dword, u32::MAX), // PCI config data
             (0x3F7, IoSize::Word, 0xFFFF),    // just below COM1
             (0x2F8, IoSize::Byte, 0xFF),      // COM2

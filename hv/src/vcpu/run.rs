@@ -190,6 +190,57 @@ pub trait VcpuBackend {
     /// Open (`true`) or close the interrupt window: with it open, the guest exits with
     /// [`Exit::InterruptWindow`] as soon as it can take an external interrupt.
     fn set_interrupt_window(&mut self, open: bool);
+
+    /// The guest's TSC now (the host's TSC plus the VM's offset): the time base of the VM's
+    /// devices.
+    fn guest_tsc(&self) -> u64;
+}
+
+/// The VM side of the run loop: its runtime model (CPUID, MSRs, devices, vPMU, stats) and the
+/// vCPU's interrupt input. [`VmRuntime`] is one, with its chipset as the interrupt input; host
+/// tests pair a runtime with a fake controller ([`VcpuRun::burst`]).
+pub trait Machine {
+    /// The runtime the exit handler works on.
+    fn runtime(&mut self) -> &mut VmRuntime;
+
+    /// The vCPU's interrupt controller, as it is now.
+    fn interrupts(&mut self) -> impl InterruptController + '_;
+
+    /// Guest time reached guest TSC `tsc`: timers fire, lines move.
+    fn advance(&mut self, tsc: u64) {
+        self.runtime().devices.advance(tsc);
+    }
+
+    /// The guest TSC by which the vCPU must exit for a timer to be delivered on time.
+    fn next_deadline(&mut self) -> Option<u64> {
+        self.runtime().devices.next_deadline_tsc()
+    }
+}
+
+impl Machine for VmRuntime {
+    fn runtime(&mut self) -> &mut VmRuntime {
+        self
+    }
+
+    fn interrupts(&mut self) -> impl InterruptController + '_ {
+        self.devices.chipset.controller()
+    }
+}
+
+/// A runtime with a separate interrupt controller (host tests' fakes).
+struct WithController<'a, I> {
+    rt: &'a mut VmRuntime,
+    irq: &'a mut I,
+}
+
+impl<I: InterruptController> Machine for WithController<'_, I> {
+    fn runtime(&mut self) -> &mut VmRuntime {
+        self.rt
+    }
+
+    fn interrupts(&mut self) -> impl InterruptController + '_ {
+        &mut *self.irq
+    }
 }
 
 /// What the run loop needs from the host around the guest: the preemption checks, the vPMU's
@@ -214,6 +265,13 @@ pub trait RunHost {
     fn intercept<B: VcpuBackend>(&mut self, vcpu: &mut B, exit: &Exit) -> bool {
         let _ = (vcpu, exit);
         false
+    }
+
+    /// The VM's devices need the guest to exit by guest TSC `tsc` (a timer fires then): the
+    /// host arranges an exit no later than that (a host timer interrupt), if it has none
+    /// earlier. Called after every exit while a timer runs.
+    fn exit_by(&mut self, tsc: u64) {
+        let _ = tsc;
     }
 }
 
@@ -406,9 +464,8 @@ impl VcpuRun {
         }
     }
 
-    /// Enter the guest again and again while its exits need only register updates or
-    /// injections: the hot path of a VM exit. Allocates nothing. Each exit goes to the host's
-    /// hook, then the vPMU, then [`exit::handle`]; the action is applied here.
+    /// [`run`](Self::run) with `rt` and a separate interrupt controller `irq` (host tests'
+    /// fakes; the kernel runs a [`VmRuntime`], whose chipset is its controller).
     pub fn burst<B, I, H>(
         &mut self,
         vcpu: &mut B,
@@ -421,24 +478,41 @@ impl VcpuRun {
         I: InterruptController,
         H: RunHost,
     {
+        self.run(vcpu, &mut WithController { rt, irq }, host)
+    }
+
+    /// Enter the guest again and again while its exits need only register updates or
+    /// injections: the hot path of a VM exit. Allocates nothing. After each exit the VM's
+    /// devices advance to the guest's TSC; the exit goes to the host's hook, then the vPMU,
+    /// then [`exit::handle`]; the action is applied here, and the host is told when the next
+    /// timer needs the guest out.
+    pub fn run<B, M, H>(&mut self, vcpu: &mut B, m: &mut M, host: &mut H) -> BurstEnd
+    where
+        B: VcpuBackend,
+        M: Machine,
+        H: RunHost,
+    {
+        m.advance(vcpu.guest_tsc());
         loop {
             if self.halted {
-                self.nmi |= irq.take_nmi();
-                if !self.has_work(irq) {
+                self.nmi |= m.interrupts().take_nmi();
+                if !self.has_work(&m.interrupts()) {
                     return BurstEnd::Halted;
                 }
                 self.halted = false;
             }
-            self.prepare(vcpu, irq);
-            let exited = match host.enter(vcpu, &mut rt.pmu) {
+            self.prepare(vcpu, &mut m.interrupts());
+            let exited = match host.enter(vcpu, &mut m.runtime().pmu) {
                 Ok(e) => e,
                 Err(e) => return BurstEnd::EntryFailed { code: e.code },
             };
+            m.advance(vcpu.guest_tsc());
             // Delivered again at the next entry, unless the handler injects another event.
             self.pending = exited.interrupted;
             self.reinjecting = exited.interrupted.is_some();
             let exit = exited.exit;
             if !host.intercept(vcpu, &exit) {
+                let rt = m.runtime();
                 let action = match rt.pmu.handle_exit(&exit) {
                     Some(a) => {
                         rt.stats.exits.record(exit.kind());
@@ -465,11 +539,14 @@ impl VcpuRun {
                     return BurstEnd::HostInterrupt;
                 }
                 if self.halted {
-                    self.nmi |= irq.take_nmi();
-                    if !self.has_work(irq) {
+                    self.nmi |= m.interrupts().take_nmi();
+                    if !self.has_work(&m.interrupts()) {
                         return BurstEnd::Halted;
                     }
                 }
+            }
+            if let Some(tsc) = m.next_deadline() {
+                host.exit_by(tsc);
             }
             if host.should_yield() {
                 return BurstEnd::Yield;

@@ -232,4 +232,9 @@ impl VcpuBackend for OnCpu<'_> {
             Vcpu::Vmx(v) => v.set_interrupt_window(open),
         }
     }
+
+    /// Guests run with no TSC offset or scaling: the guest's TSC is the host's.
+    fn guest_tsc(&self) -> u64 {
+        crate::hw::rdtsc()
+    }
 }

@@ -40,6 +40,7 @@ impl FakeVm {
             memory_mib: self.config.memory_mib,
             cpu: self.config.cpu,
             on_crash: self.config.on_crash,
+            local_apic: self.config.local_apic,
             cmdline: self.config.cmdline.clone(),
             console_bytes: self.console.total_written(),
             stats: self.stats,

@@ -29,6 +29,8 @@ struct Mock {
     calls: Vec<Call>,
     /// The state at each `inject`, to check the loop only injects what the guest accepts.
     injected_in: Vec<(Event, Interruptibility)>,
+    /// The guest TSC: 1,000 ticks pass in every entry.
+    tsc: u64,
 }
 
 impl Mock {
@@ -38,6 +40,7 @@ impl Mock {
             state,
             calls: Vec::new(),
             injected_in: Vec::new(),
+            tsc: 0,
         }
     }
 }
@@ -47,7 +50,12 @@ impl VcpuBackend for Mock {
         self.calls.push(Call::Enter);
         let (exit, state) = self.script.pop_front().ok_or(EntryError { code: 0xDEAD })?;
         self.state = state;
+        self.tsc += 1_000;
         Ok(exit)
+    }
+
+    fn guest_tsc(&self) -> u64 {
+        self.tsc
     }
 
     fn view(&self) -> GuestView {
