@@ -615,11 +615,13 @@ impl Conn {
         if self.buf.capacity() == 0 && !bytes.is_empty() {
             self.buf.reserve_exact(self.limits.buffer_capacity());
         }
-        let room = self
-            .limits
-            .buffer_capacity()
-            .max(self.want)
-            .saturating_sub(self.buf.len());
+        let size = self.limits.buffer_capacity().max(self.want);
+        if self.buf.capacity() < size {
+            // An accepted upload: room for exactly the request, once, rather than doubling
+            // (each doubling copies what has arrived; a 16 MiB upload copied 16 MiB more).
+            self.buf.reserve_exact(size - self.buf.len());
+        }
+        let room = size.saturating_sub(self.buf.len());
         let n = bytes.len().min(room);
         self.buf.extend_from_slice(&bytes[..n]);
         n

@@ -1,5 +1,11 @@
 //! virtio-net (modern PCI transport, virtio 1.x §5.1) through the `virtio-drivers` crate's raw
 //! driver, with receive buffers we own and keep posted, polled from the endpoint thread.
+//!
+//! Transmission does not wait for the device: a frame is handed over in one of [`TX_SLOTS`]
+//! buffers and the buffer is taken back once the device has used it (virtio 1.x §2.7.14, the
+//! used ring), at the next transmit. Under TCG, QEMU's virtio-net transmits from its main
+//! loop, so waiting for each completion (every ACK of an upload) stalled the endpoint for as
+//! long as that thread took to get scheduled.
 
 use alloc::boxed::Box;
 
@@ -19,6 +25,8 @@ use crate::hw::VirtioHal;
 /// segments (see `ethernet_caps`). 64 x 2 KiB.
 const QUEUE: usize = 64;
 const BUF: usize = 2048;
+/// Transmit buffers in flight at most.
+const TX_SLOTS: usize = 16;
 /// Largest Ethernet frame we accept (no VLAN tags, no jumbo frames).
 const MTU: usize = 1514;
 
@@ -37,7 +45,9 @@ pub struct VirtioNic {
     rx: [Box<Buf>; QUEUE],
     /// The virtqueue token of the request each receive buffer is posted under.
     posted: [Option<u16>; QUEUE],
-    tx: Box<Buf>,
+    tx: [Box<Buf>; TX_SLOTS],
+    /// The virtqueue token and frame length of each transmit buffer the device holds.
+    in_flight: [Option<(u16, usize)>; TX_SLOTS],
 }
 
 impl core::fmt::Debug for VirtioNic {
@@ -71,7 +81,8 @@ impl VirtioNic {
             dev,
             rx: core::array::from_fn(|_| Buf::new()),
             posted: [None; QUEUE],
-            tx: Buf::new(),
+            tx: core::array::from_fn(|_| Buf::new()),
+            in_flight: [None; TX_SLOTS],
         };
         for i in 0..QUEUE {
             nic.post(i);
@@ -103,11 +114,37 @@ impl VirtioNic {
             Some(frame)
         });
         self.post(i);
-        Some((RxToken(frame?), TxToken(self)))
+        let slot = self.free_slot();
+        Some((RxToken(frame?), TxToken(self, slot)))
     }
 
     pub fn transmit(&mut self, _ts: Instant) -> Option<TxToken<'_>> {
-        self.dev.can_send().then_some(TxToken(self))
+        let slot = self.free_slot()?;
+        self.dev.can_send().then_some(TxToken(self, Some(slot)))
+    }
+
+    /// A transmit buffer the device does not hold (after taking back what it has used).
+    fn free_slot(&mut self) -> Option<usize> {
+        self.reclaim();
+        self.in_flight.iter().position(Option::is_none)
+    }
+
+    /// Take back the transmit buffers the device has used.
+    fn reclaim(&mut self) {
+        while let Some(token) = self.dev.poll_transmit() {
+            let Some(slot) = self
+                .in_flight
+                .iter()
+                .position(|f| f.is_some_and(|(t, _)| t == token))
+            else {
+                // Not ours (cannot happen): leave the used ring alone rather than spin.
+                return;
+            };
+            let (_, len) = self.in_flight[slot].take().unwrap_or_default();
+            // SAFETY: the buffer and length that were passed to transmit_begin for `token`.
+            // A failure only means the device reported an error for a frame TCP retransmits.
+            let _ = unsafe { self.dev.transmit_complete(token, &self.tx[slot].0[..len]) };
+        }
     }
 
     pub fn capabilities(&self) -> DeviceCapabilities {
@@ -115,24 +152,33 @@ impl VirtioNic {
     }
 }
 
-pub struct TxToken<'a>(&'a mut VirtioNic);
+/// Room to send one frame: the NIC and a free transmit buffer. The token handed out with a
+/// received frame (for an immediate reply) may have none yet: then it waits for one.
+pub struct TxToken<'a>(&'a mut VirtioNic, Option<usize>);
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let nic = self.0;
-        let hdr = nic.dev.fill_buffer_header(&mut nic.tx.0).unwrap_or(0);
-        let len = len.min(BUF - hdr);
-        let r = f(&mut nic.tx.0[hdr..hdr + len]);
-        let frame = &nic.tx.0[..hdr + len];
-        // SAFETY: `tx` is owned by the NIC and not touched until the device hands the buffer
-        // back: we wait for that completion right here before returning.
-        if let Ok(token) = unsafe { nic.dev.transmit_begin(frame) } {
-            while nic.dev.poll_transmit() != Some(token) {
+        let slot = match self.1 {
+            Some(slot) => slot,
+            None => loop {
+                if let Some(slot) = nic.free_slot() {
+                    break slot;
+                }
                 core::hint::spin_loop();
-            }
-            // SAFETY: the same buffer that was passed to transmit_begin for `token`.
-            // A failure drops the frame, which TCP retransmits.
-            let _ = unsafe { nic.dev.transmit_complete(token, frame) };
+            },
+        };
+        let buf = &mut nic.tx[slot].0;
+        let hdr = nic.dev.fill_buffer_header(buf).unwrap_or(0);
+        let len = len.min(BUF - hdr);
+        let r = f(&mut buf[hdr..hdr + len]);
+        let frame = &nic.tx[slot].0[..hdr + len];
+        // SAFETY: `tx[slot]` is owned by the NIC (boxed: it does not move) and is not touched
+        // again until the device has used it: `in_flight[slot]` keeps the slot taken until
+        // `reclaim` sees its token in the used ring. A refusal drops the frame (TCP
+        // retransmits).
+        if let Ok(token) = unsafe { nic.dev.transmit_begin(frame) } {
+            nic.in_flight[slot] = Some((token, hdr + len));
         }
         r
     }
