@@ -48,6 +48,9 @@ pub struct VirtioNic {
     tx: [Box<Buf>; TX_SLOTS],
     /// The virtqueue token and frame length of each transmit buffer the device holds.
     in_flight: [Option<(u16, usize)>; TX_SLOTS],
+    /// The receive buffer whose frame was last handed to smoltcp in place: posted again at the
+    /// next receive or transmit, once the token that borrowed it is gone.
+    lent: Option<usize>,
 }
 
 impl core::fmt::Debug for VirtioNic {
@@ -83,6 +86,7 @@ impl VirtioNic {
             posted: [None; QUEUE],
             tx: core::array::from_fn(|_| Buf::new()),
             in_flight: [None; TX_SLOTS],
+            lent: None,
         };
         for i in 0..QUEUE {
             nic.post(i);
@@ -100,29 +104,81 @@ impl VirtioNic {
         self.posted[i] = unsafe { self.dev.receive_begin(&mut self.rx[i].0) }.ok();
     }
 
-    pub fn receive(&mut self, _ts: Instant) -> Option<(RxToken, TxToken<'_>)> {
+    /// Post the buffer of the frame last handed out again.
+    fn give_back(&mut self) {
+        if let Some(i) = self.lent.take() {
+            self.post(i);
+        }
+    }
+
+    /// The next received frame, in place in its DMA buffer (no copy: under TCG every copy of
+    /// an upload's bytes counts); the buffer is posted again at the next call.
+    pub fn receive(&mut self, _ts: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        self.give_back();
         let token = self.dev.poll_receive()?;
         let i = self.posted.iter().position(|t| *t == Some(token))?;
         self.posted[i] = None;
         // SAFETY: `rx[i]` is the buffer that was posted under `token`.
         let done = unsafe { self.dev.receive_complete(token, &mut self.rx[i].0) };
-        let frame = done.ok().and_then(|(hdr, len)| {
-            let mut frame = heapless::Vec::<u8, { super::FRAME }>::new();
-            frame
-                .extend_from_slice(self.rx[i].0.get(hdr..hdr + len)?)
-                .ok()?;
-            Some(frame)
-        });
-        self.post(i);
+        let Some((hdr, len)) = done.ok().filter(|&(hdr, len)| hdr + len <= BUF) else {
+            self.post(i);
+            return None;
+        };
         let slot = self.free_slot();
-        Some((RxToken(frame?), TxToken(self, slot)))
+        self.lent = Some(i);
+        let VirtioNic {
+            dev,
+            rx,
+            tx,
+            in_flight,
+            ..
+        } = self;
+        let frame = RxToken::Lent(&rx[i].0[hdr..hdr + len]);
+        Some((
+            frame,
+            TxToken {
+                tx: TxSide { dev, tx, in_flight },
+                slot,
+            },
+        ))
     }
 
     pub fn transmit(&mut self, _ts: Instant) -> Option<TxToken<'_>> {
+        self.give_back();
         let slot = self.free_slot()?;
-        self.dev.can_send().then_some(TxToken(self, Some(slot)))
+        let can_send = self.dev.can_send();
+        let VirtioNic {
+            dev, tx, in_flight, ..
+        } = self;
+        can_send.then_some(TxToken {
+            tx: TxSide { dev, tx, in_flight },
+            slot: Some(slot),
+        })
     }
 
+    /// A transmit buffer the device does not hold (after taking back what it has used).
+    fn free_slot(&mut self) -> Option<usize> {
+        TxSide {
+            dev: &mut self.dev,
+            tx: &mut self.tx,
+            in_flight: &mut self.in_flight,
+        }
+        .free_slot()
+    }
+
+    pub fn capabilities(&self) -> DeviceCapabilities {
+        super::ethernet_caps(MTU, QUEUE)
+    }
+}
+
+/// The transmit half of the NIC: what a [`TxToken`] needs while a received frame is lent out.
+struct TxSide<'a> {
+    dev: &'a mut VirtIONetRaw<VirtioHal, PciTransport, QUEUE>,
+    tx: &'a mut [Box<Buf>; TX_SLOTS],
+    in_flight: &'a mut [Option<(u16, usize)>; TX_SLOTS],
+}
+
+impl TxSide<'_> {
     /// A transmit buffer the device does not hold (after taking back what it has used).
     fn free_slot(&mut self) -> Option<usize> {
         self.reclaim();
@@ -146,20 +202,20 @@ impl VirtioNic {
             let _ = unsafe { self.dev.transmit_complete(token, &self.tx[slot].0[..len]) };
         }
     }
-
-    pub fn capabilities(&self) -> DeviceCapabilities {
-        super::ethernet_caps(MTU, QUEUE)
-    }
 }
 
-/// Room to send one frame: the NIC and a free transmit buffer. The token handed out with a
-/// received frame (for an immediate reply) may have none yet: then it waits for one.
-pub struct TxToken<'a>(&'a mut VirtioNic, Option<usize>);
+/// Room to send one frame: the NIC's transmit half and a free transmit buffer. The token
+/// handed out with a received frame (for an immediate reply) may have none yet: then it waits
+/// for one.
+pub struct TxToken<'a> {
+    tx: TxSide<'a>,
+    slot: Option<usize>,
+}
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let nic = self.0;
-        let slot = match self.1 {
+        let mut nic = self.tx;
+        let slot = match self.slot {
             Some(slot) => slot,
             None => loop {
                 if let Some(slot) = nic.free_slot() {
