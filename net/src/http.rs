@@ -979,3 +979,43 @@ impl fmt::Write for VecWriter<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An accepted upload gets room for exactly its request, once (no doubling: every doubling
+    /// copied what had arrived), and the connection gives it back after the answer.
+    #[test]
+    fn an_upload_buffer_is_reserved_once_at_its_size() {
+        let limits = Limits {
+            max_body_bytes: 100,
+            max_upload_bytes: 1 << 20,
+            ..Limits::DEFAULT
+        };
+        let mut conn = Conn::new(limits);
+        let body = 300_000;
+        let head = alloc::format!(
+            "PUT /v1/vms/1/image HTTP/1.1\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: {body}\r\n\r\n"
+        );
+        assert_eq!(conn.feed(head.as_bytes()), head.len());
+        assert_eq!(conn.next_request(), Next::NeedMore);
+        let total = head.len() + body;
+        let chunk = [0u8; 1460];
+        let mut fed = head.len();
+        let mut capacities = alloc::vec::Vec::new();
+        while fed < total {
+            let n = conn.feed(&chunk[..chunk.len().min(total - fed)]);
+            assert!(n > 0);
+            fed += n;
+            if capacities.last() != Some(&conn.buf.capacity()) {
+                capacities.push(conn.buf.capacity());
+            }
+        }
+        assert_eq!(capacities, [total], "grown once, to the request's size");
+        assert!(matches!(conn.next_request(), Next::Request(r) if r.body.len() == body));
+        conn.feed(b"");
+        assert!(conn.buf.capacity() <= limits.buffer_capacity() + 1460);
+    }
+}
