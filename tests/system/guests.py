@@ -515,12 +515,69 @@ def test_echo_guest_through_the_console_api():
         assert doc["reason"] == "debug exit code 0", doc
 
 
+def test_scripts_console_is_an_interactive_terminal():
+    """scripts/console on a terminal (a pty here): raw mode, the guest's echo of what is typed
+    appears (the terminal's own echo is off), Enter goes as a carriage return, Ctrl-] leaves
+    with status 0 and the terminal's settings are as they were before."""
+    import pty
+    import select
+    import termios
+    with Hermitage(smp=2) as hv:
+        vm_id = create(hv, name="tty", image="uploaded")["id"]
+        call(hv, "PUT", f"/v1/vms/{vm_id}/image", 200, body=polled_echo_image(), headers=OCTETS)
+        act(hv, vm_id, "start")
+        wait_console(hv, vm_id, r"pecho: ready\n", 30)
+        master, slave = pty.openpty()
+        before = termios.tcgetattr(slave)
+        proc = subprocess.Popen([sys.executable, CONSOLE, "--port", str(hv.port), "tty"],
+                                stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        seen = b""
+
+        def read_until(what, timeout):
+            nonlocal seen
+            deadline = time.time() + slow(timeout)
+            while what not in seen and time.time() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    try:
+                        seen += os.read(master, 4096)
+                    except OSError:
+                        break
+            assert what in seen, (what, seen)
+
+        try:
+            read_until(b"Ctrl-] leaves", 10)
+            read_until(b"pecho: ready", 10)
+            # Raw mode: no line buffering (each byte goes at once), no local echo, no ICRNL.
+            during = termios.tcgetattr(slave)
+            assert not during[3] & (termios.ICANON | termios.ECHO | termios.ISIG), during[3]
+            assert not during[0] & termios.ICRNL, during[0]
+            os.write(master, b"typed")
+            read_until(b"typed", 20)
+            os.write(master, b"\r")
+            deadline = time.time() + slow(10)
+            while b"typed\r" not in seen and time.time() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    seen += os.read(master, 4096)
+            assert b"typed\r" in seen, seen
+            os.write(master, b"\x1d")
+            assert proc.wait(slow(10)) == 0
+            assert termios.tcgetattr(slave) == before, "terminal settings not restored"
+            text, _ = console(hv, vm_id)
+            assert text == "pecho: ready\ntyped\r", text
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(master)
+            os.close(slave)
+
+
 TESTS = [test_lifecycle_through_the_api, test_bad_requests_name_the_problem_and_change_nothing,
          test_every_guest_runs, test_each_reset_trigger_goes_through_one_reset_path,
          test_eight_vms_share_two_cpus_fairly, test_npt_violation_stops_only_that_vm,
          test_pause_resume_and_memory_comes_back, test_uploaded_image_runs_and_bad_images_change_nothing,
          test_vpmu_is_rebuilt_from_the_current_configuration_on_every_reset,
-         test_console_input_and_live_follow_through_the_api, test_echo_guest_through_the_console_api]
+         test_console_input_and_live_follow_through_the_api, test_echo_guest_through_the_console_api,
+         test_scripts_console_is_an_interactive_terminal]
 
 if BOCHS:
     # Its configurations are AMD PMUs for an AMD guest. Under Bochs the guest is Intel: the
