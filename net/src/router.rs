@@ -64,6 +64,8 @@ pub enum Command {
     SetVmPmu(u32),
     /// `PUT /v1/vms/{id}/image` (octet-stream body)
     UploadVmImage(u32),
+    /// `PUT /v1/vms/{id}/initrd` (octet-stream body)
+    UploadVmInitrd(u32),
 }
 
 /// What body a route takes.
@@ -136,6 +138,8 @@ pub enum Op {
     SetVmPmu,
     /// [`Command::UploadVmImage`]
     UploadVmImage,
+    /// [`Command::UploadVmInitrd`]
+    UploadVmInitrd,
 }
 
 impl Op {
@@ -164,6 +168,7 @@ impl Op {
             Op::GetVmPmu => "getVmPmu",
             Op::SetVmPmu => "setVmPmu",
             Op::UploadVmImage => "uploadVmImage",
+            Op::UploadVmInitrd => "uploadVmInitrd",
         }
     }
 
@@ -194,6 +199,7 @@ impl Op {
             Op::GetVmPmu => Command::GetVmPmu(id),
             Op::SetVmPmu => Command::SetVmPmu(id),
             Op::UploadVmImage => Command::UploadVmImage(id),
+            Op::UploadVmInitrd => Command::UploadVmInitrd(id),
         }
     }
 
@@ -212,7 +218,7 @@ impl Op {
     }
 
     /// Every operation.
-    pub const ALL: [Op; 22] = [
+    pub const ALL: [Op; 23] = [
         Op::Health,
         Op::ListCpus,
         Op::GetCpu,
@@ -235,6 +241,7 @@ impl Op {
         Op::GetVmPmu,
         Op::SetVmPmu,
         Op::UploadVmImage,
+        Op::UploadVmInitrd,
     ];
 }
 
@@ -385,6 +392,12 @@ pub const ROUTES: &[Route] = &[
         op: Op::UploadVmImage,
         body: BodyKind::Upload,
     },
+    Route {
+        method: Method::Put,
+        pattern: "/v1/vms/{id}/initrd",
+        op: Op::UploadVmInitrd,
+        body: BodyKind::Upload,
+    },
 ];
 
 /// The capture name in patterns.
@@ -432,6 +445,7 @@ impl Command {
             Command::GetVmPmu(_) => Op::GetVmPmu,
             Command::SetVmPmu(_) => Op::SetVmPmu,
             Command::UploadVmImage(_) => Op::UploadVmImage,
+            Command::UploadVmInitrd(_) => Op::UploadVmInitrd,
         }
     }
 }
@@ -537,6 +551,7 @@ mod tests {
             (Method::Get, "/v1/vms/2/stats", Command::VmStats(2)),
             (Method::Put, "/v1/vms/2/pmu", Command::SetVmPmu(2)),
             (Method::Put, "/v1/vms/2/image", Command::UploadVmImage(2)),
+            (Method::Put, "/v1/vms/2/initrd", Command::UploadVmInitrd(2)),
         ];
         for (m, p, c) in cases {
             assert_eq!(route(m, p), Ok(c), "{m} {p}");
