@@ -321,6 +321,17 @@ impl Backend for Hypervisor {
         self.vm(id)
     }
 
+    fn vm_initrd(&mut self, id: u32, initrd: &[u8]) -> Result<VmInfo, VmError> {
+        self.vm_upload_allowed(id)?;
+        crate::vms::upload_initrd(id, initrd.to_vec()).map_err(|e| match e {
+            crate::vms::VmError::State(hv::vm::TransitionError::WrongState { from, .. }) => {
+                VmError::UploadWhile { from }
+            }
+            e => vm_error(e),
+        })?;
+        self.vm(id)
+    }
+
     fn reboot(&mut self) -> Result<(), CpuError> {
         if crate::virt::request_reboot() {
             Ok(())

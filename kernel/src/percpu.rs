@@ -78,8 +78,13 @@ pub fn idle(cpu: usize, max_us: u32) {
         hermit::syscalls::sys_usleep(u64::from(max_us));
         return;
     }
-    crate::arch::timer::arm(cpu, max_us);
-    hw::halt_unless(|| flag.swap(false, Ordering::AcqRel));
+    // Armed with interrupts off, just before the HLT: a short backstop (a vCPU timer due in a
+    // few microseconds) that fired before the HLT would otherwise be taken first and leave
+    // the CPU halted with no timer at all.
+    hw::halt_unless(|| {
+        crate::arch::timer::arm(cpu, max_us);
+        flag.swap(false, Ordering::AcqRel)
+    });
 }
 
 /// The target CPU did not take the job in time. The job may still run later; the caller

@@ -111,6 +111,9 @@ pub struct Vm {
     parked_by_offline: bool,
     /// The image uploaded through the API, when `config.image` is `Uploaded`.
     uploaded: Option<Vec<u8>>,
+    /// The initrd uploaded through the API: a Linux kernel's initramfs, or a multiboot
+    /// image's one module.
+    initrd: Option<Vec<u8>>,
 }
 
 impl core::fmt::Debug for Vm {
@@ -191,22 +194,126 @@ fn platform_of(config: &VmConfig) -> PlatformConfig {
     }
 }
 
-/// Load the image into zeroed RAM and return how the vCPU starts.
+/// Whether `img` is a Linux bzImage (boot flag and "HdrS" in its setup header) rather than a
+/// multiboot image.
+fn is_linux(img: &[u8]) -> bool {
+    guests::linux::SetupHeader::parse(img).is_ok()
+}
+
+/// The command line a Linux guest gets: the configured one, or, when that is empty, the one
+/// `linux-guests.md` section 5 recommends for the VM's platform (no local APIC: the PIC, PIT
+/// and UART only, ACPI off; with one: ACPI's MADT describes the local APIC and IOAPIC); then
+/// `tsc_early_khz=` with the guest TSC's rate unless the line gives one (without it the
+/// kernel calibrates its TSC against the PIT, which takes long under an emulator).
+fn linux_cmdline(config: &VmConfig) -> alloc::string::String {
+    let mut line = alloc::string::String::from(config.cmdline.as_str());
+    if line.is_empty() {
+        line.push_str(
+            "console=ttyS0,115200 earlyprintk=serial,ttyS0,115200 tsc=reliable nokaslr idle=halt \
+             reboot=k panic=-1 initcall_blacklist=i8042_init 8250.nr_uarts=1 pci=off",
+        );
+        if !config.local_apic {
+            line.push_str(" nolapic noapic acpi=off");
+        }
+    }
+    if !line.split(' ').any(|w| w.starts_with("tsc_early_khz=")) {
+        let _ = write!(line, " tsc_early_khz={}", guest_tsc_hz() / 1_000);
+    }
+    line
+}
+
+/// The Linux boot configuration of a VM, with the ACPI RSDP where the firmware tables are.
+fn linux_boot<'a>(
+    cmdline: &'a str,
+    initrd: Option<&'a [u8]>,
+    acpi_rsdp: Option<u64>,
+) -> guests::linux::BootConfig<'a> {
+    guests::linux::BootConfig {
+        cmdline,
+        initrd: initrd.unwrap_or_default(),
+        reserved: &[],
+        acpi_rsdp,
+    }
+}
+
+/// Check that `img` (with `initrd`) can be loaded into a VM of `config` with `ram_len` bytes
+/// of RAM, without touching anything.
+fn check_image(
+    config: &VmConfig,
+    img: &[u8],
+    initrd: Option<&[u8]>,
+    ram_len: usize,
+) -> Result<(), VmError> {
+    if is_linux(img) {
+        let cmdline = linux_cmdline(config);
+        guests::linux::check(img, ram_len, &linux_boot(&cmdline, initrd, None))
+            .map(|_| ())
+            .map_err(|e| VmError::BadImage(e.as_str()))
+    } else {
+        let cmdline = guest_cmdline(config, 0);
+        let modules = initrd.map(|bytes| guests::multiboot::Module {
+            bytes,
+            string: "initrd",
+        });
+        guests::multiboot::check_with_modules(img, ram_len, &cmdline, modules.as_slice())
+            .map_err(|e| VmError::BadImage(e.as_str()))
+    }
+}
+
+/// Load the image into zeroed RAM and return how the vCPU starts: a Linux bzImage through the
+/// Linux boot protocol (the firmware tables written first when the VM has a local APIC), a
+/// multiboot image through Multiboot 1 with the initrd as its one module, or a flat test
+/// image at 1 MiB.
 fn load(
     vm_ram: &mut GuestRam,
     config: &VmConfig,
     img: &[u8],
+    initrd: Option<&[u8]>,
     boots: u64,
 ) -> Result<GuestMode, VmError> {
     let ram = vm_ram.as_mut_slice();
+    if is_linux(img) {
+        let cmdline = linux_cmdline(config);
+        // Checked before RAM is cleared, so a bad image changes nothing.
+        guests::linux::check(img, ram.len(), &linux_boot(&cmdline, initrd, None))
+            .map_err(|e| VmError::BadImage(e.as_str()))?;
+        ram.fill(0);
+        let rsdp = if config.local_apic {
+            let [sig, _, _, features] = hw::cpuid(1, 0);
+            let shape = hv::firmware::MachineShape {
+                cpus: 1,
+                cpu_signature: sig,
+                cpu_features: features,
+            };
+            hv::firmware::write(&shape, ram).ok().map(|t| t.rsdp.0)
+        } else {
+            None
+        };
+        let e = guests::linux::load(img, ram, &linux_boot(&cmdline, initrd, rsdp))
+            .map_err(|e| VmError::BadImage(e.as_str()))?;
+        return Ok(GuestMode::Linux64 {
+            cr3: e.cr3,
+            rip: e.rip,
+            rsp: e.rsp,
+            rsi: e.rsi,
+            gdt_base: e.gdt_base,
+            gdt_limit: e.gdt_limit,
+            cs: e.cs,
+            ds: e.ds,
+        });
+    }
     if !matches!(config.image.as_str(), "smoke" | "spin" | "wild") {
         // Multiboot 1 (ELF32 or a.out kludge): entered as the specification says (EAX magic,
         // EBX info). Checked before RAM is cleared, so a bad image changes nothing.
         let cmdline = guest_cmdline(config, boots);
-        guests::multiboot::check(img, ram.len(), &cmdline)
+        let modules = initrd.map(|bytes| guests::multiboot::Module {
+            bytes,
+            string: "initrd",
+        });
+        guests::multiboot::check_with_modules(img, ram.len(), &cmdline, modules.as_slice())
             .map_err(|e| VmError::BadImage(e.as_str()))?;
         ram.fill(0);
-        let entry = guests::multiboot::load(img, ram, &cmdline)
+        let entry = guests::multiboot::load_with_modules(img, ram, &cmdline, modules.as_slice())
             .map_err(|e| VmError::BadImage(e.as_str()))?;
         return Ok(GuestMode::Protected32 {
             eip: entry.eip,
@@ -305,7 +412,7 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
     }
     let mut vcpu = Vcpu::new(&ram).map_err(|_| VmError::Vcpu)?;
     if let Some(img) = img {
-        let mode = load(&mut ram, &config, img, 0)?;
+        let mode = load(&mut ram, &config, img, None, 0)?;
         vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
     }
     // The guest's CPUID: the host's, filtered by `hv::cpuid`, with the vPMU's leaves and what
@@ -329,6 +436,7 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
         last_run: 0,
         parked_by_offline: false,
         uploaded: None,
+        initrd: None,
     };
     let mut table = VMS.lock();
     // Checked again under the lock: another request may have created one meanwhile.
@@ -499,23 +607,46 @@ pub fn set_pmu(id: u32, config: PmuConfig) -> Result<VmView, VmError> {
 pub fn upload(id: u32, bytes: Vec<u8>) -> Result<(), VmError> {
     let vm = find(id).ok_or(VmError::NotFound)?;
     let mut g = lock(&vm);
+    refuse_while_running(&g)?;
+    check_image(&g.config, &bytes, g.initrd.as_deref(), g.ram.len())?;
+    g.config.image = hv::vm::ImageRef::Uploaded;
+    g.uploaded = Some(bytes);
+    reload_if_created(&mut g)
+}
+
+/// Replace VM `id`'s initrd: a Linux kernel's initramfs, or the one module a multiboot image
+/// gets (its string is "initrd"). The same rules as [`upload`]: only while the VM does not
+/// run, checked against the image (if one is there) and the VM's RAM, nothing changed on a
+/// refusal; a created VM is reloaded at once.
+pub fn upload_initrd(id: u32, bytes: Vec<u8>) -> Result<(), VmError> {
+    let vm = find(id).ok_or(VmError::NotFound)?;
+    let mut g = lock(&vm);
+    refuse_while_running(&g)?;
+    if let Some(img) = image_of(&g.config, g.uploaded.as_deref()) {
+        check_image(&g.config, img, Some(&bytes), g.ram.len())?;
+    }
+    g.initrd = Some(bytes);
+    reload_if_created(&mut g)
+}
+
+fn refuse_while_running(g: &Vm) -> Result<(), VmError> {
     if matches!(g.state, VmState::Running | VmState::Paused) {
         return Err(VmError::State(hv::vm::TransitionError::WrongState {
             from: g.state,
             event: VmEvent::Stop,
         }));
     }
-    let cmdline = guest_cmdline(&g.config, 0);
-    guests::multiboot::check(&bytes, g.ram.len(), &cmdline)
-        .map_err(|e| VmError::BadImage(e.as_str()))?;
-    g.config.image = hv::vm::ImageRef::Uploaded;
-    g.uploaded = Some(bytes);
+    Ok(())
+}
+
+/// A created VM is loaded from its (new) image at once; others at their next start.
+fn reload_if_created(g: &mut Vm) -> Result<(), VmError> {
     if g.state == VmState::Created {
-        let g = &mut *g;
-        let img = g.uploaded.as_deref().unwrap_or_default();
-        let mode = load(&mut g.ram, &g.config, img, 0)?;
-        g.vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
-        g.run = VcpuRun::new();
+        if let Some(img) = image_of(&g.config, g.uploaded.as_deref()) {
+            let mode = load(&mut g.ram, &g.config, img, g.initrd.as_deref(), 0)?;
+            g.vcpu.reset(mode).map_err(|_| VmError::Vcpu)?;
+            g.run = VcpuRun::new();
+        }
     }
     Ok(())
 }
@@ -554,7 +685,7 @@ fn reset(vm: &mut Vm, trigger: Option<ResetTrigger>) {
         vm.state = VmState::ended(StopReason::Requested);
         return;
     };
-    let mode = match load(&mut vm.ram, &vm.config, img, boots) {
+    let mode = match load(&mut vm.ram, &vm.config, img, vm.initrd.as_deref(), boots) {
         Ok(m) => m,
         Err(_) => {
             vm.state = VmState::ended(StopReason::Requested);

@@ -299,6 +299,15 @@ pub trait Backend {
         Err(VmError::Unsupported(NO_VMS))
     }
 
+    /// `PUT /v1/vms/{id}/initrd`: check `initrd` against the VM's image and RAM (a Linux
+    /// kernel's initramfs, or a multiboot image's one module; `BadImage(reason)` if refused,
+    /// VM unchanged), keep it and load it with the image at the next start or reset. Refused
+    /// with `UploadWhile` while the VM runs.
+    fn vm_initrd(&mut self, id: u32, initrd: &[u8]) -> Result<VmInfo, VmError> {
+        let _ = (id, initrd);
+        Err(VmError::Unsupported(NO_VMS))
+    }
+
     /// Whether VM `id` may take an image upload now, asked from the head of `PUT
     /// /v1/vms/{id}/image` before its body is read: `Err(NotFound)`, `Err(UploadWhile)` (it
     /// runs) and the like are answered at once and the connection closed, so that a client

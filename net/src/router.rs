@@ -66,6 +66,8 @@ pub enum Command {
     SetVmPmu(u32),
     /// `PUT /v1/vms/{id}/image` (octet-stream body)
     UploadVmImage(u32),
+    /// `PUT /v1/vms/{id}/initrd` (octet-stream body)
+    UploadVmInitrd(u32),
 }
 
 /// What body a route takes.
@@ -143,6 +145,8 @@ pub enum Op {
     SetVmPmu,
     /// [`Command::UploadVmImage`]
     UploadVmImage,
+    /// [`Command::UploadVmInitrd`]
+    UploadVmInitrd,
 }
 
 impl Op {
@@ -172,6 +176,7 @@ impl Op {
             Op::GetVmPmu => "getVmPmu",
             Op::SetVmPmu => "setVmPmu",
             Op::UploadVmImage => "uploadVmImage",
+            Op::UploadVmInitrd => "uploadVmInitrd",
         }
     }
 
@@ -203,6 +208,7 @@ impl Op {
             Op::GetVmPmu => Command::GetVmPmu(id),
             Op::SetVmPmu => Command::SetVmPmu(id),
             Op::UploadVmImage => Command::UploadVmImage(id),
+            Op::UploadVmInitrd => Command::UploadVmInitrd(id),
         }
     }
 
@@ -245,6 +251,7 @@ impl Op {
         Op::GetVmPmu,
         Op::SetVmPmu,
         Op::UploadVmImage,
+        Op::UploadVmInitrd,
     ];
 }
 
@@ -401,6 +408,12 @@ pub const ROUTES: &[Route] = &[
         op: Op::UploadVmImage,
         body: BodyKind::Upload,
     },
+    Route {
+        method: Method::Put,
+        pattern: "/v1/vms/{id}/initrd",
+        op: Op::UploadVmInitrd,
+        body: BodyKind::Upload,
+    },
 ];
 
 /// The capture name in patterns.
@@ -449,6 +462,7 @@ impl Command {
             Command::GetVmPmu(_) => Op::GetVmPmu,
             Command::SetVmPmu(_) => Op::SetVmPmu,
             Command::UploadVmImage(_) => Op::UploadVmImage,
+            Command::UploadVmInitrd(_) => Op::UploadVmInitrd,
         }
     }
 }
@@ -559,6 +573,7 @@ mod tests {
             (Method::Get, "/v1/vms/2/stats", Command::VmStats(2)),
             (Method::Put, "/v1/vms/2/pmu", Command::SetVmPmu(2)),
             (Method::Put, "/v1/vms/2/image", Command::UploadVmImage(2)),
+            (Method::Put, "/v1/vms/2/initrd", Command::UploadVmInitrd(2)),
         ];
         for (m, p, c) in cases {
             assert_eq!(route(m, p), Ok(c), "{m} {p}");

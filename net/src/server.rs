@@ -319,8 +319,9 @@ fn upload_refusal<B: Backend + ?Sized>(
     path: &str,
     content_type: Option<&str>,
 ) -> Option<ApiError> {
-    let Ok(Command::UploadVmImage(id)) = router::route(crate::http::Method::Put, path) else {
-        return None;
+    let id = match router::route(crate::http::Method::Put, path) {
+        Ok(Command::UploadVmImage(id) | Command::UploadVmInitrd(id)) => id,
+        _ => return None,
     };
     let want = router::BodyKind::Upload.media_type()?;
     if !media_type_is(content_type, want) {
@@ -518,6 +519,7 @@ fn run<B: Backend + ?Sized>(
             vm_reply(out, ka, max, backend.vm_set_pmu(id, pmu))
         }
         Command::UploadVmImage(id) => vm_reply(out, ka, max, backend.vm_image(id, req.body)),
+        Command::UploadVmInitrd(id) => vm_reply(out, ka, max, backend.vm_initrd(id, req.body)),
     }
 }
 

@@ -148,6 +148,7 @@ fn provoke(op: Op, status: u16) -> Option<Vec<u8>> {
         Op::CreateVm => br#"{"name":"new","image":"hello","memory_mib":8}"#,
         Op::SetVmPmu => br#"{"vendor":"intel"}"#,
         Op::UploadVmImage => b"\x7fELF....",
+        Op::UploadVmInitrd => b"070701...",
         _ => b"",
     };
     let m = route.method.as_str();
@@ -182,6 +183,8 @@ fn provoke(op: Op, status: u16) -> Option<Vec<u8>> {
         (Op::DeleteVm, 409) => with(&path("2")),
         (Op::UploadVmImage, 409) => with(&path("2")),
         (Op::UploadVmImage, 400) => req(m, &path("1"), ctype, b"MZ"),
+        (Op::UploadVmInitrd, 409) => with(&path("2")),
+        (Op::UploadVmInitrd, 400) => req(m, &path("1"), ctype, b"MZ"),
         (Op::SetVmPmu, 400) => req(m, &path("1"), ctype, br#"{"vendor":"intel","width":8}"#),
         (Op::VmConsole, 400) => with(&format!("{}?offset=x", path("1"))),
         (Op::VmConsole, 200) => with(&format!("{}?offset=0&wait_ms=0", path("1"))),

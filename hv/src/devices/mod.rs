@@ -728,6 +728,149 @@ mod tests {
         assert_eq!(d.read(0xCF9, IoSize::Byte).value, 0);
     }
 
+    /// The 8259A pair as Linux (and the built-in timer guests) set it up: vectors 0x20/0x28,
+    /// cascade on IR2, 8086 mode; then `master_mask`/`slave_mask`.
+    fn init_pics(d: &mut Devices, master_mask: u8, slave_mask: u8) {
+        for (port, v) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0xA0, 0x11),
+            (0xA1, 0x28),
+            (0xA1, 0x02),
+            (0xA1, 0x01),
+            (0x21, master_mask),
+            (0xA1, slave_mask),
+        ] {
+            assert_eq!(d.write(port, IoSize::Byte, v.into()), PortWrite::Done);
+        }
+    }
+
+    /// Take the pending interrupt as the CPU would (INTA), if any.
+    fn take(d: &mut Devices) -> Option<u8> {
+        use crate::irq::InterruptController;
+        let mut c = d.chipset.controller();
+        c.pending_vector()?;
+        c.acknowledge()
+    }
+
+    const MS: u64 = 1_000_000; // TSC ticks per ms at the default 1 GHz
+
+    #[test]
+    fn pit_ticks_reach_the_vcpu_through_the_pic_on_guest_time() {
+        let mut d = Devices::new();
+        d.start_clock(5_000);
+        init_pics(&mut d, 0xFE, 0xFF);
+        // Channel 0, lobyte/hibyte, mode 2, reload 1193 (~1 kHz).
+        d.write(0x43, IoSize::Byte, 0x34);
+        d.write(0x40, IoSize::Byte, 1193 & 0xFF);
+        d.write(0x40, IoSize::Byte, 1193 >> 8);
+        let mut tsc = 5_000;
+        let mut ticks = 0;
+        while tsc < 5_000 + 100 * MS {
+            // The vCPU exits at the deadline the devices ask for (or earlier, at a random exit).
+            let due = d.next_deadline_tsc().expect("the PIT runs");
+            assert!(
+                due > tsc || take(&mut d).is_some(),
+                "a deadline in the past delivers"
+            );
+            tsc = due.min(tsc + 300_000);
+            d.advance(tsc);
+            if let Some(v) = take(&mut d) {
+                assert_eq!(v, 0x20);
+                ticks += 1;
+                d.write(0x20, IoSize::Byte, 0x20); // non-specific EOI
+            }
+        }
+        // 100 ms at 1193182/1193 Hz.
+        assert!((99..=101).contains(&ticks), "{ticks} ticks");
+    }
+
+    #[test]
+    fn rtc_periodic_interrupts_through_the_slave_pic_never_stall() {
+        let mut d = Devices::new();
+        d.start_clock(0);
+        init_pics(&mut d, 0xFB, 0xFE);
+        // Register A: rate 6 (1024 Hz); B: PIE; C read to clear.
+        d.write(0x70, IoSize::Byte, 0x0A);
+        d.write(0x71, IoSize::Byte, 0x26);
+        d.write(0x70, IoSize::Byte, 0x0B);
+        let b = d.read(0x71, IoSize::Byte).value as u8;
+        d.write(0x70, IoSize::Byte, 0x0B);
+        d.write(0x71, IoSize::Byte, u32::from(b | 0x40));
+        d.write(0x70, IoSize::Byte, 0x0C);
+        d.read(0x71, IoSize::Byte);
+        let mut tsc = 0;
+        let mut got = 0u32;
+        let mut step = 17u64;
+        // Exits at odd times: before, at and long after each deadline.
+        while got < 500 {
+            step = (step * 7919 + 13) % 2_500_000;
+            let due = d.next_deadline_tsc();
+            assert!(
+                due.is_some() || take(&mut d).is_some(),
+                "stalled after {got}: {d:?}"
+            );
+            tsc += step.max(1);
+            d.advance(tsc);
+            if let Some(v) = take(&mut d) {
+                assert_eq!(v, 0x28);
+                got += 1;
+                d.write(0x70, IoSize::Byte, 0x0C);
+                assert_ne!(d.read(0x71, IoSize::Byte).value & 0xC0, 0, "IRQF and PF");
+                d.write(0xA0, IoSize::Byte, 0x20);
+                d.write(0x20, IoSize::Byte, 0x20);
+            }
+            assert!(tsc < 10_000 * MS, "only {got} interrupts in 10 s");
+        }
+    }
+
+    #[test]
+    fn uart_interrupts_follow_ier_and_out2() {
+        let mut d = Devices::new();
+        init_pics(&mut d, 0xEF, 0xFF);
+        // OUT2 gates IRQ 4; THRE interrupt enabled with THR empty raises it at once.
+        d.write(0x3FC, IoSize::Byte, 0x0B);
+        d.write(0x3F9, IoSize::Byte, 0x02);
+        d.advance(0);
+        assert_eq!(take(&mut d), Some(0x24));
+        // IIR read clears THRE; EOI; nothing pending any more.
+        assert_eq!(d.read(0x3FA, IoSize::Byte).value & 0x0F, 0x02);
+        d.write(0x20, IoSize::Byte, 0x20);
+        assert_eq!(take(&mut d), None);
+        // Input with RDA enabled: IRQ 4 again once the byte is in the FIFO.
+        d.write(0x3F9, IoSize::Byte, 0x01);
+        assert_eq!(d.uart.push_input(b"x"), 1);
+        d.advance(1_000);
+        assert_eq!(take(&mut d), Some(0x24));
+        assert_eq!(d.read(0x3F8, IoSize::Byte).value, u32::from(b'x'));
+    }
+
+    #[test]
+    fn reset_restarts_guest_time_and_keeps_the_rtc_date() {
+        let mut d = Devices::with(&PlatformConfig {
+            rtc_start_unix: 1_700_000_000,
+            ..PlatformConfig::DEFAULT
+        });
+        d.start_clock(1_000);
+        d.advance(1_000 + 5_000 * MS);
+        assert_eq!(d.now(), GuestTime(5_000 * MS));
+        let before = d.rtc.unix_time(d.now());
+        d.write(0x43, IoSize::Byte, 0x34);
+        d.write(0x40, IoSize::Byte, 0x10);
+        d.write(0x40, IoSize::Byte, 0x00);
+        d.reset();
+        d.start_clock(9_000 * MS);
+        assert_eq!(d.now(), GuestTime::ZERO);
+        assert_eq!(
+            d.next_deadline_tsc(),
+            None,
+            "the PIT is back in its reset state"
+        );
+        assert_eq!(d.rtc.unix_time(d.now()), before, "the date carries across");
+    }
+
     #[test]
     fn io_sizes() {
         assert_eq!(IoSize::from_bytes(2), Some(IoSize::Word));

@@ -157,6 +157,28 @@ pub enum GuestMode {
         /// Initial stack pointer.
         rsp: u64,
     },
+    /// The Linux x86-64 boot protocol's entry (`Documentation/arch/x86/boot.rst`, "64-bit boot
+    /// protocol"): long mode as [`GuestMode::Long64`], but with the loader's GDT loaded, CS and
+    /// the data segments at the selectors it defines (`__BOOT_CS`, `__BOOT_DS`) and RSI
+    /// pointing at the zero page.
+    Linux64 {
+        /// Guest CR3 (the loader's identity map).
+        cr3: u64,
+        /// Entry point (`startup_64`).
+        rip: u64,
+        /// Initial stack pointer.
+        rsp: u64,
+        /// The zero page (`struct boot_params`).
+        rsi: u64,
+        /// GDTR base.
+        gdt_base: u64,
+        /// GDTR limit.
+        gdt_limit: u16,
+        /// CS selector.
+        cs: u16,
+        /// DS, ES, SS, FS and GS selector.
+        ds: u16,
+    },
     /// 32-bit protected mode, flat segments, paging off: the Multiboot 1 handoff.
     Protected32 {
         /// Entry point.
@@ -239,6 +261,49 @@ pub fn build_vmcb(cfg: &GuestConfig, vmcb: &mut Vmcb, regs: &mut GuestRegs) {
     };
 
     match cfg.mode {
+        GuestMode::Linux64 {
+            cr3,
+            rip,
+            rsp,
+            rsi,
+            gdt_base,
+            gdt_limit,
+            cs,
+            ds,
+        } => {
+            let code = Segment {
+                selector: cs,
+                attrib: ATTR_CODE64,
+                limit: 0xFFFF_FFFF,
+                base: 0,
+            };
+            let data = Segment {
+                selector: ds,
+                attrib: ATTR_DATA32,
+                limit: 0xFFFF_FFFF,
+                base: 0,
+            };
+            set_segments(s, code, data);
+            s.tr = Segment {
+                selector: 0,
+                attrib: ATTR_TSS_BUSY,
+                limit: 0x67,
+                base: 0,
+            };
+            s.gdtr = Segment {
+                selector: 0,
+                attrib: crate::vmcb::SegAttrib(0),
+                limit: u32::from(gdt_limit),
+                base: gdt_base,
+            };
+            s.cr0 = (Cr0::PE | Cr0::ET | Cr0::NE | Cr0::PG).bits();
+            s.cr3 = cr3;
+            s.cr4 = Cr4::PAE.bits();
+            s.efer = Efer::SVME | Efer::LME | Efer::LMA;
+            s.rip = rip;
+            s.rsp = rsp;
+            regs.rsi = rsi;
+        }
         GuestMode::Long64 { cr3, rip, rsp } => {
             let code = Segment {
                 selector: FLAT_CS,
@@ -502,6 +567,34 @@ mod tests {
         };
         build_vmcb(&cfg(mode), &mut v, &mut r);
         (v, r)
+    }
+
+    #[test]
+    fn linux_entry_is_the_boot_protocol_state_and_passes_vmrun_checks() {
+        let (v, r) = build(GuestMode::Linux64 {
+            cr3: 0x4000,
+            rip: 0x100_0200,
+            rsp: 0xB000,
+            rsi: 0x2000,
+            gdt_base: 0x1000,
+            gdt_limit: 0x1F,
+            cs: 0x10,
+            ds: 0x18,
+        });
+        assert_eq!(check_vmrun_consistency(&v), Ok(()));
+        let s = &v.save;
+        assert_eq!(
+            (s.cs.selector, s.ds.selector, s.ss.selector),
+            (0x10, 0x18, 0x18)
+        );
+        assert_eq!((s.gdtr.base, s.gdtr.limit), (0x1000, 0x1F));
+        assert_eq!(
+            (s.rip, s.rsp, r.rsi, s.cr3),
+            (0x100_0200, 0xB000, 0x2000, 0x4000)
+        );
+        assert_eq!(s.rflags & (1 << 9), 0, "IF=0 at entry");
+        assert_eq!(s.efer, Efer::SVME | Efer::LME | Efer::LMA);
+        assert_eq!(r.r15, 0, "registers cleared");
     }
 
     #[test]

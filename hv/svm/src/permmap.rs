@@ -65,10 +65,38 @@ pub struct MsrNotMapped(pub u32);
 #[repr(C, align(4096))]
 pub struct Msrpm(pub [u8; MSRPM_SIZE]);
 
+/// The MSRs VMLOAD and VMSAVE switch (APM vol. 2 15.5.2: FS and GS base, KernelGsBase, STAR,
+/// LSTAR, CSTAR, SFMASK, SYSENTER_CS/ESP/EIP). The VMRUN path VMSAVEs the host's and VMLOADs
+/// the guest's around every entry, so the guest may own them without an intercept: a 64-bit
+/// kernel writes GS base before it has an IDT (Linux's `startup_64`), and faulting there is a
+/// triple fault.
+pub const WORLD_SWITCHED_MSRS: [u32; 10] = [
+    0xC000_0100, // FS_BASE
+    0xC000_0101, // GS_BASE
+    0xC000_0102, // KERNEL_GS_BASE
+    0xC000_0081, // STAR
+    0xC000_0082, // LSTAR
+    0xC000_0083, // CSTAR
+    0xC000_0084, // SFMASK
+    0x174,       // SYSENTER_CS
+    0x175,       // SYSENTER_ESP
+    0x176,       // SYSENTER_EIP
+];
+
 impl Msrpm {
     /// Every MSR access intercepted.
     pub const fn intercept_all() -> Self {
         Self([0xFF; MSRPM_SIZE])
+    }
+
+    /// Every MSR access intercepted except those of [`WORLD_SWITCHED_MSRS`].
+    pub fn for_guests() -> Self {
+        let mut m = Self::intercept_all();
+        for msr in WORLD_SWITCHED_MSRS {
+            // All of them lie in the mapped ranges (checked by a test).
+            let _ = m.set(msr, false, false);
+        }
+        m
     }
 
     /// Set whether reads and writes of `msr` exit.
@@ -97,6 +125,31 @@ impl Msrpm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guests_own_the_world_switched_msrs_only() {
+        let m = Msrpm::for_guests();
+        for msr in WORLD_SWITCHED_MSRS {
+            assert!(
+                !m.intercepts(msr, false) && !m.intercepts(msr, true),
+                "{msr:#x}"
+            );
+        }
+        for msr in [
+            0x10,
+            0x1B,
+            0x277,
+            0xC000_0080,
+            0xC000_0103,
+            0xC001_0000,
+            0x8000_0000,
+        ] {
+            assert!(
+                m.intercepts(msr, false) && m.intercepts(msr, true),
+                "{msr:#x}"
+            );
+        }
+    }
 
     #[test]
     fn msrpm_positions() {

@@ -497,6 +497,28 @@ impl CrShadows {
 pub enum GuestMode {
     /// 64-bit long mode, paging on with the guest's own 4-level tables at `cr3`
     /// (a guest-physical address, translated by EPT).
+    /// The Linux x86-64 boot protocol's entry (`Documentation/arch/x86/boot.rst`, "64-bit boot
+    /// protocol"): long mode as [`GuestMode::Long64`], but with the loader's GDT loaded, CS and
+    /// the data segments at the selectors it defines (`__BOOT_CS`, `__BOOT_DS`) and RSI
+    /// pointing at the zero page.
+    Linux64 {
+        /// Guest CR3 (the loader's identity map).
+        cr3: u64,
+        /// Entry point (`startup_64`).
+        rip: u64,
+        /// Initial stack pointer.
+        rsp: u64,
+        /// The zero page (`struct boot_params`).
+        rsi: u64,
+        /// GDTR base.
+        gdt_base: u64,
+        /// GDTR limit.
+        gdt_limit: u16,
+        /// CS selector.
+        cs: u16,
+        /// DS, ES, SS, FS and GS selector.
+        ds: u16,
+    },
     Long64 {
         /// Guest CR3.
         cr3: u64,
@@ -598,6 +620,37 @@ pub fn build(mode: GuestMode, cfg: &VmxConfig) -> GuestSetup {
     };
     let mut regs = GuestRegs::default();
     let (mut s, cr0, cr4) = match mode {
+        GuestMode::Linux64 {
+            cr3,
+            rip,
+            rsp,
+            rsi,
+            gdt_base,
+            gdt_limit,
+            cs,
+            ds,
+        } => {
+            regs.rsi = rsi;
+            let data = Segment::flat(ds, AR_DATA32);
+            let s = GuestState {
+                cr3,
+                rip,
+                rsp,
+                cs: Segment::flat(cs, AR_CODE64),
+                ss: data,
+                ds: data,
+                es: data,
+                fs: data,
+                gs: data,
+                gdtr: DescriptorTable {
+                    base: gdt_base,
+                    limit: u32::from(gdt_limit),
+                },
+                efer: EFER_LME | EFER_LMA,
+                ..base
+            };
+            (s, CR0_PE | CR0_ET | CR0_NE | CR0_PG, CR4_PAE)
+        }
         GuestMode::Long64 { cr3, rip, rsp } => {
             let data = Segment::flat(FLAT_DS, AR_DATA32);
             let s = GuestState {
@@ -1205,6 +1258,17 @@ mod tests {
                     cr3: 0x1000,
                     rip: 0x20_0000,
                     rsp: 0,
+                },
+                // The Linux loader's entry (guests::linux: GDT 0x1000, zero page 0x2000).
+                GuestMode::Linux64 {
+                    cr3: 0x4000,
+                    rip: 0x100_0200,
+                    rsp: 0xB000,
+                    rsi: 0x2000,
+                    gdt_base: 0x1000,
+                    gdt_limit: 0x1F,
+                    cs: 0x10,
+                    ds: 0x18,
                 },
                 GuestMode::Protected32 {
                     eip: 0x10_0000,

@@ -13,7 +13,7 @@ use svm::exit::{self, DecodedExit, ExitSnapshot};
 use svm::guest::{self, GuestConfig, GuestMode};
 use svm::insn_len::InsnBytes;
 use svm::npt::{NestedPageTable, Perms};
-use svm::permmap::{IOPM_SIZE, Iopm, MSRPM_SIZE, Msrpm};
+use svm::permmap::{IOPM_SIZE, Iopm, Msrpm};
 use svm::regs::FxArea;
 use svm::vmcb::{InterceptMisc1, InterruptState, TlbControl, VIntr, Vmcb};
 use svm::{GuestPhys, GuestRegs, HostPhys, hw};
@@ -31,8 +31,8 @@ use crate::hw::GuestRam;
 static ASIDS: [SpinMutex<Option<AsidAllocator>>; MAX_CPUS] =
     [const { SpinMutex::new(None) }; MAX_CPUS];
 
-/// The I/O and MSR permission maps every SVM vCPU shares: all ones, so every port and MSR access
-/// of every guest exits. The CPU only reads them; allocated once, never freed (20 KiB saved per
+/// The I/O and MSR permission maps every SVM vCPU shares: every port access exits, and every MSR
+/// access but those VMLOAD/VMSAVE switch (`svm::permmap::WORLD_SWITCHED_MSRS`). The CPU only reads them; allocated once, never freed (20 KiB saved per
 /// VM). `None` if they are not physically contiguous (never, on Hermit's 2 MiB-backed heap).
 static SHARED_MAPS: hermit_sync::OnceCell<Option<(HostPhys, HostPhys)>> =
     hermit_sync::OnceCell::new();
@@ -40,7 +40,7 @@ static SHARED_MAPS: hermit_sync::OnceCell<Option<(HostPhys, HostPhys)>> =
 fn shared_maps() -> Option<(HostPhys, HostPhys)> {
     *SHARED_MAPS.get_or_init(|| {
         let iopm: &'static Iopm = Box::leak(Box::new(Iopm([0xFF; IOPM_SIZE])));
-        let msrpm: &'static Msrpm = Box::leak(Box::new(Msrpm([0xFF; MSRPM_SIZE])));
+        let msrpm: &'static Msrpm = Box::leak(Box::new(Msrpm::for_guests()));
         Some((HostPhys(phys_of(iopm)?), HostPhys(phys_of(msrpm)?)))
     })
 }

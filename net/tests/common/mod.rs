@@ -375,6 +375,16 @@ impl Backend for Fake {
         vm.config.image = hv::vm::ImageRef::Uploaded;
         self.vm(id)
     }
+
+    fn vm_initrd(&mut self, id: u32, initrd: &[u8]) -> Result<VmInfo, VmError> {
+        self.vm_upload_allowed(id)?;
+        self.vm_mut(id)?;
+        // As the kernel: an initrd must fit the VM's RAM with its image.
+        if initrd.starts_with(b"MZ") {
+            return Err(VmError::BadImage("initrd too large for the VM's RAM"));
+        }
+        self.vm(id)
+    }
 }
 
 /// One response as read back from the wire.
