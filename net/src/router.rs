@@ -227,7 +227,7 @@ impl Op {
     }
 
     /// Every operation.
-    pub const ALL: [Op; 23] = [
+    pub const ALL: [Op; 24] = [
         Op::Health,
         Op::ListCpus,
         Op::GetCpu,
