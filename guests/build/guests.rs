@@ -236,8 +236,8 @@ const IA32_EFER: u32 = 0xC000_0080;
 /// SDM Vol. 4, 2.1: 0x40000000-0x400000FF "will never be used" by processors (hypervisors
 /// use it for synthetic MSRs; ours emulates none there).
 const MSR_RESERVED: u32 = 0x4000_00FF;
-/// Not decoded by the hypervisor (fw_cfg on QEMU, nothing here).
-const PORT_UNEMULATED: u16 = 0x510;
+/// Decoded by no device, here or in QEMU (fw_cfg is at 0x510-0x511 in both).
+const PORT_UNEMULATED: u16 = 0x520;
 
 /// The exerciser's checks, in order. Name them `area-what`; the name is the stable key in the
 /// `PASS <name>` / `FAIL <name>: ...` lines and in `guests::builtins::EXERCISER_CHECKS`.
@@ -947,7 +947,7 @@ fn pmu(asm: &mut Asm) -> Result {
 pub const BENCH_FLOOR_LEAF: u32 = 0x4000_00FF;
 
 /// A port no device answers (reads all ones), for the port I/O round trip.
-const BENCH_PORT: u32 = 0x510;
+const BENCH_PORT: u32 = 0x520;
 
 fn bench(asm: &mut Asm) -> Result {
     const ITERS: u32 = layout::VAR_SCRATCH;

@@ -30,7 +30,7 @@
 //! write/read-back of 0x0007010600070106 (the old value is restored); RDMSR of IA32_EFER and
 //! IA32_APIC_BASE work; RDMSR and WRMSR of MSR 0x400000FF (a range the SDM reserves, never
 //! implemented by processors) raise #GP; VMMCALL, VMCALL and VMRUN raise #UD; 8-, 16- and
-//! 32-bit IN from port 0x510 read all ones; UART LSR (0x3FD) reads 0x60. An expected fault
+//! 32-bit IN from port 0x520 (no device; fw_cfg is at 0x510) read all ones; UART LSR (0x3FD) reads 0x60. An expected fault
 //! resumes after the instruction (the handler jumps to a recorded address).
 //!
 //! # `resetter`
@@ -233,7 +233,7 @@
 //! (integer). The bodies: `loop` the bare loop (4
 //! instructions per iteration), `cpuid` CPUID leaf 0 (5), `floor` CPUID leaf 0x400000FF, which
 //! a hypervisor booted with `bench_floor` answers before its exit handler (5), `pio` an 8-bit IN
-//! from port 0x510, which no device claims (3), `msr` RDMSR of IA32_PAT (4). Under QEMU
+//! from port 0x520, which no device claims (3), `msr` RDMSR of IA32_PAT (4). Under QEMU
 //! `-icount shift=0` the TSC advances one tick per instruction, so the same lines count
 //! instructions per operation. With `idle=1` it prints `bench: idle` and halts with interrupts
 //! off (for reset timing); with `forever=1` it prints `bench: forever` and executes CPUID

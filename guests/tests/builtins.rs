@@ -214,7 +214,7 @@ fn exerciser_probes_cpuid_msrs_virtualization_instructions_and_ports() {
         assert!(decoded.mnemonics.contains(&m), "no {m:?}");
     }
     for size in [1, 2, 4] {
-        assert!(decoded.port_io.contains(&(0x510, "in", size)));
+        assert!(decoded.port_io.contains(&(0x520, "in", size)));
     }
     assert!(EXERCISER_CHECKS.len() >= 15);
     for check in EXERCISER_CHECKS {
@@ -261,7 +261,7 @@ fn bench_measures_cpuid_port_reads_and_rdmsr_between_rdtscs() {
     ] {
         assert!(decoded.mnemonics.contains(&m), "bench: no {m:?}");
     }
-    assert!(decoded.port_io.contains(&(0x510, "in", 1)));
+    assert!(decoded.port_io.contains(&(0x520, "in", 1)));
     for line in [
         "bench: done\n",
         "bench: idle\n",
