@@ -273,6 +273,26 @@ impl Backend for Hypervisor {
         crate::vms::console(id, offset, buf).map_err(vm_error)
     }
 
+    fn vm_console_input(
+        &mut self,
+        id: u32,
+        bytes: &[u8],
+    ) -> Result<net::api::ConsoleInput, VmError> {
+        use crate::vms::InputOutcome;
+        // The body limit keeps `bytes` within the queue's size (4 KiB): the casts are exact.
+        let needed = bytes.len() as u32;
+        match crate::vms::console_input(id, bytes).map_err(vm_error)? {
+            InputOutcome::Queued { queued } => {
+                Ok(net::api::ConsoleInput::new(needed, queued as u32))
+            }
+            InputOutcome::NotRunning(from) => Err(VmError::InputWhile { from }),
+            InputOutcome::Full { free } => Err(VmError::InputFull {
+                free: free as u32,
+                needed,
+            }),
+        }
+    }
+
     fn vm_set_pmu(&mut self, id: u32, pmu: hv::vpmu::PmuConfig) -> Result<VmInfo, VmError> {
         crate::vms::set_pmu(id, pmu).map(vm_info).map_err(vm_error)
     }

@@ -1006,3 +1006,38 @@ pub fn has_image(id: u32) -> Result<bool, VmError> {
     let g = lock(&vm);
     Ok(image_of(&g.config, g.uploaded.as_deref()).is_some())
 }
+
+/// What [`console_input`] did with bytes for a VM's COM1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputOutcome {
+    /// All of them queued; `queued` bytes now wait for the guest's receive FIFO.
+    Queued { queued: usize },
+    /// Nothing queued: only a running or paused VM takes input (a reset would discard it
+    /// anyway, and a created VM's start is one).
+    NotRunning(VmState),
+    /// Nothing queued: the input queue has only `free` bytes of room.
+    Full { free: usize },
+}
+
+/// Queue `bytes` for VM `id`'s COM1 receiver (`POST /v1/vms/{id}/console`), all of them or
+/// none: a user typing into a shell must never lose a silent tail. The UART moves them into
+/// its receive FIFO as the guest makes room (`hv::devices::uart`); the VM's CPU is woken so
+/// that a vCPU halted until the UART interrupts gets to run.
+pub fn console_input(id: u32, bytes: &[u8]) -> Result<InputOutcome, VmError> {
+    let vm = find(id).ok_or(VmError::NotFound)?;
+    let mut g = lock(&vm);
+    if !matches!(g.state, VmState::Running | VmState::Paused) {
+        return Ok(InputOutcome::NotRunning(g.state));
+    }
+    let uart = &mut g.rt.devices.uart;
+    let free = uart.input_free();
+    if bytes.len() > free {
+        return Ok(InputOutcome::Full { free });
+    }
+    uart.push_input(bytes);
+    let queued = uart.input_queued();
+    let cpu = g.cpu;
+    drop(g);
+    crate::percpu::wake(cpu);
+    Ok(InputOutcome::Queued { queued })
+}

@@ -23,7 +23,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use net::{Backend, Conn, Endpoint, Flow, Settings};
+use net::{Backend, Conn, ConsoleWait, Endpoint, Flow, Settings};
 
 struct Slot {
     stream: TcpStream,
@@ -36,6 +36,8 @@ struct Slot {
     /// Write side shut: reading and discarding until the peer closes or this deadline.
     draining: Option<Instant>,
     last_active: Instant,
+    /// A parked console long-poll ([`Flow::Wait`]) and when it was parked.
+    wait: Option<(ConsoleWait, Instant)>,
 }
 
 const LINGER: Duration = Duration::from_secs(2);
@@ -99,6 +101,7 @@ fn main() {
                         close_after: false,
                         draining: None,
                         last_active: Instant::now(),
+                        wait: None,
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -131,6 +134,16 @@ impl Slot {
             close_after: true,
             draining: Some(Instant::now() + LINGER),
             last_active: Instant::now(),
+            wait: None,
+        }
+    }
+
+    /// What [`Endpoint::serve`] said: close after the output, or park a long-poll.
+    fn served(&mut self, flow: Flow, now: Instant) {
+        match flow {
+            Flow::Close => self.close_after = true,
+            Flow::Wait(w) => self.wait = Some((w, now)),
+            Flow::Continue => {}
         }
     }
 
@@ -153,8 +166,23 @@ impl Slot {
         }
         let mut active = false;
         let mut peer_done = false;
+        // A parked long-poll: answer it once the console has grown or its time is up (the
+        // loop comes by every millisecond or so). Meanwhile it is not idle.
+        if let Some((w, since)) = self.wait {
+            if self.sent == self.out.len() {
+                let mut out = Vec::new();
+                let elapsed = (now - since).as_millis() as u64;
+                if ep.resume(&w, elapsed, fake, &mut out) {
+                    self.wait = None;
+                    self.out = out;
+                    self.sent = 0;
+                    active = true;
+                }
+            }
+            self.last_active = now;
+        }
         // Receive while the connection takes input and nothing is waiting to be sent.
-        while !self.close_after && self.sent == self.out.len() {
+        while !self.close_after && self.wait.is_none() && self.sent == self.out.len() {
             if self.pending.is_empty() {
                 match (&self.stream).read(buf) {
                     Ok(0) => {
@@ -171,22 +199,22 @@ impl Slot {
             self.pending.drain(..taken);
             self.out.clear();
             self.sent = 0;
-            if ep.serve(&mut self.conn, fake, &mut self.out) == Flow::Close {
-                self.close_after = true;
-            }
-            if taken == 0 && self.out.is_empty() {
+            let flow = ep.serve(&mut self.conn, fake, &mut self.out);
+            self.served(flow, now);
+            if (taken == 0 && self.out.is_empty()) || self.wait.is_some() {
                 break;
             }
         }
         // Answers held back by output back-pressure.
-        if !self.close_after && self.sent == self.out.len() && self.conn.buffered() > 0 {
+        let free = !self.close_after && self.wait.is_none() && self.sent == self.out.len();
+        if free && self.conn.buffered() > 0 {
             self.out.clear();
             self.sent = 0;
-            if ep.serve(&mut self.conn, fake, &mut self.out) == Flow::Close {
-                self.close_after = true;
-            }
+            let flow = ep.serve(&mut self.conn, fake, &mut self.out);
+            self.served(flow, now);
         }
-        if self.sent == self.out.len() && !self.close_after && now - self.last_active > idle {
+        let idle_now = now - self.last_active > idle && self.wait.is_none();
+        if self.sent == self.out.len() && !self.close_after && idle_now {
             // Idle: say so unless a response is half sent, then close.
             self.out.clear();
             self.sent = 0;

@@ -267,6 +267,15 @@ pub trait Backend {
         Err(VmError::Unsupported(NO_VMS))
     }
 
+    /// `POST /v1/vms/{id}/console`: queue `bytes` (at most [`CONSOLE_INPUT_MAX`]) for the
+    /// guest's COM1 receiver, all or nothing, and wake its vCPU. Refused with `InputWhile`
+    /// unless the VM is running or paused, and with `InputFull` when the queue's free room
+    /// is less than `bytes.len()` (nothing queued either way).
+    fn vm_console_input(&mut self, id: u32, bytes: &[u8]) -> Result<ConsoleInput, VmError> {
+        let _ = (id, bytes);
+        Err(VmError::Unsupported(NO_VMS))
+    }
+
     /// `PUT /v1/vms/{id}/pmu`: store a validated PMU configuration; it takes effect at the
     /// VM's next start or reset (the vPMU is rebuilt from the configuration then, never
     /// changed under a running guest). Allowed in every state; `Unsupported` if the host
@@ -468,6 +477,24 @@ pub enum VmError {
         /// The state the VM is in.
         from: hv::vm::VmState,
     },
+    /// Console input for a VM that is not running or paused (created, stopped, crashed): 409
+    /// `invalid_state`, "cannot send console input to a VM that is stopped; start it first".
+    /// Nothing was queued.
+    InputWhile {
+        /// The state the VM is in.
+        from: hv::vm::VmState,
+    },
+    /// Console input that does not fit in the free room of the VM's input queue (the guest
+    /// has not read what came before): 409 `console_busy`, with `Retry-After: 1`. Nothing
+    /// was queued: input is taken whole or not at all, so a client never has to work out
+    /// which tail of its bytes was lost. A conflict with the queue's state (a 4xx), not a
+    /// failure of the server: it passes once the guest reads.
+    InputFull {
+        /// Free bytes in the queue now.
+        free: u32,
+        /// Bytes in the request.
+        needed: u32,
+    },
     /// The command was tried and failed on the way: 500 `vm_failed`, the words as the message.
     Failed(&'static str),
 }
@@ -513,6 +540,37 @@ pub struct PmuInfo {
 
 /// What [`Backend::vm_console`] copied: the bytes are in the caller's buffer.
 pub use hv::devices::ConsoleRead;
+
+/// Most bytes one `POST /v1/vms/{id}/console` may carry: the VM's whole input queue
+/// ([`hv::devices::uart::INPUT_CAPACITY`], 4 KiB), and never more than
+/// [`crate::Limits::max_body_bytes`]. More is 413 `body_too_large`, answered from the head.
+pub const CONSOLE_INPUT_MAX: usize = hv::devices::uart::INPUT_CAPACITY;
+
+/// `POST /v1/vms/{id}/console`: the input was queued, all of it.
+///
+/// `{"accepted":5,"queued":5,"capacity":4096}`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[non_exhaustive]
+pub struct ConsoleInput {
+    /// Bytes of the request queued (always all of them).
+    pub accepted: u32,
+    /// Bytes waiting in the queue now, these included, that the guest has not yet taken into
+    /// its UART's receive FIFO.
+    pub queued: u32,
+    /// Size of the queue ([`CONSOLE_INPUT_MAX`]).
+    pub capacity: u32,
+}
+
+impl ConsoleInput {
+    /// `accepted` bytes queued, `queued` waiting, of a [`CONSOLE_INPUT_MAX`] queue.
+    pub const fn new(accepted: u32, queued: u32) -> Self {
+        ConsoleInput {
+            accepted,
+            queued,
+            capacity: CONSOLE_INPUT_MAX as u32,
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Host

@@ -104,6 +104,8 @@ impl ApiError {
                 VmError::InvalidState { .. }
                 | VmError::NoImage { .. }
                 | VmError::UploadWhile { .. }
+                | VmError::InputWhile { .. }
+                | VmError::InputFull { .. }
                 | VmError::NameTaken
                 | VmError::TooMany,
             ) => Status::Conflict,
@@ -146,7 +148,9 @@ impl ApiError {
                 VmError::NotFound => "vm_not_found",
                 VmError::InvalidState { .. }
                 | VmError::NoImage { .. }
-                | VmError::UploadWhile { .. } => "invalid_state",
+                | VmError::UploadWhile { .. }
+                | VmError::InputWhile { .. } => "invalid_state",
+                VmError::InputFull { .. } => "console_busy",
                 VmError::NameTaken => "name_taken",
                 VmError::TooMany => "too_many_vms",
                 VmError::NoMemory => "insufficient_storage",
@@ -327,6 +331,16 @@ impl fmt::Display for Message<'_, '_> {
                     "cannot upload an image to a VM that is {}; stop it first",
                     from.as_str()
                 ),
+                VmError::InputWhile { from } => write!(
+                    f,
+                    "cannot send console input to a VM that is {}; start it first",
+                    from.as_str()
+                ),
+                VmError::InputFull { free, needed } => write!(
+                    f,
+                    "console input queue has {free} bytes free and the request has {needed}; \
+                     nothing was queued: retry once the guest has read its input"
+                ),
                 VmError::NameTaken => f.write_str("a vm with that name exists"),
                 VmError::TooMany => f.write_str("no room for another vm"),
                 VmError::NoMemory => f.write_str("not enough free memory for the vm"),
@@ -339,9 +353,10 @@ impl fmt::Display for Message<'_, '_> {
             ApiError::UnsupportedMediaType(want) => {
                 write!(f, "Content-Type must be {want}")
             }
-            ApiError::InvalidQuery => {
-                f.write_str("invalid query: expected offset=N (a decimal u64) or nothing")
-            }
+            ApiError::InvalidQuery => f.write_str(
+                "invalid query: expected offset=N (a decimal u64) and wait_ms=T (0 to 30000), \
+                 each at most once, or nothing",
+            ),
             ApiError::Unauthorized => f.write_str("missing or wrong bearer token"),
             ApiError::TooManyConnections => f.write_str("too many connections; try again later"),
             ApiError::RequestTimeout => f.write_str("connection idle for too long"),
@@ -443,6 +458,7 @@ mod tests {
             ApiError::Vm(VmError::Unsupported("x")),
             ApiError::Vm(VmError::BadImage("x")),
             ApiError::Vm(VmError::Failed("x")),
+            ApiError::Vm(VmError::InputFull { free: 1, needed: 2 }),
             ApiError::Body(BodyError::Syntax),
             ApiError::UnsupportedMediaType("application/json"),
             ApiError::InvalidQuery,

@@ -29,7 +29,8 @@
 //!
 //! * Bodies have two limits: [`Limits::max_body_bytes`] for every route but the image upload
 //!   (JSON documents, 64 KiB), and [`Limits::max_upload_bytes`] (16 MiB) for the routes whose
-//!   [`crate::router::BodyKind`] is `Upload`. Which one applies is decided from the request
+//!   [`crate::router::BodyKind`] is `Upload`. Console input (`Input`) is further held to the
+//!   guest's input queue, [`crate::api::CONSOLE_INPUT_MAX`]. Which one applies is decided from the request
 //!   head, before any of the body is buffered: an oversized `Content-Length` is answered 413 at
 //!   once. An upload head that passed these checks is offered once to the caller
 //!   ([`Conn::take_upload_check`]), which refuses it at once when the VM cannot take an image
@@ -101,6 +102,9 @@ impl Limits {
     pub fn body_limit(&self, method: Method, path: &str) -> usize {
         match crate::router::body_kind(method, path) {
             crate::router::BodyKind::Upload => self.max_upload_bytes,
+            crate::router::BodyKind::Input => {
+                crate::api::CONSOLE_INPUT_MAX.min(self.max_body_bytes)
+            }
             _ => self.max_body_bytes,
         }
     }
@@ -611,11 +615,13 @@ impl Conn {
         if self.buf.capacity() == 0 && !bytes.is_empty() {
             self.buf.reserve_exact(self.limits.buffer_capacity());
         }
-        let room = self
-            .limits
-            .buffer_capacity()
-            .max(self.want)
-            .saturating_sub(self.buf.len());
+        let size = self.limits.buffer_capacity().max(self.want);
+        if self.buf.capacity() < size {
+            // An accepted upload: room for exactly the request, once, rather than doubling
+            // (each doubling copies what has arrived; a 16 MiB upload copied 16 MiB more).
+            self.buf.reserve_exact(size - self.buf.len());
+        }
+        let room = size.saturating_sub(self.buf.len());
         let n = bytes.len().min(room);
         self.buf.extend_from_slice(&bytes[..n]);
         n
@@ -971,5 +977,45 @@ impl fmt::Write for VecWriter<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An accepted upload gets room for exactly its request, once (no doubling: every doubling
+    /// copied what had arrived), and the connection gives it back after the answer.
+    #[test]
+    fn an_upload_buffer_is_reserved_once_at_its_size() {
+        let limits = Limits {
+            max_body_bytes: 100,
+            max_upload_bytes: 1 << 20,
+            ..Limits::DEFAULT
+        };
+        let mut conn = Conn::new(limits);
+        let body = 300_000;
+        let head = alloc::format!(
+            "PUT /v1/vms/1/image HTTP/1.1\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: {body}\r\n\r\n"
+        );
+        assert_eq!(conn.feed(head.as_bytes()), head.len());
+        assert_eq!(conn.next_request(), Next::NeedMore);
+        let total = head.len() + body;
+        let chunk = [0u8; 1460];
+        let mut fed = head.len();
+        let mut capacities = alloc::vec::Vec::new();
+        while fed < total {
+            let n = conn.feed(&chunk[..chunk.len().min(total - fed)]);
+            assert!(n > 0);
+            fed += n;
+            if capacities.last() != Some(&conn.buf.capacity()) {
+                capacities.push(conn.buf.capacity());
+            }
+        }
+        assert_eq!(capacities, [total], "grown once, to the request's size");
+        assert!(matches!(conn.next_request(), Next::Request(r) if r.body.len() == body));
+        conn.feed(b"");
+        assert!(conn.buf.capacity() <= limits.buffer_capacity() + 1460);
     }
 }

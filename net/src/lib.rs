@@ -108,4 +108,4 @@ pub mod server;
 pub use api::Backend;
 pub use error::ApiError;
 pub use http::{Conn, Limits, Next, Request};
-pub use server::{Endpoint, Flow, Settings, handle, serve};
+pub use server::{ConsoleWait, Endpoint, Flow, Settings, handle, serve};

@@ -54,8 +54,10 @@ pub enum Command {
     DeleteVm(u32),
     /// `POST /v1/vms/{id}/{start,pause,resume,stop,reset}`
     VmAction(u32, VmAction),
-    /// `GET /v1/vms/{id}/console?offset=N`
+    /// `GET /v1/vms/{id}/console?offset=N&wait_ms=T`
     VmConsole(u32),
+    /// `POST /v1/vms/{id}/console` (octet-stream body: bytes for the guest's COM1)
+    VmConsoleInput(u32),
     /// `GET /v1/vms/{id}/stats`
     VmStats(u32),
     /// `GET /v1/vms/{id}/pmu`
@@ -78,6 +80,9 @@ pub enum BodyKind {
     /// Raw bytes: `Content-Type: application/octet-stream`, at most
     /// [`crate::Limits::max_upload_bytes`].
     Upload,
+    /// Raw bytes for a guest's console: `Content-Type: application/octet-stream`, at most
+    /// [`crate::api::CONSOLE_INPUT_MAX`] (and [`crate::Limits::max_body_bytes`]).
+    Input,
 }
 
 impl BodyKind {
@@ -86,7 +91,7 @@ impl BodyKind {
         match self {
             BodyKind::None => None,
             BodyKind::Json => Some("application/json"),
-            BodyKind::Upload => Some("application/octet-stream"),
+            BodyKind::Upload | BodyKind::Input => Some("application/octet-stream"),
         }
     }
 }
@@ -130,6 +135,8 @@ pub enum Op {
     ResetVm,
     /// [`Command::VmConsole`]
     VmConsole,
+    /// [`Command::VmConsoleInput`]
+    VmConsoleInput,
     /// [`Command::VmStats`]
     VmStats,
     /// [`Command::GetVmPmu`]
@@ -164,6 +171,7 @@ impl Op {
             Op::StopVm => "stopVm",
             Op::ResetVm => "resetVm",
             Op::VmConsole => "getVmConsole",
+            Op::VmConsoleInput => "sendVmConsole",
             Op::VmStats => "getVmStats",
             Op::GetVmPmu => "getVmPmu",
             Op::SetVmPmu => "setVmPmu",
@@ -195,6 +203,7 @@ impl Op {
             Op::StopVm => Command::VmAction(id, VmAction::Stop),
             Op::ResetVm => Command::VmAction(id, VmAction::Reset),
             Op::VmConsole => Command::VmConsole(id),
+            Op::VmConsoleInput => Command::VmConsoleInput(id),
             Op::VmStats => Command::VmStats(id),
             Op::GetVmPmu => Command::GetVmPmu(id),
             Op::SetVmPmu => Command::SetVmPmu(id),
@@ -218,7 +227,7 @@ impl Op {
     }
 
     /// Every operation.
-    pub const ALL: [Op; 23] = [
+    pub const ALL: [Op; 24] = [
         Op::Health,
         Op::ListCpus,
         Op::GetCpu,
@@ -237,6 +246,7 @@ impl Op {
         Op::StopVm,
         Op::ResetVm,
         Op::VmConsole,
+        Op::VmConsoleInput,
         Op::VmStats,
         Op::GetVmPmu,
         Op::SetVmPmu,
@@ -369,6 +379,12 @@ pub const ROUTES: &[Route] = &[
         body: BodyKind::None,
     },
     Route {
+        method: Method::Post,
+        pattern: "/v1/vms/{id}/console",
+        op: Op::VmConsoleInput,
+        body: BodyKind::Input,
+    },
+    Route {
         method: Method::Get,
         pattern: "/v1/vms/{id}/stats",
         op: Op::VmStats,
@@ -441,6 +457,7 @@ impl Command {
             Command::VmAction(_, VmAction::Stop) => Op::StopVm,
             Command::VmAction(_, VmAction::Reset) => Op::ResetVm,
             Command::VmConsole(_) => Op::VmConsole,
+            Command::VmConsoleInput(_) => Op::VmConsoleInput,
             Command::VmStats(_) => Op::VmStats,
             Command::GetVmPmu(_) => Op::GetVmPmu,
             Command::SetVmPmu(_) => Op::SetVmPmu,
@@ -548,6 +565,11 @@ mod tests {
                 Command::VmAction(1, VmAction::Reset),
             ),
             (Method::Get, "/v1/vms/2/console", Command::VmConsole(2)),
+            (
+                Method::Post,
+                "/v1/vms/2/console",
+                Command::VmConsoleInput(2),
+            ),
             (Method::Get, "/v1/vms/2/stats", Command::VmStats(2)),
             (Method::Put, "/v1/vms/2/pmu", Command::SetVmPmu(2)),
             (Method::Put, "/v1/vms/2/image", Command::UploadVmImage(2)),
@@ -641,6 +663,11 @@ mod tests {
         assert_eq!(body_kind(Method::Post, "/v1/vms/3/image"), BodyKind::None);
         assert_eq!(body_kind(Method::Put, "/v1/vms/x/image"), BodyKind::Upload);
         assert_eq!(body_kind(Method::Post, "/v1/vms"), BodyKind::Json);
+        assert_eq!(
+            body_kind(Method::Post, "/v1/vms/3/console"),
+            BodyKind::Input
+        );
+        assert_eq!(body_kind(Method::Get, "/v1/vms/3/console"), BodyKind::None);
         assert_eq!(body_kind(Method::Get, "/nope"), BodyKind::None);
     }
 

@@ -42,6 +42,29 @@ pub enum Flow {
     /// Send the output, then close the connection: the client asked for it or sent something
     /// that was not a valid request. Nothing more will be read.
     Close,
+    /// A console long-poll (`GET /v1/vms/{id}/console?wait_ms=T`) found nothing new: send the
+    /// output (answers to the requests before it), keep the wait, and call
+    /// [`Endpoint::resume`] with it from time to time until it answers (at the latest once
+    /// `wait_ms` have passed). Until then do not call [`serve`] for this connection: requests
+    /// pipelined behind the wait are answered after it, in order. Keep receiving meanwhile,
+    /// and do not count the connection as idle.
+    Wait(ConsoleWait),
+}
+
+/// The longest console long-poll, in milliseconds (`wait_ms` above it is 400 `invalid_query`).
+pub const CONSOLE_WAIT_MAX_MS: u32 = 30_000;
+
+/// A parked console long-poll: what [`Endpoint::resume`] needs to answer it later. Small and
+/// `Copy`, so that a transport keeps one per connection in a fixed table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConsoleWait {
+    /// The VM.
+    pub id: u32,
+    /// The offset asked for: the wait ends once the console has a byte at or past it.
+    pub offset: u64,
+    /// How long to wait at most, from when [`serve`] returned this.
+    pub wait_ms: u32,
+    keep_alive: bool,
 }
 
 /// Everything configurable about the endpoint. Build with [`Settings::default`] or
@@ -136,6 +159,42 @@ impl Endpoint {
         Conn::with_token(self.settings.limits, self.settings.token.clone())
     }
 
+    /// Answers a parked console long-poll ([`Flow::Wait`]) if it is due: when the VM's console
+    /// has bytes at or past the offset (or the offset is no longer where the console ends: the
+    /// VM was reset or deleted, a 404 then), or once `elapsed_ms >= wait_ms` (then with no
+    /// bytes, and the same `X-Console-Next-Offset` as an immediate read). Returns whether it
+    /// answered (appending to `out`); then the transport sends `out` and goes on with
+    /// [`Endpoint::serve`]. Each call looks at the console once, so a transport should call
+    /// it every few milliseconds, not in a tight loop: every look takes the VM's lock.
+    pub fn resume<B: Backend + ?Sized>(
+        &mut self,
+        wait: &ConsoleWait,
+        elapsed_ms: u64,
+        backend: &mut B,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let expired = elapsed_ms >= u64::from(wait.wait_ms);
+        if !expired && console_ready(&*backend, wait.id, wait.offset) == Ok(false) {
+            return false;
+        }
+        let max = self.settings.limits.max_response_bytes;
+        let status = match write_console(out, wait.keep_alive, max, &*backend, wait.id, wait.offset)
+        {
+            Ok(status) => status,
+            Err(e) => {
+                let mut path = heapless::String::<40>::new();
+                let _ = core::fmt::write(&mut path, format_args!("/v1/vms/{}/console", wait.id));
+                let ctx = Context {
+                    method: crate::http::Method::Get,
+                    path: &path,
+                };
+                write_error(out, e, Some(ctx), wait.keep_alive)
+            }
+        };
+        self.stats.record(status);
+        true
+    }
+
     /// Answers every complete request buffered in `conn` ([`serve`], with authentication and
     /// counting).
     pub fn serve<B: Backend + ?Sized>(
@@ -205,7 +264,11 @@ fn serve_with<B: Backend + ?Sized>(
                     }
                     None => {
                         let seen = stats.as_deref().unwrap_or(&none);
-                        answer(backend, &req, &limits, out, token, seen)
+                        match answer(backend, &req, &limits, out, token, seen, true) {
+                            Reply::Sent(status) => status,
+                            // Counted when it is answered.
+                            Reply::Wait(w) => return Flow::Wait(w),
+                        }
                     }
                 };
                 if let Some(s) = stats.as_deref_mut() {
@@ -284,14 +347,35 @@ fn refuse_upload<B: Backend + ?Sized>(
 }
 
 /// Answers one request without authentication: route it, run the command on `backend`,
-/// append the response to `out`. Returns the status sent.
+/// append the response to `out`. Returns the status sent. A console long-poll is answered at
+/// once, as if its wait had passed (there is nowhere to park it).
 pub fn handle<B: Backend + ?Sized>(
     backend: &mut B,
     req: &Request<'_>,
     limits: &Limits,
     out: &mut Vec<u8>,
 ) -> Status {
-    answer(backend, req, limits, out, None, &HttpStats::default())
+    match answer(
+        backend,
+        req,
+        limits,
+        out,
+        None,
+        &HttpStats::default(),
+        false,
+    ) {
+        Reply::Sent(status) => status,
+        // Not reached with `may_wait` false.
+        Reply::Wait(_) => Status::InternalServerError,
+    }
+}
+
+/// What [`answer`] did with a request.
+enum Reply {
+    /// Answered with this status.
+    Sent(Status),
+    /// A console long-poll with nothing to send yet: parked, nothing written.
+    Wait(ConsoleWait),
 }
 
 fn answer<B: Backend + ?Sized>(
@@ -301,22 +385,58 @@ fn answer<B: Backend + ?Sized>(
     out: &mut Vec<u8>,
     token: Option<&ApiToken>,
     stats: &HttpStats,
-) -> Status {
+    may_wait: bool,
+) -> Reply {
     let ctx = Context {
         method: req.method,
         path: req.path,
     };
     let keep_alive = req.keep_alive;
     let authorized = token.is_none_or(|t| crate::auth::authorized(t, req.authorization));
-    let result = if authorized {
-        run(backend, req, limits, out, stats)
-    } else {
+    let result = if !authorized {
         Err(ApiError::Unauthorized)
+    } else {
+        match long_poll(&*backend, req, may_wait) {
+            Ok(Some(wait)) => return Reply::Wait(wait),
+            Ok(None) => run(backend, req, limits, out, stats),
+            Err(e) => Err(e),
+        }
     };
-    match result {
+    Reply::Sent(match result {
         Ok(status) => status,
         Err(e) => write_error(out, e, Some(ctx), keep_alive),
+    })
+}
+
+/// A console read that asks to wait (`wait_ms` > 0) and finds nothing new: the wait to park.
+/// Anything else (another route, a bad query, no such VM, bytes to send) is for [`run`].
+fn long_poll<B: Backend + ?Sized>(
+    backend: &B,
+    req: &Request<'_>,
+    may_wait: bool,
+) -> Result<Option<ConsoleWait>, ApiError> {
+    let Ok(Command::VmConsole(id)) = router::route(req.method, req.path) else {
+        return Ok(None);
+    };
+    let q = console_query(req.query)?;
+    if !may_wait || q.wait_ms == 0 || console_ready(backend, id, q.offset)? {
+        return Ok(None);
     }
+    Ok(Some(ConsoleWait {
+        id,
+        offset: q.offset,
+        wait_ms: q.wait_ms,
+        keep_alive: req.keep_alive,
+    }))
+}
+
+/// Whether a console read from `offset` would answer something other than "nothing yet": a
+/// byte at or past `offset`, or a next offset that differs from it (bytes lost to the ring,
+/// or an offset past the end: the client resynchronises at once instead of waiting).
+fn console_ready<B: Backend + ?Sized>(backend: &B, id: u32, offset: u64) -> Result<bool, ApiError> {
+    let mut probe = [0u8; 1];
+    let r = backend.vm_console(id, offset, &mut probe)?;
+    Ok(r.copied > 0 || r.next_offset != offset)
 }
 
 fn run<B: Backend + ?Sized>(
@@ -379,8 +499,12 @@ fn run<B: Backend + ?Sized>(
         }
         Command::VmAction(id, action) => vm_reply(out, ka, max, backend.vm_action(id, action)),
         Command::VmConsole(id) => {
-            let offset = console_offset(req.query)?;
+            let offset = console_query(req.query)?.offset;
             write_console(out, ka, max, &*backend, id, offset)
+        }
+        Command::VmConsoleInput(id) => {
+            let queued = backend.vm_console_input(id, req.body)?;
+            write_json(out, ok, ka, max, &queued)
         }
         Command::VmStats(id) => {
             let vm = backend.vm(id)?;
@@ -417,17 +541,56 @@ fn media_type_is(content_type: Option<&str>, want: &str) -> bool {
     })
 }
 
-/// The console's query: nothing, or `offset=N` with N a decimal `u64`.
-fn console_offset(query: Option<&str>) -> Result<u64, ApiError> {
-    let q = query.unwrap_or("");
-    if q.is_empty() {
-        return Ok(0);
+/// The console read's query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ConsoleQuery {
+    offset: u64,
+    wait_ms: u32,
+}
+
+/// The console's query: `offset=N` (a decimal `u64`, default 0) and `wait_ms=T` (a decimal
+/// from 0 to [`CONSOLE_WAIT_MAX_MS`], default 0: no wait), in either order, each at most once;
+/// anything else is 400 `invalid_query`.
+fn console_query(query: Option<&str>) -> Result<ConsoleQuery, ApiError> {
+    let mut q = ConsoleQuery {
+        offset: 0,
+        wait_ms: 0,
+    };
+    let (mut offset_seen, mut wait_seen) = (false, false);
+    let text = query.unwrap_or("");
+    if text.is_empty() {
+        return Ok(q);
     }
-    let v = q.strip_prefix("offset=").ok_or(ApiError::InvalidQuery)?;
+    for pair in text.split('&') {
+        let (key, value) = pair.split_once('=').ok_or(ApiError::InvalidQuery)?;
+        let seen = match key {
+            "offset" => &mut offset_seen,
+            "wait_ms" => &mut wait_seen,
+            _ => return Err(ApiError::InvalidQuery),
+        };
+        if core::mem::replace(seen, true) {
+            return Err(ApiError::InvalidQuery);
+        }
+        let n = decimal(value).ok_or(ApiError::InvalidQuery)?;
+        match key {
+            "offset" => q.offset = n,
+            _ => {
+                q.wait_ms = u32::try_from(n)
+                    .ok()
+                    .filter(|&ms| ms <= CONSOLE_WAIT_MAX_MS)
+                    .ok_or(ApiError::InvalidQuery)?
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// A decimal `u64`: 1 to 20 digits, no sign, no overflow.
+fn decimal(v: &str) -> Option<u64> {
     if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::InvalidQuery);
+        return None;
     }
-    v.parse().map_err(|_| ApiError::InvalidQuery)
+    v.parse().ok()
 }
 
 fn cpu_reply(
@@ -573,7 +736,7 @@ pub fn write_json<T: Serialize + ?Sized>(
 }
 
 /// Appends a complete error response: the error's status, `Allow` for 405,
-/// `WWW-Authenticate: Bearer` for 401, `Retry-After` for 503, and the JSON error body. `keep_alive` is overridden to
+/// `WWW-Authenticate: Bearer` for 401, `Retry-After` for 503 and 409 `console_busy`, and the JSON error body. `keep_alive` is overridden to
 /// false for errors that close the connection. Error responses are small (paths are cut to
 /// [`crate::error::ECHO_MAX`]) and bounded by [`ERROR_MAX`] rather than by
 /// [`Limits::max_response_bytes`], so that an error can always be reported. Returns the status
@@ -594,9 +757,9 @@ pub fn write_error(
         "Retry-After",
         HeaderValue::Num(Settings::RETRY_AFTER_SECONDS),
     )];
-    let extra: &[(&str, HeaderValue<'_>)] = match error.status() {
-        Status::Unauthorized => &[("WWW-Authenticate", HeaderValue::Text("Bearer"))],
-        Status::ServiceUnavailable => &retry,
+    let extra: &[(&str, HeaderValue<'_>)] = match (error.status(), error) {
+        (Status::Unauthorized, _) => &[("WWW-Authenticate", HeaderValue::Text("Bearer"))],
+        (Status::ServiceUnavailable, _) | (_, ApiError::Vm(VmError::InputFull { .. })) => &retry,
         _ => &[],
     };
     let written = write_response(out, head, extra, ERROR_MAX, |w| w.json(&body));
@@ -708,6 +871,37 @@ mod tests {
             BodyKind::Upload.media_type(),
             Some("application/octet-stream")
         );
+    }
+
+    fn console_offset(query: Option<&str>) -> Result<u64, ApiError> {
+        console_query(query).map(|q| q.offset)
+    }
+
+    #[test]
+    fn console_waits() {
+        let q = |s: &str| console_query(Some(s)).map(|q| (q.offset, q.wait_ms));
+        assert_eq!(console_query(None).map(|q| q.wait_ms), Ok(0));
+        assert_eq!(q("wait_ms=0"), Ok((0, 0)));
+        assert_eq!(q("offset=7&wait_ms=250"), Ok((7, 250)));
+        assert_eq!(q("wait_ms=250&offset=7"), Ok((7, 250)));
+        assert_eq!(q("wait_ms=30000"), Ok((0, CONSOLE_WAIT_MAX_MS)));
+        for bad in [
+            "wait_ms=30001",
+            "wait_ms=4294967296",
+            "wait_ms=-1",
+            "wait_ms=",
+            "wait_ms",
+            "wait_ms=1&wait_ms=1",
+            "offset=1&offset=1",
+            "offset=1&",
+            "&offset=1",
+            "offset=1&&wait_ms=1",
+            "wait_ms=1.5",
+            "Wait_ms=1",
+            "wait_ms=1&x=2",
+        ] {
+            assert_eq!(q(bad), Err(ApiError::InvalidQuery), "{bad}");
+        }
     }
 
     #[test]

@@ -5,8 +5,12 @@ Every VM here is created, driven and read through the HTTP API, as a user would:
 guests of guests/ (hello, exerciser, resetter, spinner, pmu) and the flat test images of the
 kernel (smoke, spin, wild)."""
 import json
+import os
 import re
+import struct
+import subprocess
 import sys
+import threading
 import time
 
 from harness import BOCHS, Hermitage, run_suite, slow
@@ -341,11 +345,239 @@ def GUEST_ELF(name):
     return hits[-1]
 
 
+# --- the serial console over the API: input (POST) and live follow (long-poll) -----------------
+
+CONSOLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "console")
+OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+def polled_echo_image():
+    """A Multiboot image (the a.out kludge: a flat binary with address fields) that drives COM1
+    by polling alone, no interrupts: prints 'pecho: ready', echoes every byte received (LSR.DR,
+    then RBR -> THR) until a 'q', prints 'pecho: done' and exits with code 0. It needs only
+    the UART's receive path, none of the interrupt wiring."""
+    base, header_len = 0x100000, 32
+    code, fixes, labels = bytearray(), [], {}
+
+    def here(name):
+        labels[name] = len(code)
+
+    def jump(opcode, label):  # jcc/jmp rel8
+        code.extend([opcode, 0])
+        fixes.append((len(code) - 1, label, "rel8"))
+
+    def puts(message, tag):
+        code.append(0xBE)  # mov esi, imm32
+        fixes.append((len(code), message, "abs32"))
+        code.extend(bytes(4))
+        code.extend(b"\x66\xBA\xF8\x03")  # mov dx, 0x3f8
+        here(tag)
+        code.extend(b"\xAC\x84\xC0")  # lodsb; test al, al
+        jump(0x74, tag + "_end")  # jz
+        code.append(0xEE)  # out dx, al
+        jump(0xEB, tag)
+        here(tag + "_end")
+
+    code.append(0xFC)  # cld
+    puts("ready", "p1")
+    here("loop")
+    code.extend(b"\x66\xBA\xFD\x03\xEC\xA8\x01")  # mov dx, 0x3fd; in al, dx; test al, 1
+    jump(0x74, "loop")  # jz loop: nothing received
+    code.extend(b"\x66\xBA\xF8\x03\xEC\xEE\x3C\x71")  # mov dx, 0x3f8; in al, dx; out dx, al; cmp al, 'q'
+    jump(0x75, "loop")  # jne loop
+    puts("done", "p2")
+    code.extend(b"\x31\xC0\xE7\xF4\xF4")  # xor eax, eax; out 0xf4, eax (debug exit 0); hlt
+    here("ready")
+    code.extend(b"pecho: ready\n\0")
+    here("done")
+    code.extend(b"\npecho: done\n\0")
+    for at, label, kind in fixes:
+        if kind == "abs32":
+            code[at:at + 4] = struct.pack("<I", base + header_len + labels[label])
+        else:
+            rel = labels[label] - (at + 1)
+            assert -128 <= rel < 128
+            code[at] = rel & 0xFF
+    magic, flags = 0x1BADB002, 0x00010000  # flags: address fields
+    header = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF, base, base, 0, 0,
+                         base + header_len)
+    return header + bytes(code)
+
+
+def type_in(hv, vm_id, data, expect=200):
+    return call(hv, "POST", f"/v1/vms/{vm_id}/console", expect, body=data, headers=OCTETS)
+
+
+def long_poll(hv, vm_id, offset, wait_ms, conn=None):
+    """GET console?offset&wait_ms: (bytes, next offset, seconds it took)."""
+    start = time.time()
+    status, headers, data = hv.request("GET", f"/v1/vms/{vm_id}/console?offset={offset}&wait_ms={wait_ms}",
+                                       timeout=wait_ms / 1000 + 30, conn=conn)
+    assert status == 200, (status, data)
+    return data, int(headers["x-console-next-offset"]), time.time() - start
+
+
+def scripts_console(hv, *args, timeout=60):
+    return subprocess.run([sys.executable, CONSOLE, "--port", str(hv.port)] + list(args),
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=slow(timeout))
+
+
+def test_console_input_and_live_follow_through_the_api():
+    """A polled echo guest (uploaded; it needs only the UART's receive path): bytes POSTed to
+    /v1/vms/{id}/console come back echoed; a long-poll waits for them without holding up other
+    clients and answers as soon as they come; scripts/console drives it non-interactively; 404,
+    409 (state, full queue: nothing queued), 413 and 400 as documented."""
+    with Hermitage(smp=2) as hv:
+        vm_id = create(hv, name="pecho", image="uploaded")["id"]
+        call(hv, "PUT", f"/v1/vms/{vm_id}/image", 200, body=polled_echo_image(), headers=OCTETS)
+        err = type_in(hv, vm_id, b"x", 409)
+        assert err["error"]["code"] == "invalid_state" and "created" in err["error"]["message"], err
+        assert type_in(hv, 999, b"x", 404)["error"]["code"] == "vm_not_found"
+        act(hv, vm_id, "start")
+        wait_console(hv, vm_id, r"pecho: ready\n", 30)
+        _, end = console(hv, vm_id)
+        assert end == len("pecho: ready\n"), end
+
+        # A long-poll at the end waits; meanwhile other requests are answered at once.
+        box = {}
+        waiter = threading.Thread(target=lambda: box.update(r=long_poll(hv, vm_id, end, 20000)))
+        waiter.start()
+        time.sleep(1)
+        assert waiter.is_alive(), f"a long-poll with nothing to say answered: {box}"
+        for _ in range(5):
+            t = time.time()
+            call(hv, "GET", "/v1/health", 200)
+            assert time.time() - t < slow(2), "the endpoint is held up by a long-poll"
+        doc = type_in(hv, vm_id, b"hello")
+        assert doc["accepted"] == 5 and doc["capacity"] == 4096 and 0 <= doc["queued"] <= 5, doc
+        t = time.time()
+        waiter.join(slow(20))
+        data, nxt, took = box["r"]
+        assert data and b"hello".startswith(data[:5]), data
+        assert took < slow(8) and time.time() - t < slow(5), f"answered {took:.1f}s after it was asked"
+        assert nxt == end + len(data), (nxt, end, data)
+        text = wait_console(hv, vm_id, r"hello", 10)
+        assert text == "pecho: ready\nhello", text
+
+        # A long-poll with nothing coming times out empty, with the same next offset.
+        _, end = console(hv, vm_id)
+        data, nxt, took = long_poll(hv, vm_id, end, 700)
+        # (Not to the millisecond: under TCG the image's clock ran ~15% fast against the host's here.)
+        assert (data, nxt) == (b"", end) and 0.3 < took < slow(6), (data, nxt, took)
+        # Bad waits and oversized input are refused.
+        status, _, body = hv.request("GET", f"/v1/vms/{vm_id}/console?wait_ms=30001")
+        assert status == 400 and json.loads(body)["error"]["code"] == "invalid_query", body
+        status, _, body = hv.request("POST", f"/v1/vms/{vm_id}/console", body=b"z" * 4097, headers=OCTETS)
+        assert status == 413 and json.loads(body)["error"]["code"] == "body_too_large", body
+
+        # A paused guest reads nothing: its queue fills to 4096 bytes, then input is refused
+        # whole (nothing of it queued) until the guest has read. Every byte comes back.
+        act(hv, vm_id, "pause")
+        assert type_in(hv, vm_id, b"a" * 4000)["queued"] == 4000
+        err = type_in(hv, vm_id, b"b" * 97, 409)
+        assert err["error"]["code"] == "console_busy" and "96 bytes free" in err["error"]["message"], err
+        assert type_in(hv, vm_id, b"b" * 96)["queued"] == 4096
+        act(hv, vm_id, "resume")
+        text = wait_console(hv, vm_id, r"a{4000}b{96}$", 60)
+        assert text.endswith("hello" + "a" * 4000 + "b" * 96), text[-200:]
+
+        # scripts/console: by name; --until that never matches times out with status 1.
+        r = scripts_console(hv, "pecho", "--from-end", "--until", "never-printed", "--timeout", "2")
+        assert r.returncode == 1 and b"not seen" in r.stderr, r
+        r = scripts_console(hv, "pecho", "--from-end", "--send", r"from scripts/console\n", "--send", "q",
+                            "--until", r"pecho: done", "--timeout", "30")
+        assert r.returncode == 0, r
+        assert r.stdout.startswith(b"from scripts/console\nq\npecho: done"), r.stdout
+        doc = wait_vm(hv, vm_id, lambda d: d["state"] == "stopped", 30, "the guest's exit")
+        assert doc["reason"] == "debug exit code 0", doc
+        err = type_in(hv, vm_id, b"x", 409)
+        assert err["error"]["code"] == "invalid_state" and "stopped" in err["error"]["message"], err
+        r = scripts_console(hv, "nope", "--until", "x")
+        assert r.returncode == 2 and b"no VM 'nope'" in r.stderr, r
+
+
+def test_echo_guest_through_the_console_api():
+    """The built-in echo guest (the 16550 by interrupts, as Linux's 8250 driver: IRQ 4 through
+    the 8259A, RDA and character timeout, THRE-driven output): its long string arrives, then
+    what scripts/console types comes back echoed, and the guest checks every byte."""
+    with Hermitage(smp=2) as hv:
+        vm_id = create(hv, name="echo", image="echo", start=True)["id"]
+        wait_console(hv, vm_id, r"echo: ready\n", 60)
+        r = scripts_console(hv, str(vm_id), "--from-end", "--send", "typed through the API q",
+                            "--until", r"echo: (PASS|FAIL)", "--timeout", "60")
+        assert r.returncode == 0, r
+        out = r.stdout.decode(errors="replace")
+        assert out.startswith("typed through the API q"), out
+        assert "echo: PASS" in out, out
+        done = re.search(r"received=(\d+)", out)
+        assert done and int(done.group(1)) == len("typed through the API q"), out
+        doc = wait_vm(hv, vm_id, lambda d: d["state"] == "stopped", 30, "the guest's exit")
+        assert doc["reason"] == "debug exit code 0", doc
+
+
+def test_scripts_console_is_an_interactive_terminal():
+    """scripts/console on a terminal (a pty here): raw mode, the guest's echo of what is typed
+    appears (the terminal's own echo is off), Enter goes as a carriage return, Ctrl-] leaves
+    with status 0 and the terminal's settings are as they were before."""
+    import pty
+    import select
+    import termios
+    with Hermitage(smp=2) as hv:
+        vm_id = create(hv, name="tty", image="uploaded")["id"]
+        call(hv, "PUT", f"/v1/vms/{vm_id}/image", 200, body=polled_echo_image(), headers=OCTETS)
+        act(hv, vm_id, "start")
+        wait_console(hv, vm_id, r"pecho: ready\n", 30)
+        master, slave = pty.openpty()
+        before = termios.tcgetattr(slave)
+        proc = subprocess.Popen([sys.executable, CONSOLE, "--port", str(hv.port), "tty"],
+                                stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        seen = b""
+
+        def read_until(what, timeout):
+            nonlocal seen
+            deadline = time.time() + slow(timeout)
+            while what not in seen and time.time() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    try:
+                        seen += os.read(master, 4096)
+                    except OSError:
+                        break
+            assert what in seen, (what, seen)
+
+        try:
+            read_until(b"Ctrl-] leaves", 10)
+            read_until(b"pecho: ready", 10)
+            # Raw mode: no line buffering (each byte goes at once), no local echo, no ICRNL.
+            during = termios.tcgetattr(slave)
+            assert not during[3] & (termios.ICANON | termios.ECHO | termios.ISIG), during[3]
+            assert not during[0] & termios.ICRNL, during[0]
+            os.write(master, b"typed")
+            read_until(b"typed", 20)
+            os.write(master, b"\r")
+            deadline = time.time() + slow(10)
+            while b"typed\r" not in seen and time.time() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    seen += os.read(master, 4096)
+            assert b"typed\r" in seen, seen
+            os.write(master, b"\x1d")
+            assert proc.wait(slow(10)) == 0
+            assert termios.tcgetattr(slave) == before, "terminal settings not restored"
+            text, _ = console(hv, vm_id)
+            assert text == "pecho: ready\ntyped\r", text
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(master)
+            os.close(slave)
+
+
 TESTS = [test_lifecycle_through_the_api, test_bad_requests_name_the_problem_and_change_nothing,
          test_every_guest_runs, test_each_reset_trigger_goes_through_one_reset_path,
          test_eight_vms_share_two_cpus_fairly, test_npt_violation_stops_only_that_vm,
          test_pause_resume_and_memory_comes_back, test_uploaded_image_runs_and_bad_images_change_nothing,
-         test_vpmu_is_rebuilt_from_the_current_configuration_on_every_reset]
+         test_vpmu_is_rebuilt_from_the_current_configuration_on_every_reset,
+         test_console_input_and_live_follow_through_the_api, test_echo_guest_through_the_console_api,
+         test_scripts_console_is_an_interactive_terminal]
 
 if BOCHS:
     # Its configurations are AMD PMUs for an AMD guest. Under Bochs the guest is Intel: the

@@ -283,7 +283,7 @@ impl E1000 {
         self.mac
     }
 
-    pub fn receive(&mut self, _ts: Instant) -> Option<(RxToken, TxToken<'_>)> {
+    pub fn receive(&mut self, _ts: Instant) -> Option<(RxToken<'static>, TxToken<'_>)> {
         loop {
             let i = self.rx_next;
             let word = self.rx.0[i].word.load(Ordering::Acquire);
@@ -305,7 +305,7 @@ impl E1000 {
             self.write(RDT, i as u32);
             self.rx_next = (i + 1) % RX_DESCS;
             if !frame.is_empty() {
-                return Some((RxToken(frame), TxToken(self)));
+                return Some((RxToken::Copied(frame), TxToken(self)));
             }
         }
     }

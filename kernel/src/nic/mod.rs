@@ -75,12 +75,22 @@ fn ethernet_caps(mtu: usize, rx_buffers: usize) -> DeviceCapabilities {
     caps
 }
 
-/// A received frame, copied out of the driver's DMA buffer so the buffer is reused at once.
-pub struct RxToken(heapless::Vec<u8, FRAME>);
+/// A received frame: in the driver's DMA buffer (virtio-net, which reposts the buffer at its
+/// next receive or transmit), or copied out of it (e1000, whose descriptor ring is handed back
+/// at once).
+pub enum RxToken<'a> {
+    /// The frame where the device put it.
+    Lent(&'a [u8]),
+    /// A copy of the frame.
+    Copied(heapless::Vec<u8, FRAME>),
+}
 
-impl phy::RxToken for RxToken {
+impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        match self {
+            RxToken::Lent(frame) => f(frame),
+            RxToken::Copied(frame) => f(&frame),
+        }
     }
 }
 
@@ -100,7 +110,7 @@ impl phy::TxToken for TxToken<'_> {
 }
 
 impl Device for Nic {
-    type RxToken<'a> = RxToken;
+    type RxToken<'a> = RxToken<'a>;
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, ts: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {

@@ -27,6 +27,8 @@ pub struct FakeVm {
     pub console: ConsoleRing<FAKE_CONSOLE>,
     pub stats: VmStats,
     pub image: Option<Vec<u8>>,
+    /// Console input queued and not yet read by the "guest" (at most `CONSOLE_INPUT_MAX`).
+    pub input: Vec<u8>,
 }
 
 impl FakeVm {
@@ -268,6 +270,7 @@ impl Backend for Fake {
             console: ConsoleRing::new(),
             stats: VmStats::default(),
             image: None,
+            input: Vec::new(),
         });
         self.vm(id)
     }
@@ -303,6 +306,30 @@ impl Backend for Fake {
             .find(|v| v.id == id)
             .ok_or(VmError::NotFound)?;
         Ok(vm.console.read(offset, buf))
+    }
+
+    fn vm_console_input(
+        &mut self,
+        id: u32,
+        bytes: &[u8],
+    ) -> Result<net::api::ConsoleInput, VmError> {
+        self.log.push(format!("input {id} {}", bytes.len()));
+        let vm = self.vm_mut(id)?;
+        if !matches!(vm.state, VmState::Running | VmState::Paused) {
+            return Err(VmError::InputWhile { from: vm.state });
+        }
+        let free = net::api::CONSOLE_INPUT_MAX - vm.input.len();
+        if bytes.len() > free {
+            return Err(VmError::InputFull {
+                free: free as u32,
+                needed: bytes.len() as u32,
+            });
+        }
+        vm.input.extend_from_slice(bytes);
+        Ok(net::api::ConsoleInput::new(
+            bytes.len() as u32,
+            vm.input.len() as u32,
+        ))
     }
 
     fn vm_set_pmu(&mut self, id: u32, pmu: PmuConfig) -> Result<VmInfo, VmError> {
