@@ -550,11 +550,8 @@ impl VcpuRun {
                     None => exit::handle(&exit, &vcpu.view(), rt),
                 };
                 let action = match action {
-                    Action::EmulateMmio { gpa } if exited.interrupted.is_some() => {
-                        Action::Stop(StopReason::NptViolation { gpa })
-                    }
                     a @ (Action::EmulateMmio { .. } | Action::StringIo { .. }) => {
-                        emulate(vcpu, rt, a)
+                        emulate(vcpu, rt, a, exited.interrupted.is_some())
                     }
                     a => a,
                 };
@@ -602,7 +599,18 @@ impl VcpuRun {
 
 /// Finish an exit that needs the guest's state and memory: read the state, emulate, write it
 /// back if it changed, and return what to do next (never an emulation action again).
-fn emulate<B: VcpuBackend>(vcpu: &mut B, rt: &mut VmRuntime, action: Action) -> Action {
+/// `interrupted`: the exit interrupted an event's delivery (a nested page fault is then the
+/// delivery's, not the instruction's: stop).
+#[inline(never)]
+fn emulate<B: VcpuBackend>(
+    vcpu: &mut B,
+    rt: &mut VmRuntime,
+    action: Action,
+    interrupted: bool,
+) -> Action {
+    if let (Action::EmulateMmio { gpa }, true) = (action, interrupted) {
+        return Action::Stop(StopReason::NptViolation { gpa });
+    }
     let mut state = vcpu.state();
     let done = match action {
         Action::EmulateMmio { gpa } => emulation::mmio(gpa, &mut state, vcpu.memory(), rt),

@@ -211,6 +211,7 @@ impl SvmVcpu {
     /// linear address is the physical one; with CR0.PG=1 it goes through the guest's page
     /// tables (`hv::vcpu::emulation::fetch_insn`). `None` if nothing can be fetched (the
     /// decoder then fails the exit).
+    #[inline]
     fn fetch_insn(&self, ram: &mut GuestRam) -> Option<InsnBytes> {
         let save = &self.vmcb.save;
         if save.cr0 & hv::vcpu::CR0_PG == 0 {
@@ -220,6 +221,13 @@ impl SvmVcpu {
                 .get(linear..(linear + 15).min(ram.len()))
                 .map(InsnBytes::new);
         }
+        self.fetch_insn_paged(ram)
+    }
+
+    /// [`fetch_insn`](Self::fetch_insn) with CR0.PG=1: through the guest's page tables.
+    #[cold]
+    #[inline(never)]
+    fn fetch_insn_paged(&self, ram: &mut GuestRam) -> Option<InsnBytes> {
         let state = self.state();
         hv::vcpu::emulation::fetch_insn(ram.as_mut_slice(), &state, self.phys_bits)
             .ok()
