@@ -113,11 +113,14 @@ def test_wild_access_is_dropped_and_counted_unless_strict():
 
 def test_apic_guest_in_xapic_mode_through_mmio():
     """The apic guest without x2apic=1 drives the local APIC through its page at 0xFEE00000:
-    every register access is an emulated MMIO instruction."""
+    every register access is an emulated MMIO instruction. The timer's accuracy is the
+    platform suite's (under a loaded software CPU the periodic span strays, in x2APIC mode
+    too): here the tolerance is wide and the point is that every mode works through MMIO."""
     with Hermitage(smp=1) as hv:
-        doc, text = run_guest(hv, "a", "apic", local_apic=True)
+        doc, text = run_guest(hv, "a", "apic", local_apic=True, cmdline="tolerance=1000")
         assert doc["reason"] == "debug exit code 0", (doc, text)
-        assert "apic: mode 0 " in text and "apic: PASS\n" in text, text
+        assert "apic: mode 0 version 0x" in text and "apic: self ipi count=1\n" in text, text
+        assert "apic: PASS\n" in text, text
         assert doc["stats"]["exits"]["npf"] > 10, doc["stats"]
         assert doc["stats"]["unhandled_mmio_reads"] == 0, doc["stats"]
 
