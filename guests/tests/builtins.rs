@@ -133,6 +133,8 @@ fn the_builtins() {
             "rtc",
             "ioapic",
             "smp",
+            "paging",
+            "mmio",
             "bench"
         ]
     );
@@ -509,4 +511,23 @@ fn smp_carries_a_real_mode_trampoline_and_uses_locked_adds() {
     ] {
         assert!(rodata_has("smp", text), "{text:?}");
     }
+}
+
+#[test]
+fn paging_and_mmio_guests_do_what_their_docs_say() {
+    let decoded = decode("paging");
+    for m in [
+        Mnemonic::Cpuid,
+        Mnemonic::Outsb,
+        Mnemonic::Insb,
+        Mnemonic::Rdmsr,
+        Mnemonic::Wrmsr,
+        Mnemonic::Retf,
+    ] {
+        assert!(decoded.mnemonics.contains(&m), "paging: no {m:?}");
+    }
+    assert!(rodata_has("paging", "paging: 32-bit PASS\n"));
+    let decoded = decode("mmio");
+    assert!(decoded.mnemonics.contains(&Mnemonic::Movzx));
+    assert!(rodata_has("mmio", "mmio: PASS\n"));
 }

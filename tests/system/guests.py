@@ -192,7 +192,8 @@ def test_eight_vms_share_two_cpus_fairly():
 def test_npt_violation_stops_only_that_vm():
     with Hermitage(smp=2) as hv:
         spinner = create(hv, name="good", image="spinner", start=True)["id"]
-        wild = create(hv, name="wild", image="wild", start=True)["id"]
+        # Strict MMIO: the access outside RAM stops the VM (emulation.py has the default).
+        wild = create(hv, name="wild", image="wild", strict_mmio=True, start=True)["id"]
         doc = wait_vm(hv, wild, lambda d: d["state"] == "crashed", 30, "crashed")
         assert doc["reason"] == "npt violation at GPA 0x40000000", doc
         assert doc["stats"]["exits"]["npf"] == 1, doc

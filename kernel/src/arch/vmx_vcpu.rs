@@ -556,3 +556,151 @@ impl VmxVcpu {
         }
     }
 }
+
+/// The VMCS fields of one segment register: selector, base, limit, access rights.
+const SEGMENTS: [(F, F, F, F); 6] = [
+    (
+        F::GuestEsSelector,
+        F::GuestEsBase,
+        F::GuestEsLimit,
+        F::GuestEsAccessRights,
+    ),
+    (
+        F::GuestCsSelector,
+        F::GuestCsBase,
+        F::GuestCsLimit,
+        F::GuestCsAccessRights,
+    ),
+    (
+        F::GuestSsSelector,
+        F::GuestSsBase,
+        F::GuestSsLimit,
+        F::GuestSsAccessRights,
+    ),
+    (
+        F::GuestDsSelector,
+        F::GuestDsBase,
+        F::GuestDsLimit,
+        F::GuestDsAccessRights,
+    ),
+    (
+        F::GuestFsSelector,
+        F::GuestFsBase,
+        F::GuestFsLimit,
+        F::GuestFsAccessRights,
+    ),
+    (
+        F::GuestGsSelector,
+        F::GuestGsBase,
+        F::GuestGsLimit,
+        F::GuestGsAccessRights,
+    ),
+];
+
+fn read_segment(i: usize) -> hv::vcpu::Segment {
+    let (sel, base, limit, ar) = SEGMENTS[i];
+    hv::vcpu::Segment {
+        selector: read(sel) as u16,
+        base: read(base),
+        limit: read(limit) as u32,
+        attrs: guest::AccessRights(read(ar) as u32).to_packed(),
+    }
+}
+
+fn write_segment(i: usize, s: &hv::vcpu::Segment) {
+    let (sel, base, limit, ar) = SEGMENTS[i];
+    let _ = write(sel, u64::from(s.selector));
+    let _ = write(base, s.base);
+    let _ = write(limit, u64::from(s.limit));
+    let _ = write(ar, u64::from(guest::AccessRights::from_packed(s.attrs).0));
+}
+
+impl VmxVcpu {
+    /// The full state, by VMREAD of the current VMCS (valid in the exit path of a burst: the
+    /// VMCS stays current on this CPU from the entry until the burst ends) plus the saved
+    /// GPRs and CR2. CR0 and CR4 are the values the CPU runs with (the fixed bits applied;
+    /// the guest's paging is what they select), CPL is SS.DPL (SDM vol. 3C 27.3.1).
+    pub fn state(&self) -> hv::vcpu::VcpuState {
+        let r = &self.regs;
+        let [es, cs, ss, ds, fs, gs] = core::array::from_fn(read_segment);
+        hv::vcpu::VcpuState {
+            regs: hv::vcpu::Registers {
+                gprs: [
+                    r.rax,
+                    r.rcx,
+                    r.rdx,
+                    r.rbx,
+                    read(F::GuestRsp),
+                    r.rbp,
+                    r.rsi,
+                    r.rdi,
+                    r.r8,
+                    r.r9,
+                    r.r10,
+                    r.r11,
+                    r.r12,
+                    r.r13,
+                    r.r14,
+                    r.r15,
+                ],
+                rip: self.pending.rip.unwrap_or_else(|| read(F::GuestRip)),
+                rflags: read(F::GuestRflags),
+            },
+            sys: hv::vcpu::SystemRegisters {
+                cr0: read(F::GuestCr0),
+                cr2: r.cr2,
+                cr3: read(F::GuestCr3),
+                cr4: read(F::GuestCr4),
+                efer: self.pending.efer.unwrap_or(self.last.efer),
+                cs,
+                ss,
+                ds,
+                es,
+                fs,
+                gs,
+                cpl: ss.dpl(),
+            },
+        }
+    }
+
+    /// Write `st` back: GPRs and CR2 into the saved registers (loaded at entry), RSP, RIP and
+    /// RFLAGS by VMWRITE; control registers, EFER and segments only if they changed (the
+    /// emulator never changes them), EFER with the IA-32e entry control kept in step.
+    pub fn set_state(&mut self, st: &hv::vcpu::VcpuState) {
+        let before = self.state();
+        let g = &st.regs.gprs;
+        let r = &mut self.regs;
+        (r.rax, r.rcx, r.rdx, r.rbx) = (g[0], g[1], g[2], g[3]);
+        (r.rbp, r.rsi, r.rdi) = (g[5], g[6], g[7]);
+        (r.r8, r.r9, r.r10, r.r11) = (g[8], g[9], g[10], g[11]);
+        (r.r12, r.r13, r.r14, r.r15) = (g[12], g[13], g[14], g[15]);
+        r.cr2 = st.sys.cr2;
+        let _ = write(F::GuestRsp, g[4]);
+        let _ = write(F::GuestRflags, st.regs.rflags);
+        self.pending.rip = None;
+        let _ = write(F::GuestRip, st.regs.rip);
+        self.last.rflags = st.regs.rflags;
+        let (old, new) = (&before.sys, &st.sys);
+        if (old.cr0, old.cr3, old.cr4) != (new.cr0, new.cr3, new.cr4) {
+            let _ = write(F::GuestCr0, new.cr0);
+            let _ = write(F::GuestCr3, new.cr3);
+            let _ = write(F::GuestCr4, new.cr4);
+        }
+        if old.efer != new.efer {
+            self.apply(
+                st.regs.rip,
+                &RegUpdate {
+                    efer: Some(new.efer),
+                    ..RegUpdate::default()
+                },
+            );
+        }
+        let segs = [new.es, new.cs, new.ss, new.ds, new.fs, new.gs];
+        let olds = [old.es, old.cs, old.ss, old.ds, old.fs, old.gs];
+        for (i, (n, o)) in segs.iter().zip(olds.iter()).enumerate() {
+            if n != o {
+                write_segment(i, n);
+            }
+        }
+    }
+}
