@@ -1030,13 +1030,13 @@ pub fn console_input(id: u32, bytes: &[u8]) -> Result<InputOutcome, VmError> {
     if !matches!(g.state, VmState::Running | VmState::Paused) {
         return Ok(InputOutcome::NotRunning(g.state));
     }
-    let uart = &mut g.rt.devices.uart;
-    let free = uart.input_free();
+    let devices = &mut g.rt.devices;
+    let free = devices.uart.input_free();
     if bytes.len() > free {
         return Ok(InputOutcome::Full { free });
     }
-    uart.push_input(bytes);
-    let queued = uart.input_queued();
+    devices.push_input(bytes);
+    let queued = devices.uart.input_queued();
     let cpu = g.cpu;
     drop(g);
     crate::percpu::wake(cpu);
