@@ -72,6 +72,16 @@ pub const GUESTS: &[Guest] = &[
         program: smp,
     },
     Guest {
+        name: "paging",
+        description: "turns on 32-bit paging (4 MiB PSE pages, a 4 KiB page, code run at an alias), then 4-level long mode (code at 0xFFFF800000000000 + physical); in each: CPUID, port I/O, REP OUTSB to COM1 and REP INSB from an unclaimed port through the page tables; exit 0 iff all pass",
+        program: paging,
+    },
+    Guest {
+        name: "mmio",
+        description: "reads and writes an unclaimed MMIO page at 0xE0000000 (all ones, writes dropped), then reads the IOAPIC version register through IOREGSEL/IOWIN at 0xFEC00000 (all ones without a local APIC); exit 0 iff all pass",
+        program: mmio,
+    },
+    Guest {
         name: "bench",
         description: "measures VM exit round trips (CPUID, CPUID of the floor leaf, port read, RDMSR) with RDTSC and prints median/min/max per operation; idle=1 halts at once, forever=1 runs CPUID exits forever",
         program: bench,
@@ -236,8 +246,8 @@ const IA32_EFER: u32 = 0xC000_0080;
 /// SDM Vol. 4, 2.1: 0x40000000-0x400000FF "will never be used" by processors (hypervisors
 /// use it for synthetic MSRs; ours emulates none there).
 const MSR_RESERVED: u32 = 0x4000_00FF;
-/// Not decoded by the hypervisor (fw_cfg on QEMU, nothing here).
-const PORT_UNEMULATED: u16 = 0x510;
+/// Decoded by no device, here or in QEMU (fw_cfg is at 0x510-0x511 in both).
+const PORT_UNEMULATED: u16 = 0x520;
 
 /// The exerciser's checks, in order. Name them `area-what`; the name is the stable key in the
 /// `PASS <name>` / `FAIL <name>: ...` lines and in `guests::builtins::EXERCISER_CHECKS`.
@@ -947,7 +957,7 @@ fn pmu(asm: &mut Asm) -> Result {
 pub const BENCH_FLOOR_LEAF: u32 = 0x4000_00FF;
 
 /// A port no device answers (reads all ones), for the port I/O round trip.
-const BENCH_PORT: u32 = 0x510;
+const BENCH_PORT: u32 = 0x520;
 
 fn bench(asm: &mut Asm) -> Result {
     const ITERS: u32 = layout::VAR_SCRATCH;
@@ -2955,4 +2965,264 @@ fn smp(asm: &mut Asm) -> Result {
     asm.here("smp_hook_done")?;
     asm.a.ret()?;
     lapic_routines(asm, "lapic", X2)
+}
+
+/// Where the `paging` guest keeps its page tables and data (physical; all below 4 MiB).
+mod paging_layout {
+    /// 32-bit page directory, and its page table for the 4 KiB page.
+    pub const PD32: u32 = 0x30_0000;
+    pub const PT32: u32 = 0x30_1000;
+    /// The data page: strings at the offsets below, buffers for INSB.
+    pub const DATA: u32 = 0x30_2000;
+    /// 4-level tables.
+    pub const PML4: u32 = 0x30_3000;
+    pub const PDPT: u32 = 0x30_4000;
+    pub const PD64: u32 = 0x30_5000;
+    pub const PT64: u32 = 0x30_6000;
+    pub const TABLES_END: u32 = 0x30_7000;
+    /// The linear address of the data page in both modes (a 4 KiB mapping).
+    pub const DATA_VA: u32 = 0x40_0000;
+    /// 32-bit paging maps the low 4 MiB again here (the code runs there).
+    pub const ALIAS32: u32 = 0x80_0000;
+    /// 4-level paging maps the low 1 GiB again here (PML4 entry 256).
+    pub const ALIAS64: u64 = 0xFFFF_8000_0000_0000;
+    /// Offsets in the data page.
+    pub const MSG32: u32 = 0x000;
+    pub const IN32: u32 = 0x100;
+    pub const MSG64: u32 = 0x200;
+    pub const IN64: u32 = 0x300;
+    pub const PASS64: u32 = 0x400;
+    pub const FAIL64: u32 = 0x600;
+    /// A port no device claims (reads all ones).
+    pub const UNCLAIMED_PORT: u32 = 0x7E0;
+    /// INSB count.
+    pub const IN_LEN: u32 = 16;
+}
+
+const PAGING_MSG32: &str = "paging: 32-bit rep outsb through a 4 KiB page\n";
+const PAGING_MSG64: &str = "paging: 64-bit rep outsb through a 4 KiB page\n";
+const PAGING_PASS64: &str = "paging: 64-bit PASS\n";
+const PAGING_FAIL64: &str = "paging: 64-bit FAIL\n";
+/// "Herm", the hypervisor leaf's EBX.
+const HERM: u32 = u32::from_le_bytes(*b"Herm");
+
+/// The 64-bit half of `paging`, position independent (entered from compatibility mode with a
+/// far return to selector 0x18).
+fn paging_long_mode() -> Result<Vec<u8>> {
+    use paging_layout::*;
+    let mut a = CodeAssembler::new(64)?;
+    let mut high = a.create_label();
+    let mut fail = a.create_label();
+    a.mov(eax, 0x10u32)?;
+    a.mov(ds, ax)?;
+    a.mov(es, ax)?;
+    a.mov(ss, ax)?;
+    a.mov(esp, layout::STACK_TOP)?;
+    // Continue at the high alias: from here on RIP is far from any physical address.
+    a.lea(rax, ptr(high))?;
+    a.mov(rcx, ALIAS64)?;
+    a.add(rax, rcx)?;
+    a.jmp(rax)?;
+    a.set_label(&mut high)?;
+    a.mov(eax, 0x4000_0000u32)?;
+    a.xor(ecx, ecx)?;
+    a.cpuid()?;
+    a.cmp(ebx, HERM as i32)?;
+    a.jne(fail)?;
+    // Port I/O: the UART's line status says the transmitter is empty.
+    a.mov(edx, 0x3FDu32)?;
+    a.in_(al, dx)?;
+    a.test(al, 0x20)?;
+    a.jz(fail)?;
+    a.cld()?;
+    a.mov(esi, DATA_VA + MSG64)?;
+    a.mov(ecx, PAGING_MSG64.len() as u32)?;
+    a.mov(edx, 0x3F8u32)?;
+    a.rep().outsb()?;
+    a.mov(edi, DATA_VA + IN64)?;
+    a.mov(ecx, IN_LEN)?;
+    a.mov(edx, UNCLAIMED_PORT)?;
+    a.rep().insb()?;
+    a.test(ecx, ecx)?;
+    a.jnz(fail)?;
+    // Read back through the identity mapping: the bytes landed on the data page.
+    a.mov(edi, DATA + IN64)?;
+    a.mov(ecx, IN_LEN)?;
+    a.mov(al, 0xFF)?;
+    a.repe().scasb()?;
+    a.jne(fail)?;
+    a.mov(esi, DATA_VA + PASS64)?;
+    a.mov(ecx, PAGING_PASS64.len() as u32)?;
+    a.mov(edx, 0x3F8u32)?;
+    a.rep().outsb()?;
+    a.xor(eax, eax)?;
+    a.out(u32::from(gabi::DEBUG_EXIT_PORT), eax)?;
+    a.hlt()?;
+    a.set_label(&mut fail)?;
+    a.mov(esi, DATA_VA + FAIL64)?;
+    a.mov(ecx, PAGING_FAIL64.len() as u32)?;
+    a.mov(edx, 0x3F8u32)?;
+    a.rep().outsb()?;
+    a.mov(eax, 1u32)?;
+    a.out(u32::from(gabi::DEBUG_EXIT_PORT), eax)?;
+    a.hlt()?;
+    Ok(a.assemble(0)?)
+}
+
+fn paging(asm: &mut Asm) -> Result {
+    use paging_layout::*;
+    asm.print("paging: start\n")?;
+    asm.a.cld()?;
+    asm.a.mov(edi, PD32)?;
+    asm.a.mov(ecx, (TABLES_END - PD32) / 4)?;
+    asm.a.xor(eax, eax)?;
+    asm.a.rep().stosd()?;
+    for (text, off) in [
+        (PAGING_MSG32, MSG32),
+        (PAGING_MSG64, MSG64),
+        (PAGING_PASS64, PASS64),
+        (PAGING_FAIL64, FAIL64),
+    ] {
+        let at = asm.str(text);
+        asm.a.mov(esi, at)?;
+        asm.a.mov(edi, DATA + off)?;
+        asm.a.mov(ecx, text.len() as u32)?;
+        asm.a.rep().movsb()?;
+    }
+    // 32-bit paging: 4 MiB identity page, the 4 KiB data page, the 4 MiB alias.
+    asm.a.mov(dword_ptr(PD32), 0x83u32)?;
+    asm.a.mov(dword_ptr(PD32 + 4), PT32 | 3)?;
+    asm.a.mov(dword_ptr(PD32 + (ALIAS32 >> 22) * 4), 0x83u32)?;
+    asm.a.mov(dword_ptr(PT32), DATA | 3)?;
+    asm.a.mov(eax, cr4)?;
+    asm.a.or(eax, 0x10)?; // PSE
+    asm.a.mov(cr4, eax)?;
+    asm.a.mov(eax, PD32)?;
+    asm.a.mov(cr3, eax)?;
+    asm.a.mov(eax, cr0)?;
+    asm.a.or(eax, 0x8000_0000u32 as i32)?;
+    asm.a.mov(cr0, eax)?;
+    // A near return to an absolute address (the .text checks allow no indirect jumps).
+    let alias = asm.addr("paging_alias32") + ALIAS32;
+    asm.a.push(alias)?;
+    asm.a.ret()?;
+    asm.here("paging_alias32")?;
+    asm.print("paging: 32-bit paging on, running at the alias\n")?;
+    asm.a.mov(eax, 0x4000_0000u32)?;
+    asm.a.xor(ecx, ecx)?;
+    asm.a.cpuid()?;
+    asm.a.cmp(ebx, HERM as i32)?;
+    asm.jne("paging_fail32")?;
+    asm.print("paging: 32-bit cpuid ok\n")?;
+    asm.a.mov(esi, DATA_VA + MSG32)?;
+    asm.a.mov(ecx, PAGING_MSG32.len() as u32)?;
+    asm.a.mov(edx, 0x3F8u32)?;
+    asm.a.rep().outsb()?;
+    asm.a.mov(edi, DATA_VA + IN32)?;
+    asm.a.mov(ecx, IN_LEN)?;
+    asm.a.mov(edx, UNCLAIMED_PORT)?;
+    asm.a.rep().insb()?;
+    asm.a.mov(eax, dword_ptr(DATA + IN32))?;
+    asm.print("paging: 32-bit rep insb ")?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.a.mov(edi, DATA + IN32)?;
+    asm.a.mov(ecx, IN_LEN)?;
+    asm.a.mov(al, 0xFF)?;
+    asm.a.repe().scasb()?;
+    asm.jne("paging_fail32")?;
+    asm.print("paging: 32-bit PASS\n")?;
+    let back = asm.addr("paging_identity");
+    asm.a.push(back)?;
+    asm.a.ret()?;
+    asm.here("paging_identity")?;
+    // Paging off, then 4-level paging and long mode (SDM vol. 3A 10.8.5).
+    asm.a.mov(eax, cr0)?;
+    asm.a.and(eax, 0x7FFF_FFFF)?;
+    asm.a.mov(cr0, eax)?;
+    asm.a.mov(dword_ptr(PML4), PDPT | 3)?;
+    asm.a.mov(dword_ptr(PML4 + 256 * 8), PDPT | 3)?;
+    asm.a.mov(dword_ptr(PDPT), PD64 | 3)?;
+    asm.a.mov(dword_ptr(PD64), 0x83u32)?;
+    asm.a.mov(dword_ptr(PD64 + 8), 0x20_0083u32)?;
+    asm.a.mov(dword_ptr(PD64 + 16), PT64 | 3)?;
+    asm.a.mov(dword_ptr(PT64), DATA | 3)?;
+    asm.a.mov(eax, cr4)?;
+    asm.a.and(eax, !0x10)?;
+    asm.a.or(eax, 0x20)?; // PAE
+    asm.a.mov(cr4, eax)?;
+    asm.a.mov(eax, PML4)?;
+    asm.a.mov(cr3, eax)?;
+    asm.a.mov(ecx, 0xC000_0080u32)?;
+    asm.a.rdmsr()?;
+    asm.a.or(eax, 0x100)?; // LME
+    asm.a.wrmsr()?;
+    let gdt: Vec<u8> = [
+        0u64,
+        0x00CF_9A00_0000_FFFF,
+        0x00CF_9200_0000_FFFF,
+        0x00AF_9A00_0000_FFFF,
+    ]
+    .iter()
+    .flat_map(|d| d.to_le_bytes())
+    .collect();
+    let gdt_addr = asm.data("paging_gdt", gdt);
+    let gdtr = asm.data("paging_gdtr", crate::asm::pseudo_descriptor(32, gdt_addr));
+    asm.a.lgdt(ptr(gdtr))?;
+    asm.a.mov(eax, cr0)?;
+    asm.a.or(eax, 0x8000_0000u32 as i32)?;
+    asm.a.mov(cr0, eax)?;
+    let long = asm.data("paging_long", paging_long_mode()?);
+    asm.a.push(0x18)?;
+    asm.a.push(long)?;
+    asm.a.retf()?;
+    asm.here("paging_fail32")?;
+    asm.print("paging: 32-bit FAIL\n")?;
+    asm.exit(1)
+}
+
+/// The unclaimed page the `mmio` guest reads and writes.
+const MMIO_UNCLAIMED: u32 = 0xE000_0000;
+const IOAPIC_BASE: u32 = 0xFEC0_0000;
+
+fn mmio(asm: &mut Asm) -> Result {
+    asm.print("mmio: start\n")?;
+    asm.a.mov(eax, dword_ptr(MMIO_UNCLAIMED))?;
+    asm.print("mmio: read ")?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.a.cmp(eax, -1)?;
+    asm.jne("mmio_fail")?;
+    asm.a.mov(dword_ptr(MMIO_UNCLAIMED + 4), 0x1234_5678u32)?;
+    asm.a.mov(eax, dword_ptr(MMIO_UNCLAIMED + 4))?;
+    asm.a.cmp(eax, -1)?;
+    asm.jne("mmio_fail")?;
+    asm.a.movzx(eax, byte_ptr(MMIO_UNCLAIMED + 0xFFF))?;
+    asm.a.cmp(eax, 0xFF)?;
+    asm.jne("mmio_fail")?;
+    asm.a.or(dword_ptr(MMIO_UNCLAIMED + 0x10), 1)?;
+    asm.print("mmio: unclaimed page ok\n")?;
+    cpuid(asm, 1)?;
+    asm.a.mov(dword_ptr(IOAPIC_BASE), 1u32)?;
+    asm.a.mov(eax, dword_ptr(IOAPIC_BASE + 0x10))?;
+    asm.a.test(edx, 1 << 9)?;
+    asm.jz("mmio_no_apic")?;
+    asm.print("mmio: ioapic version ")?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.a.cmp(eax, 0x0017_0011)?;
+    asm.jne("mmio_fail")?;
+    asm.jmp("mmio_pass")?;
+    asm.here("mmio_no_apic")?;
+    asm.print("mmio: no local APIC, ioapic reads ")?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.a.cmp(eax, -1)?;
+    asm.jne("mmio_fail")?;
+    asm.here("mmio_pass")?;
+    asm.print("mmio: PASS\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+    asm.here("mmio_fail")?;
+    asm.print("mmio: FAIL\n")?;
+    asm.exit(1)
 }

@@ -30,7 +30,7 @@
 //! write/read-back of 0x0007010600070106 (the old value is restored); RDMSR of IA32_EFER and
 //! IA32_APIC_BASE work; RDMSR and WRMSR of MSR 0x400000FF (a range the SDM reserves, never
 //! implemented by processors) raise #GP; VMMCALL, VMCALL and VMRUN raise #UD; 8-, 16- and
-//! 32-bit IN from port 0x510 read all ones; UART LSR (0x3FD) reads 0x60. An expected fault
+//! 32-bit IN from port 0x520 (no device; fw_cfg is at 0x510) read all ones; UART LSR (0x3FD) reads 0x60. An expected fault
 //! resumes after the instruction (the handler jumps to a recorded address).
 //!
 //! # `resetter`
@@ -215,6 +215,48 @@
 //! APs wait for an IPI forever after; the BSP never times out on a lost pong (a hang is the
 //! failure). Needs RAM up to 0x210000 + 4 KiB * N and the page at 0x8000.
 //!
+//! # `paging`
+//! The guest-side paths that need the hypervisor to walk the guest's page tables (string I/O,
+//! and the instruction fetch for exit decoding without NRIPS). First 32-bit paging (CR4.PSE):
+//! a 4 MiB identity page, a 4 KiB page mapping linear 0x400000 to the data page at physical
+//! 0x302000 (tables at 0x300000..0x307000), and the low 4 MiB again at linear 0x800000, where
+//! the code then runs (so RIP is never the physical address): CPUID leaf 0x40000000 (EBX must
+//! be "Herm"), output through the polled UART (port I/O), `rep outsb` of a line to COM1 from
+//! linear 0x400000 and `rep insb` of 16 bytes from port 0x7E0, which no device claims, to
+//! linear 0x400100; the bytes must read back as 0xFF through the identity mapping. Then paging
+//! off, 4-level paging (CR4.PAE, EFER.LME, 2 MiB identity pages for the low 4 MiB, the same 4
+//! KiB data page, the low 1 GiB again at 0xFFFF800000000000) and a far return into 64-bit code
+//! that jumps to its own high alias and does the same CPUID, LSR read, `rep outsb` and `rep
+//! insb` (64-bit addressing):
+//! ```text
+//! paging: start
+//! paging: 32-bit paging on, running at the alias
+//! paging: 32-bit cpuid ok
+//! paging: 32-bit rep outsb through a 4 KiB page
+//! paging: 32-bit rep insb 0xffffffff
+//! paging: 32-bit PASS
+//! paging: 64-bit rep outsb through a 4 KiB page
+//! paging: 64-bit PASS
+//! ```
+//! Exit 0 iff both halves pass; 1 after `paging: 32-bit FAIL` or `paging: 64-bit FAIL`. Needs
+//! 4 MiB of RAM.
+//!
+//! # `mmio`
+//! Guest-physical addresses outside RAM, paging off: reads a dword at 0xE0000000 (no device
+//! there: must be all ones), writes a dword and reads it back (still all ones: the write is
+//! dropped), reads a byte with MOVZX (0xFF) and does a read-modify-write OR; then writes 1 to
+//! the IOAPIC's IOREGSEL at 0xFEC00000 and reads IOWIN at 0xFEC00010: with a local APIC
+//! (CPUID.1:EDX[9]) the version register must read 0x00170011, without one all ones:
+//! ```text
+//! mmio: start
+//! mmio: read 0xffffffff
+//! mmio: unclaimed page ok
+//! mmio: ioapic version 0x00170011           (or: mmio: no local APIC, ioapic reads 0xffffffff)
+//! mmio: PASS|FAIL
+//! ```
+//! Exit 0 iff all pass. The unclaimed page is read four times and written twice (the
+//! hypervisor's `unhandled_mmio_reads`/`_writes` counters).
+//!
 //! # `bench`
 //! Times VM exit round trips with RDTSC (`scripts/bench`):
 //! ```text
@@ -233,7 +275,7 @@
 //! (integer). The bodies: `loop` the bare loop (4
 //! instructions per iteration), `cpuid` CPUID leaf 0 (5), `floor` CPUID leaf 0x400000FF, which
 //! a hypervisor booted with `bench_floor` answers before its exit handler (5), `pio` an 8-bit IN
-//! from port 0x510, which no device claims (3), `msr` RDMSR of IA32_PAT (4). Under QEMU
+//! from port 0x520, which no device claims (3), `msr` RDMSR of IA32_PAT (4). Under QEMU
 //! `-icount shift=0` the TSC advances one tick per instruction, so the same lines count
 //! instructions per operation. With `idle=1` it prints `bench: idle` and halts with interrupts
 //! off (for reset timing); with `forever=1` it prints `bench: forever` and executes CPUID

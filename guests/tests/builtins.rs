@@ -133,6 +133,8 @@ fn the_builtins() {
             "rtc",
             "ioapic",
             "smp",
+            "paging",
+            "mmio",
             "bench"
         ]
     );
@@ -214,7 +216,7 @@ fn exerciser_probes_cpuid_msrs_virtualization_instructions_and_ports() {
         assert!(decoded.mnemonics.contains(&m), "no {m:?}");
     }
     for size in [1, 2, 4] {
-        assert!(decoded.port_io.contains(&(0x510, "in", size)));
+        assert!(decoded.port_io.contains(&(0x520, "in", size)));
     }
     assert!(EXERCISER_CHECKS.len() >= 15);
     for check in EXERCISER_CHECKS {
@@ -261,7 +263,7 @@ fn bench_measures_cpuid_port_reads_and_rdmsr_between_rdtscs() {
     ] {
         assert!(decoded.mnemonics.contains(&m), "bench: no {m:?}");
     }
-    assert!(decoded.port_io.contains(&(0x510, "in", 1)));
+    assert!(decoded.port_io.contains(&(0x520, "in", 1)));
     for line in [
         "bench: done\n",
         "bench: idle\n",
@@ -509,4 +511,23 @@ fn smp_carries_a_real_mode_trampoline_and_uses_locked_adds() {
     ] {
         assert!(rodata_has("smp", text), "{text:?}");
     }
+}
+
+#[test]
+fn paging_and_mmio_guests_do_what_their_docs_say() {
+    let decoded = decode("paging");
+    for m in [
+        Mnemonic::Cpuid,
+        Mnemonic::Outsb,
+        Mnemonic::Insb,
+        Mnemonic::Rdmsr,
+        Mnemonic::Wrmsr,
+        Mnemonic::Retf,
+    ] {
+        assert!(decoded.mnemonics.contains(&m), "paging: no {m:?}");
+    }
+    assert!(rodata_has("paging", "paging: 32-bit PASS\n"));
+    let decoded = decode("mmio");
+    assert!(decoded.mnemonics.contains(&Mnemonic::Movzx));
+    assert!(rodata_has("mmio", "mmio: PASS\n"));
 }

@@ -15,10 +15,10 @@
 //! | HLT, IF=1                    | [`Action::Halt`]: sleep until an event                        |
 //! | HLT, IF=0                    | stop, [`StopReason::Halted`] (nothing can wake it)            |
 //! | IN / OUT                     | [`Devices`](crate::devices::Devices) at the time of the last advance; debug exit stops, 0xCF9 and 0x64 reset |
-//! | INS / OUTS (string I/O)      | stop, [`StopReason::UnsupportedIo`] (needs guest memory and segment emulation) |
+//! | INS / OUTS (string I/O)      | [`Action::StringIo`]: the run loop emulates it through the guest's paging (`crate::vcpu::emulation`) |
 //! | RDMSR / WRMSR, local APIC    | the VM's local APIC (IA32_APIC_BASE, TSC deadline, x2APIC 0x800-0x8FF) |
 //! | RDMSR / WRMSR                | [`MsrState`](crate::msr::MsrState) allow-list; anything else #GP(0) |
-//! | nested page fault            | stop, [`StopReason::NptViolation`]                            |
+//! | nested page fault            | [`Action::EmulateMmio`]; strict MMIO or a fetch: stop, [`StopReason::NptViolation`] |
 //! | triple fault                 | reset or stop ([`StopReason::Shutdown`]) per [`OnCrash`]      |
 //! | VMRUN, VMCALL, VMLAUNCH...   | #UD: no nested virtualization, no hypercalls yet              |
 //! | host interrupt               | resume (the backend let the host take it)                     |
@@ -27,10 +27,14 @@
 //! | VM entry failed              | stop, [`StopReason::EntryFailed`]                             |
 //! | anything else                | stop, [`StopReason::UnhandledExit`]                           |
 //!
-//! Nested page faults: all of guest RAM is mapped read/write/execute when the VM is built and
-//! no MMIO device is emulated, so a fault is either an access outside RAM (the guest probing an
-//! APIC, HPET or PCI BAR that does not exist) or a mapping bug of ours. Either way re-entering
-//! would fault again at once, so the VM stops and reports the address.
+//! Nested page faults: all of guest RAM is mapped read/write/execute when the VM is built, so
+//! a fault is either an access outside RAM (a device register: the IOAPIC, the xAPIC page, or
+//! an address no device claims, which reads all ones) or a mapping bug of ours. Finishing the
+//! access needs the instruction and the guest's state and memory, which this handler does not
+//! see: it answers [`Action::EmulateMmio`] and the run loop emulates the instruction
+//! (`crate::vcpu::emulation`), which also stops the VM on a fault inside RAM. A VM in strict
+//! MMIO mode ([`VmRuntime::strict_mmio`]) stops at any nested page fault instead, as every VM
+//! did before MMIO was emulated (the kernel's `wild` test image relies on it).
 //!
 //! Events whose delivery an exit interrupted (SVM EXITINTINFO, VMX IDT-vectoring information)
 //! are not part of [`Exit`]: the backend reports them next to it and the run loop
@@ -217,6 +221,23 @@ pub enum Action {
         /// RIP after the HLT.
         rip: u64,
     },
+    /// The access faulted in nested paging at `gpa` (outside RAM, or a mapping bug): the run
+    /// loop fetches and emulates the instruction at CS:RIP against the VM's devices.
+    EmulateMmio {
+        /// The faulting guest-physical address.
+        gpa: GuestPhys,
+    },
+    /// INS or OUTS (with or without REP) at `port` of `size`: the run loop decodes the
+    /// instruction for its direction, address size and segment and moves the elements
+    /// through the guest's paging; `next_rip` is where the guest goes on when it completes.
+    StringIo {
+        /// The port (DX).
+        port: u16,
+        /// The element width.
+        size: IoSize,
+        /// RIP after the instruction.
+        next_rip: u64,
+    },
     /// Stop the VM.
     Stop(StopReason),
     /// Reset the VM (the kernel applies [`VmEvent::Reset`](crate::vm::VmEvent::Reset)).
@@ -255,6 +276,22 @@ pub enum StopReason {
     },
     /// The guest triple-faulted and the VM's policy is [`OnCrash::Stop`].
     Shutdown,
+    /// An access outside RAM by an instruction the MMIO emulator does not support (or bytes
+    /// that do not decode).
+    MmioUnsupported {
+        /// The faulting guest-physical address.
+        gpa: GuestPhys,
+        /// The instruction's bytes (`bytes[..len]`).
+        bytes: [u8; 15],
+        /// How many of `bytes` are meaningful.
+        len: u8,
+    },
+    /// The guest's page tables, its instruction bytes or a string-I/O element lie outside
+    /// RAM (real hardware would read an open bus).
+    NotRam {
+        /// The first address outside RAM.
+        gpa: GuestPhys,
+    },
 }
 
 impl StopReason {
@@ -279,6 +316,8 @@ impl StopReason {
             StopReason::UnhandledExit { .. } => "unhandled_exit",
             StopReason::UnsupportedIo { .. } => "unsupported_io",
             StopReason::Shutdown => "shutdown",
+            StopReason::MmioUnsupported { .. } => "mmio_unsupported",
+            StopReason::NotRam { .. } => "not_ram",
         }
     }
 
@@ -293,6 +332,14 @@ impl StopReason {
             StopReason::UnhandledExit { code } => write!(w, "unhandled exit (code {code:#x})"),
             StopReason::UnsupportedIo { port } => write!(w, "unsupported I/O at port {port:#x}"),
             StopReason::Shutdown => w.write_str("shutdown (triple fault)"),
+            StopReason::MmioUnsupported { gpa, bytes, len } => {
+                write!(w, "unsupported MMIO instruction at GPA {gpa}:")?;
+                for b in &bytes[..usize::from(len).min(bytes.len())] {
+                    write!(w, " {b:02x}")?;
+                }
+                Ok(())
+            }
+            StopReason::NotRam { gpa } => write!(w, "guest access outside RAM at GPA {gpa}"),
         }
     }
 }
@@ -537,7 +584,12 @@ pub fn handle(exit: &Exit, regs: &GuestView, vm: &mut VmRuntime) -> Action {
         // Without a vPMU in the loop (see `VmPmu::handle_exit`) there are no counters: #GP, as
         // RDPMC of a counter that does not exist raises (SDM vol. 2B RDPMC; APM vol. 3 RDPMC).
         Exit::Rdpmc { .. } => gp0(),
-        Exit::NestedPageFault { gpa, .. } => Action::Stop(StopReason::NptViolation { gpa }),
+        // Code does not run from device memory: an instruction fetch outside RAM cannot be
+        // emulated.
+        Exit::NestedPageFault { gpa, exec, .. } if vm.strict_mmio || exec => {
+            Action::Stop(StopReason::NptViolation { gpa })
+        }
+        Exit::NestedPageFault { gpa, .. } => Action::EmulateMmio { gpa },
         Exit::TripleFault => match vm.on_crash {
             OnCrash::Reset => Action::Reset(ResetTrigger::TripleFault),
             OnCrash::Stop => Action::Stop(StopReason::Shutdown),
@@ -570,9 +622,16 @@ fn io(
     regs: &GuestView,
     vm: &mut VmRuntime,
 ) -> Action {
-    let Some(size) = IoSize::from_bytes(size).filter(|_| !string) else {
+    let Some(size) = IoSize::from_bytes(size) else {
         return Action::Stop(StopReason::UnsupportedIo { port });
     };
+    if string {
+        return Action::StringIo {
+            port,
+            size,
+            next_rip,
+        };
+    }
     let stats = &mut vm.stats;
     match write {
         Some(value) => match vm.devices.write(port, size, value) {
@@ -764,7 +823,11 @@ mod tests {
                     rep: true,
                     next_rip: RIP,
                 },
-                Action::Stop(StopReason::UnsupportedIo { port: 0x3F8 }),
+                Action::StringIo {
+                    port: 0x3F8,
+                    size: IoSize::Byte,
+                    next_rip: RIP,
+                },
             ),
             (
                 Stop,
@@ -832,9 +895,9 @@ mod tests {
                     write: true,
                     exec: false,
                 },
-                Action::Stop(StopReason::NptViolation {
+                Action::EmulateMmio {
                     gpa: GuestPhys(0xFEE0_0000),
-                }),
+                },
             ),
             (
                 Reset,
@@ -895,6 +958,31 @@ mod tests {
             assert_eq!(vm.stats.exits.get(exit.kind()), 1);
             assert_eq!(vm.stats.exits.total(), 1);
         }
+    }
+
+    /// Strict MMIO: a nested page fault stops the VM with the address, as before emulation.
+    #[test]
+    fn strict_mmio_stops_at_a_nested_page_fault() {
+        let npf = Exit::NestedPageFault {
+            gpa: GuestPhys(0xE000_0000),
+            write: false,
+            exec: false,
+        };
+        let mut vm = runtime(OnCrash::Stop);
+        assert_eq!(
+            handle(&npf, &view(), &mut vm),
+            Action::EmulateMmio {
+                gpa: GuestPhys(0xE000_0000)
+            }
+        );
+        vm.strict_mmio = true;
+        assert_eq!(
+            handle(&npf, &view(), &mut vm),
+            Action::Stop(StopReason::NptViolation {
+                gpa: GuestPhys(0xE000_0000)
+            })
+        );
+        assert_eq!(vm.stats.exits.get(ExitKind::Npf), 2);
     }
 
     #[test]
@@ -1036,6 +1124,22 @@ mod tests {
                 true,
             ),
             (StopReason::Shutdown, "shutdown (triple fault)", true),
+            (
+                StopReason::MmioUnsupported {
+                    gpa: GuestPhys(0xFEC0_0010),
+                    bytes: [0x0F, 0x01, 0xF8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    len: 3,
+                },
+                "unsupported MMIO instruction at GPA 0xfec00010: 0f 01 f8",
+                true,
+            ),
+            (
+                StopReason::NotRam {
+                    gpa: GuestPhys(0x8000_0000),
+                },
+                "guest access outside RAM at GPA 0x80000000",
+                true,
+            ),
         ];
         for (reason, text, fault) in table {
             assert_eq!(reason.to_string(), text);

@@ -96,8 +96,21 @@ impl GuestClock {
 
     /// Guest time at guest TSC `tsc` (the epoch for a TSC before it).
     pub const fn now(&self, tsc: u64) -> GuestTime {
-        let ticks = tsc.saturating_sub(self.epoch_tsc) as u128;
-        let ns = ticks * NANOS_PER_SEC as u128 / self.tsc_hz as u128;
+        // floor(ticks * 1e9 / hz) in u64 arithmetic, as whole seconds plus the remainder (the
+        // exit path calls this on every exit; a u128 division is a library call of its own).
+        // Exact: ticks = s * hz + r gives floor(s * 1e9 + r * 1e9 / hz), and r * 1e9 < hz * 1e9
+        // fits u64 for any TSC below 18 GHz (larger rates take the u128 path).
+        let ticks = tsc.saturating_sub(self.epoch_tsc);
+        if self.tsc_hz < u64::MAX / NANOS_PER_SEC {
+            let secs = ticks / self.tsc_hz;
+            let rem = ticks % self.tsc_hz;
+            let ns = match secs.checked_mul(NANOS_PER_SEC) {
+                Some(n) => n.saturating_add(rem * NANOS_PER_SEC / self.tsc_hz),
+                None => u64::MAX,
+            };
+            return GuestTime(ns);
+        }
+        let ns = ticks as u128 * NANOS_PER_SEC as u128 / self.tsc_hz as u128;
         GuestTime(if ns > u64::MAX as u128 {
             u64::MAX
         } else {
@@ -113,6 +126,35 @@ impl GuestClock {
             u64::MAX
         } else {
             tsc as u64
+        }
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn u64_split_matches_the_exact_u128_formula() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for hz in [
+            1,
+            3,
+            1_000_000_000,
+            2_445_000_000,
+            3_999_999_937,
+            17_000_000_000,
+        ] {
+            let c = GuestClock::new(hz, 1_000);
+            for _ in 0..2_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let tsc = x >> (x % 40);
+                let exact = (tsc.saturating_sub(1_000) as u128 * 1_000_000_000 / hz as u128)
+                    .min(u64::MAX as u128) as u64;
+                assert_eq!(c.now(tsc), GuestTime(exact), "hz={hz} tsc={tsc}");
+            }
         }
     }
 }

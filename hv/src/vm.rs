@@ -159,6 +159,10 @@ pub struct VmConfig {
     /// with TSC-deadline mode, shown in CPUID. Default: on, except for the built-in guests
     /// written for a PIC-only PC ([`default_local_apic`]).
     pub local_apic: bool,
+    /// Strict MMIO: a guest access outside RAM stops the VM (`npt_violation`) instead of
+    /// reading all ones / being dropped (or reaching a device). For test images that check
+    /// the hypervisor catches wild accesses. Default off.
+    pub strict_mmio: bool,
 }
 
 /// Whether a VM booting `image` gets a local APIC unless its configuration says otherwise:
@@ -194,6 +198,7 @@ impl VmConfig {
             cmdline: Cmdline::new(),
             on_crash: OnCrash::default(),
             local_apic: default_local_apic(image),
+            strict_mmio: false,
         };
         config.validate()?;
         Ok(config)
@@ -517,6 +522,9 @@ pub struct VmRuntime {
     pub pmu: VmPmu,
     /// What the platform shows in CPUID (the local APIC and its features).
     pub platform: GuestPlatform,
+    /// Strict MMIO ([`VmConfig::strict_mmio`]): a guest access outside RAM stops the VM
+    /// ([`StopReason::NptViolation`]) instead of being emulated.
+    pub strict_mmio: bool,
 }
 
 impl VmRuntime {
@@ -536,6 +544,7 @@ impl VmRuntime {
             stats: VmStats::default(),
             pmu,
             platform: GuestPlatform::default(),
+            strict_mmio: false,
         }
     }
 

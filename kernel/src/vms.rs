@@ -419,6 +419,7 @@ pub fn create(config: VmConfig, pmu: PmuConfig, cpu: Option<usize>) -> Result<u3
     // the platform (local APIC or not) shows.
     let mut rt = Box::new(VmRuntime::with_pmu(pmu, hw::cpuid, config.on_crash));
     rt.set_platform(&platform_of(&config), hw::cpuid);
+    rt.strict_mmio = config.strict_mmio;
     let cpu = cpu
         .or_else(|| place_on(config.cpu, None))
         .unwrap_or(config.cpu.unwrap_or(0) as usize);
@@ -841,7 +842,7 @@ fn run_slice(vm: &mut Vm, cpu: usize, host: HostCpu, waiters: &AtomicU32) {
                 tsc_deadline: deadline,
                 armed_tsc: deadline,
             };
-            let mut on = vm.vcpu.on(cpu, host, &vm.ram);
+            let mut on = vm.vcpu.on(cpu, host, &mut vm.ram);
             vm.run.run(&mut on, &mut *vm.rt, &mut host_side)
         });
         let done = match end {
@@ -1029,13 +1030,13 @@ pub fn console_input(id: u32, bytes: &[u8]) -> Result<InputOutcome, VmError> {
     if !matches!(g.state, VmState::Running | VmState::Paused) {
         return Ok(InputOutcome::NotRunning(g.state));
     }
-    let uart = &mut g.rt.devices.uart;
-    let free = uart.input_free();
+    let devices = &mut g.rt.devices;
+    let free = devices.uart.input_free();
     if bytes.len() > free {
         return Ok(InputOutcome::Full { free });
     }
-    uart.push_input(bytes);
-    let queued = uart.input_queued();
+    devices.push_input(bytes);
+    let queued = devices.uart.input_queued();
     let cpu = g.cpu;
     drop(g);
     crate::percpu::wake(cpu);

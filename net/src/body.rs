@@ -26,6 +26,7 @@
 //! | `cmdline`   | string              | `""`     |
 //! | `on_crash`  | `"stop"`/`"reset"`  | `"stop"` |
 //! | `local_apic`| boolean             | true, false for the PIC-era built-ins ([`hv::vm::default_local_apic`]) |
+//! | `strict_mmio`| boolean            | false: an access outside RAM stops the VM (`npt_violation`) |
 //! | `pmu`       | PMU object          | none     |
 //! | `start`     | boolean             | false    |
 //!
@@ -358,6 +359,7 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
         let mut pmu = None;
         let mut start = None;
         let mut local_apic: Option<bool> = None;
+        let mut strict_mmio: Option<bool> = None;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let d = &mut *diag;
             d.reading = None;
@@ -459,6 +461,17 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
                         false,
                     )?)
                 }
+                "strict_mmio" => {
+                    strict_mmio = Some(value(
+                        &mut map,
+                        d,
+                        &mut seen,
+                        512,
+                        "strict_mmio",
+                        BOOL_EXPECTED,
+                        false,
+                    )?)
+                }
                 _ => return fail(d, BodyError::Unknown { prefix: "", key }),
             }
         }
@@ -505,6 +518,9 @@ impl<'de> Visitor<'de> for CreateVisitor<'_> {
         }
         if let Some(l) = local_apic {
             config.local_apic = l;
+        }
+        if let Some(s) = strict_mmio {
+            config.strict_mmio = s;
         }
         if let Err(e) = config.validate() {
             return invalid(diag, e);
@@ -787,6 +803,10 @@ mod tests {
         );
         let c = parse_create(br#"{"name":"a","image":"hello","cpu":null}"#).unwrap();
         assert_eq!(c.config.cpu, None);
+        assert!(!c.config.strict_mmio);
+        let c = parse_create(br#"{"name":"a","image":"wild","strict_mmio":true}"#).unwrap();
+        assert!(c.config.strict_mmio);
+        assert!(parse_create(br#"{"name":"a","image":"wild","strict_mmio":1}"#).is_err());
     }
 
     #[test]

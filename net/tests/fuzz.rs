@@ -154,6 +154,7 @@ fn json_body() -> impl Strategy<Value = String> {
         "cmdline",
         "on_crash",
         "local_apic",
+        "strict_mmio",
         "pmu",
         "start",
         "vendor",

@@ -90,5 +90,10 @@ TESTS = [
     test_local_apic_timer_modes_and_self_ipi_x2apic,
 ]
 
+if BOCHS:
+    # Bochs is ~10x slower: the PIC + PIT tick and the local APIC timer modes on VMX (the RTC
+    # guest passes there too, in about 150 s; it is left to QEMU to keep CI short).
+    TESTS = [t for t in TESTS if t not in (test_rtc_date_cmos_and_periodic_interrupt,)]
+
 if __name__ == "__main__":
     sys.exit(1 if run_suite("platform", TESTS, sys.argv[1:]) else 0)

@@ -173,9 +173,22 @@ pub enum PortDevice {
     FwCfg,
 }
 
-/// A device on the MMIO bus. None yet: the interrupt controllers (local APIC, I/O APIC) and
-/// other memory-mapped devices join as a variant, an entry in [`MMIO_MAP`] and an arm in
-/// `Devices::mmio_dispatch_read` / `Devices::mmio_dispatch_write`.
+impl PortDevice {
+    /// Whether an access can change when the device next needs guest time to pass (or its
+    /// interrupt line): the UART, the chipset's timers and controllers, the RTC. The others
+    /// (debug exit, 8042, RCR, fw_cfg) keep no time.
+    const fn timed(self) -> bool {
+        matches!(
+            self,
+            PortDevice::Uart | PortDevice::Chipset | PortDevice::Rtc
+        )
+    }
+}
+
+/// A device on the MMIO bus besides the chipset's pages (the IOAPIC and the xAPIC page are the
+/// chipset's: `Devices::mmio_read` asks it first). None yet: a memory-mapped device joins as a
+/// variant, an entry in [`MMIO_MAP`] and an arm in `Devices::mmio_dispatch_read` /
+/// `Devices::mmio_dispatch_write`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MmioDevice {}
 
@@ -208,6 +221,9 @@ pub const PORT_MAP: [(u16, u16, PortDevice); 12] = [
 
 /// Where each MMIO device sits: (base, length, device).
 pub const MMIO_MAP: [(u64, u64, MmioDevice); 0] = [];
+
+/// No timer due.
+const NEVER: GuestTime = GuestTime(u64::MAX);
 
 /// The shape of a VM's platform, fixed when it is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -255,6 +271,13 @@ pub struct Devices {
     clock: GuestClock,
     /// Guest time of the last [`advance`](Self::advance): when accesses happen.
     now: GuestTime,
+    /// The earliest time a timer changes a device without an access (`GuestTime(u64::MAX)`:
+    /// none), valid while `!stale`: until then [`advance`](Self::advance) has nothing to poll.
+    due: GuestTime,
+    /// `due` as a guest TSC.
+    due_tsc: Option<u64>,
+    /// An access (or a reset, or input) since `due` was computed.
+    stale: bool,
     /// Which port belongs to which device.
     ports: PortBus,
     /// Which guest-physical range belongs to which device.
@@ -294,6 +317,9 @@ impl Devices {
             rcr: 0,
             clock: GuestClock::new(platform.tsc_hz, 0),
             now: GuestTime::ZERO,
+            due: NEVER,
+            due_tsc: None,
+            stale: true,
             ports,
             mmio,
         }
@@ -310,6 +336,7 @@ impl Devices {
         self.fw_cfg.reset();
         self.rcr = 0;
         self.now = GuestTime::ZERO;
+        self.stale = true;
     }
 
     /// Start the guest clock at guest TSC `tsc` (guest time 0), after a reset or when the VM
@@ -317,6 +344,14 @@ impl Devices {
     pub fn start_clock(&mut self, tsc: u64) {
         self.clock = GuestClock::new(self.clock.tsc_hz(), tsc);
         self.now = GuestTime::ZERO;
+        self.stale = true;
+    }
+
+    /// Queue host input for the guest's COM1 (see [`Uart16550::push_input`]); returns how
+    /// many bytes were taken.
+    pub fn push_input(&mut self, bytes: &[u8]) -> usize {
+        self.stale = true;
+        self.uart.push_input(bytes)
     }
 
     /// The guest clock.
@@ -331,17 +366,37 @@ impl Devices {
 
     /// Guest time has reached guest TSC `tsc`: bring every timer up to it and update the
     /// interrupt lines (PIT edges, the UART's and RTC's levels). Time never goes back: an
-    /// older TSC changes nothing.
+    /// older TSC changes nothing. The exit path's common case, no access since the last call
+    /// and no timer due yet, only reads the clock.
     pub fn advance(&mut self, tsc: u64) {
         let now = self.clock.now(tsc);
         if now > self.now {
             self.now = now;
         }
+        if self.stale || self.now >= self.due {
+            self.refresh();
+        }
+    }
+
+    /// Poll every timed device at `now`, update the lines and compute when the next timer is
+    /// due.
+    fn refresh(&mut self) {
         let now = self.now;
         self.uart.poll(now);
         self.rtc.poll(now);
         self.chipset.poll(now);
         self.update_lines();
+        let earliest = [
+            self.chipset.next_deadline(now),
+            self.uart.next_deadline(),
+            self.rtc.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        self.due = earliest.map_or(NEVER, |t| t.max(now));
+        self.due_tsc = earliest.map(|t| self.clock.tsc_at(t.max(now)));
+        self.stale = false;
     }
 
     /// The UART's and RTC's interrupt lines to the chipset, as they are now.
@@ -355,17 +410,11 @@ impl Devices {
     /// The guest TSC by which the vCPU must have exited (or a halted one been woken) for the
     /// next timer event to be delivered on time: the earliest deadline of the PIT, the local
     /// APIC timer, the RTC and the UART. `None`: no timer is running.
-    pub fn next_deadline_tsc(&self) -> Option<u64> {
-        let now = self.now;
-        let earliest = [
-            self.chipset.next_deadline(now),
-            self.uart.next_deadline(),
-            self.rtc.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()?;
-        Some(self.clock.tsc_at(earliest.max(now)))
+    pub fn next_deadline_tsc(&mut self) -> Option<u64> {
+        if self.stale {
+            self.refresh();
+        }
+        self.due_tsc
     }
 
     /// The port bus.
@@ -383,7 +432,10 @@ impl Devices {
         let mut data = [0u8; 4];
         let data = &mut data[..size.bytes() as usize];
         let handled = match self.ports.lookup(port.into()) {
-            Some((dev, offset)) => self.port_read(dev, port, offset, data),
+            Some((dev, offset)) => {
+                self.stale |= dev.timed();
+                self.port_read(dev, port, offset, data)
+            }
             None => false,
         };
         if !handled {
@@ -407,7 +459,10 @@ impl Devices {
         let bytes = value.to_le_bytes();
         let data = &bytes[..size.bytes() as usize];
         match self.ports.lookup(port.into()) {
-            Some((dev, offset)) => self.port_write(dev, port, offset, data),
+            Some((dev, offset)) => {
+                self.stale |= dev.timed();
+                self.port_write(dev, port, offset, data)
+            }
             None => PortWrite::Unhandled,
         }
     }
@@ -532,11 +587,13 @@ impl Devices {
 
     /// RDMSR of a device MSR (see [`handles_msr`](Self::handles_msr)); `Err` is #GP.
     pub fn msr_read(&mut self, index: u32) -> Result<u64, lapic::Gp> {
+        self.stale = true;
         self.chipset.msr_read(index, self.now)
     }
 
     /// WRMSR of a device MSR; `Err` is #GP.
     pub fn msr_write(&mut self, index: u32, value: u64) -> Result<(), lapic::Gp> {
+        self.stale = true;
         let clock = self.clock;
         self.chipset.msr_write(index, value, self.now, &clock)
     }
@@ -546,6 +603,7 @@ impl Devices {
     /// [`crate::vm::VmStats::unhandled_mmio_reads`].
     pub fn mmio_read(&mut self, gpa: GuestPhys, data: &mut [u8]) -> bool {
         if self.chipset.claims_mmio(gpa.0) {
+            self.stale = true;
             self.chipset.mmio_read(gpa.0, data, self.now);
             return true;
         }
@@ -564,6 +622,7 @@ impl Devices {
     /// [`crate::vm::VmStats::unhandled_mmio_writes`].
     pub fn mmio_write(&mut self, gpa: GuestPhys, data: &[u8]) -> bool {
         if self.chipset.claims_mmio(gpa.0) {
+            self.stale = true;
             self.chipset.mmio_write(gpa.0, data, self.now);
             return true;
         }

@@ -212,5 +212,6 @@ pub struct VcpuState {
     pub sys: SystemRegisters,
 }
 
+pub mod emulation;
 pub mod run;
 pub mod timers;

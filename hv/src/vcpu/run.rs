@@ -36,9 +36,22 @@
 //! halted until an NMI or an external interrupt is pending for it ([`VcpuRun::runnable`]); if
 //! one is pending already, the loop goes on at once. With IF=0 the VM stops (nothing can
 //! wake it).
+//!
+//! # Emulated exits
+//!
+//! A nested page fault outside RAM and string I/O need the guest's state and memory
+//! ([`Action::EmulateMmio`], [`Action::StringIo`]): the loop reads [`VcpuBackend::state`],
+//! lets [`emulation`](super::emulation) finish the instruction against
+//! [`VcpuBackend::memory`] and the VM's devices, and writes the state back with
+//! [`VcpuBackend::set_state`] before acting on the outcome. A nested page fault that
+//! interrupted the delivery of an event (the fault is the delivery's, not the instruction's)
+//! stops the VM with [`StopReason::NptViolation`].
 
+use super::VcpuState;
+use super::emulation;
 use crate::exit::{self, Action, Exit, GuestView, RegUpdate, ResetTrigger, StopReason};
 use crate::irq::InterruptController;
+use crate::mem::GuestMemory;
 use crate::vm::VmRuntime;
 use crate::vpmu::VmPmu;
 
@@ -194,6 +207,22 @@ pub trait VcpuBackend {
     /// The guest's TSC now (the host's TSC plus the VM's offset): the time base of the VM's
     /// devices.
     fn guest_tsc(&self) -> u64;
+
+    /// The guest's RAM, at guest-physical 0.
+    type Memory: GuestMemory + ?Sized;
+
+    /// The full register and segment state as the last exit left it (with what was applied
+    /// since). Only the emulated exits read it (SVM: the VMCB save area and the saved GPRs;
+    /// VMX: VMREADs of the current VMCS), so the common exits stay cheap.
+    fn state(&self) -> VcpuState;
+
+    /// Write `state` back (all of it; the backend may skip what did not change). SVM: into
+    /// the VMCB, which must then pass the VMRUN checks again if a checked field changed;
+    /// VMX: VMWRITEs of the current VMCS, access rights converted back.
+    fn set_state(&mut self, state: &VcpuState);
+
+    /// The guest's RAM, for the emulator and the guest page walker.
+    fn memory(&mut self) -> &mut Self::Memory;
 }
 
 /// The VM side of the run loop: its runtime model (CPUID, MSRs, devices, vPMU, stats) and the
@@ -520,6 +549,12 @@ impl VcpuRun {
                     }
                     None => exit::handle(&exit, &vcpu.view(), rt),
                 };
+                let action = match action {
+                    a @ (Action::EmulateMmio { .. } | Action::StringIo { .. }) => {
+                        emulate(vcpu, rt, a, exited.interrupted.is_some())
+                    }
+                    a => a,
+                };
                 match action {
                     Action::Resume => {}
                     Action::ResumeAt { rip } => vcpu.set_rip(rip),
@@ -534,6 +569,13 @@ impl VcpuRun {
                     }
                     Action::Stop(reason) => return BurstEnd::Stop(reason),
                     Action::Reset(trigger) => return BurstEnd::Reset(trigger),
+                    // `emulate` answered them; it never returns one.
+                    Action::EmulateMmio { gpa } => {
+                        return BurstEnd::Stop(StopReason::NptViolation { gpa });
+                    }
+                    Action::StringIo { port, .. } => {
+                        return BurstEnd::Stop(StopReason::UnsupportedIo { port });
+                    }
                 }
                 if matches!(exit, Exit::ExternalInterrupt) {
                     return BurstEnd::HostInterrupt;
@@ -553,6 +595,36 @@ impl VcpuRun {
             }
         }
     }
+}
+
+/// Finish an exit that needs the guest's state and memory: read the state, emulate, write it
+/// back if it changed, and return what to do next (never an emulation action again).
+/// `interrupted`: the exit interrupted an event's delivery (a nested page fault is then the
+/// delivery's, not the instruction's: stop).
+#[inline(never)]
+fn emulate<B: VcpuBackend>(
+    vcpu: &mut B,
+    rt: &mut VmRuntime,
+    action: Action,
+    interrupted: bool,
+) -> Action {
+    if let (Action::EmulateMmio { gpa }, true) = (action, interrupted) {
+        return Action::Stop(StopReason::NptViolation { gpa });
+    }
+    let mut state = vcpu.state();
+    let done = match action {
+        Action::EmulateMmio { gpa } => emulation::mmio(gpa, &mut state, vcpu.memory(), rt),
+        Action::StringIo {
+            port,
+            size,
+            next_rip,
+        } => emulation::string_io(port, size, next_rip, &mut state, vcpu.memory(), rt),
+        other => return other,
+    };
+    if done.write_back {
+        vcpu.set_state(&state);
+    }
+    done.action
 }
 
 #[cfg(test)]

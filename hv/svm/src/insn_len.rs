@@ -158,12 +158,46 @@ fn needs_more_than(bytes: &[u8], code: CodeSize) -> bool {
     insn.is_invalid() && decoder.last_error() == DecoderError::NoMoreBytes
 }
 
+/// The encodings compilers and assemblers emit (no prefixes; PAUSE's F3 is its opcode), which
+/// need no decoder: they mean the same in every code size, and no legacy or REX prefix comes
+/// first. Anything else (a redundant prefix, a REX, another instruction) goes to iced-x86. The
+/// exit path's common case: a decode costs several hundred instructions more.
+const fn unprefixed(bytes: &[u8]) -> Option<(SkipInsn, u8)> {
+    use SkipInsn::*;
+    Some(match bytes {
+        [0x0F, 0xA2, ..] => (Cpuid, 2),
+        [0xF4, ..] => (Hlt, 1),
+        [0x0F, 0x32, ..] => (Rdmsr, 2),
+        [0x0F, 0x30, ..] => (Wrmsr, 2),
+        [0x0F, 0x33, ..] => (Rdpmc, 2),
+        [0x0F, 0x31, ..] => (Rdtsc, 2),
+        [0x0F, 0x08, ..] => (Invd, 2),
+        [0x0F, 0x09, ..] => (Wbinvd, 2),
+        [0xF3, 0x90, ..] => (Pause, 2),
+        [0x0F, 0x01, 0xD9, ..] => (Vmmcall, 3),
+        [0x0F, 0x01, 0xF9, ..] => (Rdtscp, 3),
+        [0x0F, 0x01, 0xD1, ..] => (Xsetbv, 3),
+        [0x0F, 0x01, 0xC8 | 0xFA, ..] => (Monitor, 3),
+        [0x0F, 0x01, 0xC9 | 0xFB, ..] => (Mwait, 3),
+        _ => return None,
+    })
+}
+
 /// Identify one of the [`SkipInsn`] instructions at the start of `bytes` and return it with
-/// its total length (prefixes included). One iced-x86 decode into a stack `Instruction`.
+/// its total length (prefixes included): the plain encodings by table, anything else by one
+/// iced-x86 decode into a stack `Instruction`.
 pub fn identify(bytes: &[u8], code: CodeSize) -> Result<(SkipInsn, u8), InsnLenError> {
     if bytes.is_empty() {
         return Err(InsnLenError::NoBytes);
     }
+    if let Some(found) = unprefixed(bytes) {
+        return Ok(found);
+    }
+    decode(bytes, code)
+}
+
+/// [`identify`] by iced-x86 alone.
+fn decode(bytes: &[u8], code: CodeSize) -> Result<(SkipInsn, u8), InsnLenError> {
     let bytes = &bytes[..bytes.len().min(MAX_INSN_LEN)];
     let mut insn = Instruction::default();
     let mut decoder = Decoder::new(code.bits(), bytes, DecoderOptions::NONE);
@@ -246,6 +280,46 @@ mod tests {
     use super::*;
     use CodeSize::*;
     use SkipInsn::*;
+
+    #[test]
+    fn the_table_agrees_with_the_decoder() {
+        let plain: [&[u8]; 16] = [
+            &[0x0F, 0xA2],
+            &[0xF4],
+            &[0x0F, 0x32],
+            &[0x0F, 0x30],
+            &[0x0F, 0x33],
+            &[0x0F, 0x31],
+            &[0x0F, 0x08],
+            &[0x0F, 0x09],
+            &[0xF3, 0x90],
+            &[0x0F, 0x01, 0xD9],
+            &[0x0F, 0x01, 0xF9],
+            &[0x0F, 0x01, 0xD1],
+            &[0x0F, 0x01, 0xC8],
+            &[0x0F, 0x01, 0xFA],
+            &[0x0F, 0x01, 0xC9],
+            &[0x0F, 0x01, 0xFB],
+        ];
+        for enc in plain {
+            let mut bytes = enc.to_vec();
+            bytes.extend_from_slice(&[0x90; 8]); // whatever follows
+            let fast = unprefixed(&bytes).expect("in the table");
+            for code in [Bits16, Bits32, Bits64] {
+                assert_eq!(decode(&bytes, code), Ok(fast), "{enc:02x?} {code:?}");
+            }
+        }
+        // Prefixed forms are not in the table: the decoder sees them.
+        for enc in [
+            &[0x66, 0x0F, 0xA2][..],
+            &[0x48, 0x0F, 0x32],
+            &[0xF3, 0x0F, 0x09],
+            &[0x2E, 0xF4],
+        ] {
+            assert_eq!(unprefixed(enc), None, "{enc:02x?}");
+        }
+        assert_eq!(identify(&[0x66, 0x0F, 0xA2], Bits32), Ok((Cpuid, 3)));
+    }
 
     #[test]
     fn plain_encodings() {

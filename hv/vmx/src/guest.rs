@@ -148,6 +148,25 @@ impl AccessRights {
     pub const fn unusable(self) -> bool {
         self.0 & Self::UNUSABLE.0 != 0
     }
+
+    /// The VMCB's packed 12-bit attribute format the core's segments use (APM vol. 2
+    /// 15.5.1: type/S/DPL/P in bits 7:0, AVL/L/D/B/G in bits 11:8). An unusable segment
+    /// reads as not present (P = 0), which is how the core sees a null data segment.
+    pub const fn to_packed(self) -> u16 {
+        let p = if self.unusable() { 0x7F } else { 0xFF };
+        ((self.0 & p) | ((self.0 >> 4) & 0xF00)) as u16
+    }
+
+    /// Back from the packed format: a segment that is not present is unusable.
+    pub const fn from_packed(attrs: u16) -> Self {
+        let a = attrs as u32;
+        let ar = (a & 0xFF) | ((a & 0xF00) << 4);
+        if a & 0x80 == 0 {
+            Self(ar | Self::UNUSABLE.0)
+        } else {
+            Self(ar)
+        }
+    }
 }
 
 /// Flat 64-bit code: type 0xB, S, P, L, G (= 0xA09B).
@@ -1721,5 +1740,26 @@ mod tests {
         s.dr7 |= 1 << 40;
         let entry = cfg().entry_for(true) - EntryControls::LOAD_DEBUG_CONTROLS;
         assert_eq!(check_guest_state_with(&s, &cfg(), entry), Ok(()));
+    }
+
+    /// VMX access rights to the packed format and back, for the segments guests load.
+    #[test]
+    fn access_rights_packed_round_trip() {
+        let rows = [
+            (AR_CODE64, 0xA9B),
+            (AR_CODE32, 0xC9B),
+            (AR_DATA32, 0xC93),
+            (AR_CODE16, 0x09B),
+            (AccessRights(0xA0FB), 0xA_FB), // 64-bit code, DPL 3
+            (AccessRights(AccessRights::UNUSABLE.0 | 0x93), 0x13),
+        ];
+        for (ar, packed) in rows {
+            assert_eq!(ar.to_packed(), packed, "{ar:x?}");
+        }
+        for (ar, packed) in rows.into_iter().take(5) {
+            assert_eq!(AccessRights::from_packed(packed), ar, "{packed:#x}");
+        }
+        assert!(AccessRights::from_packed(0x13).unusable());
+        assert!(AccessRights::from_packed(0).unusable());
     }
 }

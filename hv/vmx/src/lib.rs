@@ -29,6 +29,7 @@ pub mod ept;
 pub mod exit;
 pub mod guest;
 pub mod host;
+pub mod msrs;
 pub mod neutral;
 pub mod regs;
 pub mod residency;

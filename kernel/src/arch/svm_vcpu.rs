@@ -167,7 +167,7 @@ impl SvmVcpu {
         &mut self,
         cpu: usize,
         host_area: u64,
-        ram: &GuestRam,
+        ram: &mut GuestRam,
         nrips: bool,
     ) -> Result<Exited, u64> {
         self.assign_asid(cpu);
@@ -194,10 +194,7 @@ impl SvmVcpu {
         let insn = if nrips || !exit::ExitCode::from_raw(code).needs_insn_bytes(false) {
             None
         } else {
-            let linear = self.vmcb.save.cs.base.wrapping_add(self.vmcb.save.rip) as usize;
-            ram.as_slice()
-                .get(linear..(linear + 15).min(ram.len()))
-                .map(InsnBytes::new)
+            self.fetch_insn(ram)
         };
         let snap = ExitSnapshot::from_vmcb(&self.vmcb, &self.regs, nrips, insn);
         let decoded: DecodedExit = exit::decode(&snap).map_err(|_| code)?;
@@ -208,6 +205,33 @@ impl SvmVcpu {
             rflags: self.vmcb.save.rflags,
         };
         Ok(svm::neutral::exited(&decoded, ctx))
+    }
+
+    /// The instruction bytes at CS:RIP for the exit decoder (no NRIPS): with paging off the
+    /// linear address is the physical one; with CR0.PG=1 it goes through the guest's page
+    /// tables (`hv::vcpu::emulation::fetch_insn`). `None` if nothing can be fetched (the
+    /// decoder then fails the exit).
+    #[inline]
+    fn fetch_insn(&self, ram: &mut GuestRam) -> Option<InsnBytes> {
+        let save = &self.vmcb.save;
+        if save.cr0 & hv::vcpu::CR0_PG == 0 {
+            let linear = (save.cs.base.wrapping_add(save.rip) & 0xFFFF_FFFF) as usize;
+            return ram
+                .as_slice()
+                .get(linear..(linear + 15).min(ram.len()))
+                .map(InsnBytes::new);
+        }
+        self.fetch_insn_paged(ram)
+    }
+
+    /// [`fetch_insn`](Self::fetch_insn) with CR0.PG=1: through the guest's page tables.
+    #[cold]
+    #[inline(never)]
+    fn fetch_insn_paged(&self, ram: &mut GuestRam) -> Option<InsnBytes> {
+        let state = self.state();
+        hv::vcpu::emulation::fetch_insn(ram.as_mut_slice(), &state, self.phys_bits)
+            .ok()
+            .map(|f| InsnBytes::new(f.as_slice()))
     }
 
     fn assign_asid(&mut self, cpu: usize) {
@@ -257,5 +281,98 @@ impl SvmVcpu {
             self.vmcb.save.g_pat = v;
             self.checked = false;
         }
+    }
+}
+
+fn seg_from(s: &svm::vmcb::Segment) -> hv::vcpu::Segment {
+    hv::vcpu::Segment {
+        selector: s.selector,
+        base: s.base,
+        limit: s.limit,
+        attrs: s.attrib.0,
+    }
+}
+
+fn seg_into(s: &hv::vcpu::Segment) -> svm::vmcb::Segment {
+    svm::vmcb::Segment {
+        selector: s.selector,
+        attrib: svm::vmcb::SegAttrib(s.attrs),
+        limit: s.limit,
+        base: s.base,
+    }
+}
+
+impl SvmVcpu {
+    /// The full state: GPRs from the saved registers (RAX and RSP from the VMCB), the rest
+    /// from the VMCB save area (its segment attributes are already the packed format the core
+    /// uses, APM 15.5.1). EFER without SVME, as the guest sees it.
+    pub fn state(&self) -> hv::vcpu::VcpuState {
+        let s = &self.vmcb.save;
+        let r = &self.regs;
+        hv::vcpu::VcpuState {
+            regs: hv::vcpu::Registers {
+                gprs: [
+                    s.rax, r.rcx, r.rdx, r.rbx, s.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10,
+                    r.r11, r.r12, r.r13, r.r14, r.r15,
+                ],
+                rip: s.rip,
+                rflags: s.rflags,
+            },
+            sys: self.sys(),
+        }
+    }
+
+    /// Control registers, EFER (without SVME), segments and CPL from the save area.
+    fn sys(&self) -> hv::vcpu::SystemRegisters {
+        let s = &self.vmcb.save;
+        hv::vcpu::SystemRegisters {
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: (s.efer - svm::vmcb::Efer::SVME).bits(),
+            cs: seg_from(&s.cs),
+            ss: seg_from(&s.ss),
+            ds: seg_from(&s.ds),
+            es: seg_from(&s.es),
+            fs: seg_from(&s.fs),
+            gs: seg_from(&s.gs),
+            cpl: s.cpl,
+        }
+    }
+
+    /// Write `st` back. GPRs, RIP, RFLAGS and CR2 are not subject to the VMRUN consistency
+    /// checks; a change to CR0/CR3/CR4, EFER, a segment or CPL (the emulator never makes one)
+    /// is written with the checks redone before the next VMRUN and its clean bits cleared
+    /// (APM 15.15.3: CRx, SEG; CR2 always, when written).
+    pub fn set_state(&mut self, st: &hv::vcpu::VcpuState) {
+        use svm::vmcb::CleanBits;
+        let g = &st.regs.gprs;
+        let r = &mut self.regs;
+        (r.rcx, r.rdx, r.rbx, r.rbp, r.rsi, r.rdi) = (g[1], g[2], g[3], g[5], g[6], g[7]);
+        (r.r8, r.r9, r.r10, r.r11) = (g[8], g[9], g[10], g[11]);
+        (r.r12, r.r13, r.r14, r.r15) = (g[12], g[13], g[14], g[15]);
+        let s = &mut self.vmcb.save;
+        (s.rax, s.rsp, s.rip, s.rflags) = (g[0], g[4], st.regs.rip, st.regs.rflags);
+        let clean = &mut self.vmcb.control.clean_bits;
+        if s.cr2 != st.sys.cr2 {
+            s.cr2 = st.sys.cr2;
+            clean.remove(CleanBits::CR2);
+        }
+        if self.sys() == st.sys {
+            return;
+        }
+        let sys = &st.sys;
+        let s = &mut self.vmcb.save;
+        (s.cr0, s.cr3, s.cr4) = (sys.cr0, sys.cr3, sys.cr4);
+        s.efer = svm::vmcb::Efer::from_bits_retain(sys.efer) | svm::vmcb::Efer::SVME;
+        (s.cs, s.ss, s.ds) = (seg_into(&sys.cs), seg_into(&sys.ss), seg_into(&sys.ds));
+        (s.es, s.fs, s.gs) = (seg_into(&sys.es), seg_into(&sys.fs), seg_into(&sys.gs));
+        s.cpl = sys.cpl;
+        self.vmcb
+            .control
+            .clean_bits
+            .remove(CleanBits::CRX | CleanBits::SEG);
+        self.checked = false;
     }
 }

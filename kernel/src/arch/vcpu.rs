@@ -10,6 +10,7 @@ use alloc::boxed::Box;
 
 use hv::exit::{GuestView, RegUpdate};
 use hv::features::VirtKind;
+use hv::vcpu::VcpuState;
 use hv::vcpu::run::{EntryError, Event, Exited, Interruptibility, VcpuBackend};
 
 use super::svm_vcpu::SvmVcpu;
@@ -203,7 +204,7 @@ impl Vcpu {
     }
 
     /// This vCPU bound to CPU `cpu` (described by `host`) and its RAM, for the run loop.
-    pub fn on<'a>(&'a mut self, cpu: usize, host: HostCpu, ram: &'a GuestRam) -> OnCpu<'a> {
+    pub fn on<'a>(&'a mut self, cpu: usize, host: HostCpu, ram: &'a mut GuestRam) -> OnCpu<'a> {
         OnCpu {
             vcpu: self,
             cpu,
@@ -226,7 +227,7 @@ pub struct OnCpu<'a> {
     vcpu: &'a mut Vcpu,
     cpu: usize,
     host: HostCpu,
-    ram: &'a GuestRam,
+    ram: &'a mut GuestRam,
 }
 
 impl VcpuBackend for OnCpu<'_> {
@@ -235,7 +236,7 @@ impl VcpuBackend for OnCpu<'_> {
     fn enter(&mut self) -> Result<Exited, EntryError> {
         match (&mut *self.vcpu, self.host) {
             (Vcpu::Svm(v), HostCpu::Svm { host_area, nrips }) => {
-                v.run(self.cpu, host_area, self.ram, nrips)
+                v.run(self.cpu, host_area, &mut *self.ram, nrips)
             }
             (Vcpu::Vmx(v), HostCpu::Vmx) => v.run(self.cpu),
             _ => Err(CODE_WRONG_BACKEND),
@@ -285,5 +286,25 @@ impl VcpuBackend for OnCpu<'_> {
     /// Guests run with no TSC offset or scaling: the guest's TSC is the host's.
     fn guest_tsc(&self) -> u64 {
         crate::hw::rdtsc()
+    }
+
+    type Memory = [u8];
+
+    fn state(&self) -> VcpuState {
+        match &*self.vcpu {
+            Vcpu::Svm(v) => v.state(),
+            Vcpu::Vmx(v) => v.state(),
+        }
+    }
+
+    fn set_state(&mut self, state: &VcpuState) {
+        match &mut *self.vcpu {
+            Vcpu::Svm(v) => v.set_state(state),
+            Vcpu::Vmx(v) => v.set_state(state),
+        }
+    }
+
+    fn memory(&mut self) -> &mut [u8] {
+        self.ram.as_mut_slice()
     }
 }

@@ -1,5 +1,6 @@
 //! One guest vCPU under Intel VMX: its VMCS, general registers, FPU state, MSR/I/O bitmaps
-//! (every MSR and port access exits) and EPT over the guest's RAM (2 MiB pages), and one `run`
+//! (every port access exits, and every MSR access but those the guest owns: `vmx::msrs`, with
+//! the VM-entry/exit MSR lists that switch the ones without a VMCS field) and EPT over the guest's RAM (2 MiB pages), and one `run`
 //! = one VMLAUNCH/VMRESUME to the next VM exit, with the exit read once and decoded by the
 //! `vmx` crate. What to do about the exit is decided elsewhere (`hv::exit`).
 //!
@@ -135,8 +136,8 @@ struct LastExit {
     interruptibility: u32,
 }
 
-/// The MSR bitmap and I/O bitmaps A and B every VMX vCPU shares: all ones, so every MSR and
-/// port access of every guest exits. The CPU only reads them; allocated once, never freed
+/// The MSR bitmap and I/O bitmaps A and B every VMX vCPU shares: every port access of every
+/// guest exits, and every MSR access but those `vmx::msrs` lets the guest own. The CPU only reads them; allocated once, never freed
 /// (12 KiB saved per VM). `None` if one has no physical address.
 static SHARED_BITMAPS: hermit_sync::OnceCell<Option<(u64, u64, u64)>> =
     hermit_sync::OnceCell::new();
@@ -144,7 +145,9 @@ static SHARED_BITMAPS: hermit_sync::OnceCell<Option<(u64, u64, u64)>> =
 fn shared_bitmaps() -> Option<(u64, u64, u64)> {
     *SHARED_BITMAPS.get_or_init(|| {
         let page = || -> &'static Page { Box::leak(Box::new(Page([0xFF; 4096]))) };
-        Some((phys_of(page())?, phys_of(page())?, phys_of(page())?))
+        // Every MSR access exits but those the guest owns (`vmx::msrs`).
+        let msrs: &'static Page = Box::leak(Box::new(Page(vmx::msrs::guest_bitmap())));
+        Some((phys_of(msrs)?, phys_of(page())?, phys_of(page())?))
     })
 }
 
@@ -164,6 +167,10 @@ pub struct VmxVcpu {
     last: LastExit,
     /// Interrupt-window exiting is on in the VMCS (off after a reset).
     window: bool,
+    /// The VM-entry/VM-exit MSR lists of the MSRs the guest owns without a VMCS field.
+    msr_areas: Box<vmx::msrs::MsrAreas>,
+    /// Their physical address.
+    msr_areas_pa: u64,
 }
 
 impl core::fmt::Debug for VmxVcpu {
@@ -215,6 +222,8 @@ impl VmxVcpu {
         let revision = enable::vmxon_region_header(caps.basic().revision_id);
         page.0[..4].copy_from_slice(&revision.to_le_bytes());
         let pa = phys_of(&*page).ok_or(VcpuError::NotContiguous)?;
+        let msr_areas = Box::new(vmx::msrs::MsrAreas::reset());
+        let msr_areas_pa = phys_of(&*msr_areas).ok_or(VcpuError::NotContiguous)?;
         Ok(VmxVcpu {
             vmcs: Arc::new(Vmcs {
                 _page: page,
@@ -233,6 +242,8 @@ impl VmxVcpu {
             pending: Pending::default(),
             last: LastExit::default(),
             window: false,
+            msr_areas,
+            msr_areas_pa,
         })
     }
 
@@ -243,6 +254,8 @@ impl VmxVcpu {
         guest::check_guest_state(&setup.state, &self.cfg).map_err(|_| VcpuError::Consistency)?;
         self.regs = setup.regs;
         *self.guest_fx = FxArea::reset();
+        // The switched MSRs' reset values (the host's stay as captured).
+        self.msr_areas.guest = vmx::msrs::MsrAreas::reset().guest;
         self.pending = Pending::default();
         self.last = LastExit {
             reason: 0,
@@ -312,9 +325,16 @@ impl VmxVcpu {
         // Exceptions go to the guest's own IDT; a triple fault exits by itself.
         write(F::ExceptionBitmap, 0)?;
         write(F::Cr3TargetCount, 0)?;
-        write(F::VmExitMsrStoreCount, 0)?;
-        write(F::VmExitMsrLoadCount, 0)?;
-        write(F::VmEntryMsrLoadCount, 0)?;
+        // The guest list is loaded at entry and stored at exit; the host list loaded at exit.
+        let n = vmx::msrs::SWITCHED as u64;
+        let guest_list = self.msr_areas_pa;
+        let host_list = self.msr_areas_pa + vmx::msrs::MsrAreas::HOST_OFFSET;
+        write(F::VmEntryMsrLoadAddr, guest_list)?;
+        write(F::VmExitMsrStoreAddr, guest_list)?;
+        write(F::VmExitMsrLoadAddr, host_list)?;
+        write(F::VmExitMsrStoreCount, n)?;
+        write(F::VmExitMsrLoadCount, n)?;
+        write(F::VmEntryMsrLoadCount, n)?;
         write(F::VmEntryInterruptionInfo, 0)?;
         write(F::MsrBitmap, msr)?;
         if cfg.io_bitmaps() {
@@ -407,6 +427,8 @@ impl VmxVcpu {
             }
         }
         if plan.write_host {
+            // This CPU's values of the switched MSRs, restored at every exit here.
+            self.msr_areas.capture_host(crate::hw::rdmsr);
             let host = super::vmx::host_state();
             vmx::host::check_host_state(&host, &self.cfg).map_err(|_| CODE_HOST_STATE)?;
             for (f, v) in host.fields(&self.cfg) {
@@ -531,6 +553,154 @@ impl VmxVcpu {
         }
         if let Some(v) = u.pat {
             self.pending.pat = Some(v);
+        }
+    }
+}
+
+/// The VMCS fields of one segment register: selector, base, limit, access rights.
+const SEGMENTS: [(F, F, F, F); 6] = [
+    (
+        F::GuestEsSelector,
+        F::GuestEsBase,
+        F::GuestEsLimit,
+        F::GuestEsAccessRights,
+    ),
+    (
+        F::GuestCsSelector,
+        F::GuestCsBase,
+        F::GuestCsLimit,
+        F::GuestCsAccessRights,
+    ),
+    (
+        F::GuestSsSelector,
+        F::GuestSsBase,
+        F::GuestSsLimit,
+        F::GuestSsAccessRights,
+    ),
+    (
+        F::GuestDsSelector,
+        F::GuestDsBase,
+        F::GuestDsLimit,
+        F::GuestDsAccessRights,
+    ),
+    (
+        F::GuestFsSelector,
+        F::GuestFsBase,
+        F::GuestFsLimit,
+        F::GuestFsAccessRights,
+    ),
+    (
+        F::GuestGsSelector,
+        F::GuestGsBase,
+        F::GuestGsLimit,
+        F::GuestGsAccessRights,
+    ),
+];
+
+fn read_segment(i: usize) -> hv::vcpu::Segment {
+    let (sel, base, limit, ar) = SEGMENTS[i];
+    hv::vcpu::Segment {
+        selector: read(sel) as u16,
+        base: read(base),
+        limit: read(limit) as u32,
+        attrs: guest::AccessRights(read(ar) as u32).to_packed(),
+    }
+}
+
+fn write_segment(i: usize, s: &hv::vcpu::Segment) {
+    let (sel, base, limit, ar) = SEGMENTS[i];
+    let _ = write(sel, u64::from(s.selector));
+    let _ = write(base, s.base);
+    let _ = write(limit, u64::from(s.limit));
+    let _ = write(ar, u64::from(guest::AccessRights::from_packed(s.attrs).0));
+}
+
+impl VmxVcpu {
+    /// The full state, by VMREAD of the current VMCS (valid in the exit path of a burst: the
+    /// VMCS stays current on this CPU from the entry until the burst ends) plus the saved
+    /// GPRs and CR2. CR0 and CR4 are the values the CPU runs with (the fixed bits applied;
+    /// the guest's paging is what they select), CPL is SS.DPL (SDM vol. 3C 27.3.1).
+    pub fn state(&self) -> hv::vcpu::VcpuState {
+        let r = &self.regs;
+        let [es, cs, ss, ds, fs, gs] = core::array::from_fn(read_segment);
+        hv::vcpu::VcpuState {
+            regs: hv::vcpu::Registers {
+                gprs: [
+                    r.rax,
+                    r.rcx,
+                    r.rdx,
+                    r.rbx,
+                    read(F::GuestRsp),
+                    r.rbp,
+                    r.rsi,
+                    r.rdi,
+                    r.r8,
+                    r.r9,
+                    r.r10,
+                    r.r11,
+                    r.r12,
+                    r.r13,
+                    r.r14,
+                    r.r15,
+                ],
+                rip: self.pending.rip.unwrap_or_else(|| read(F::GuestRip)),
+                rflags: read(F::GuestRflags),
+            },
+            sys: hv::vcpu::SystemRegisters {
+                cr0: read(F::GuestCr0),
+                cr2: r.cr2,
+                cr3: read(F::GuestCr3),
+                cr4: read(F::GuestCr4),
+                efer: self.pending.efer.unwrap_or(self.last.efer),
+                cs,
+                ss,
+                ds,
+                es,
+                fs,
+                gs,
+                cpl: ss.dpl(),
+            },
+        }
+    }
+
+    /// Write `st` back: GPRs and CR2 into the saved registers (loaded at entry), RSP, RIP and
+    /// RFLAGS by VMWRITE; control registers, EFER and segments only if they changed (the
+    /// emulator never changes them), EFER with the IA-32e entry control kept in step.
+    pub fn set_state(&mut self, st: &hv::vcpu::VcpuState) {
+        let before = self.state();
+        let g = &st.regs.gprs;
+        let r = &mut self.regs;
+        (r.rax, r.rcx, r.rdx, r.rbx) = (g[0], g[1], g[2], g[3]);
+        (r.rbp, r.rsi, r.rdi) = (g[5], g[6], g[7]);
+        (r.r8, r.r9, r.r10, r.r11) = (g[8], g[9], g[10], g[11]);
+        (r.r12, r.r13, r.r14, r.r15) = (g[12], g[13], g[14], g[15]);
+        r.cr2 = st.sys.cr2;
+        let _ = write(F::GuestRsp, g[4]);
+        let _ = write(F::GuestRflags, st.regs.rflags);
+        self.pending.rip = None;
+        let _ = write(F::GuestRip, st.regs.rip);
+        self.last.rflags = st.regs.rflags;
+        let (old, new) = (&before.sys, &st.sys);
+        if (old.cr0, old.cr3, old.cr4) != (new.cr0, new.cr3, new.cr4) {
+            let _ = write(F::GuestCr0, new.cr0);
+            let _ = write(F::GuestCr3, new.cr3);
+            let _ = write(F::GuestCr4, new.cr4);
+        }
+        if old.efer != new.efer {
+            self.apply(
+                st.regs.rip,
+                &RegUpdate {
+                    efer: Some(new.efer),
+                    ..RegUpdate::default()
+                },
+            );
+        }
+        let segs = [new.es, new.cs, new.ss, new.ds, new.fs, new.gs];
+        let olds = [old.es, old.cs, old.ss, old.ds, old.fs, old.gs];
+        for (i, (n, o)) in segs.iter().zip(olds.iter()).enumerate() {
+            if n != o {
+                write_segment(i, n);
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ enum Call {
     Apply(u64, RegUpdate),
     Inject(Event),
     Window(bool),
+    SetState,
 }
 
 /// A backend that replays a script: each entry returns the next exit and leaves the guest in
@@ -31,6 +32,10 @@ struct Mock {
     injected_in: Vec<(Event, Interruptibility)>,
     /// The guest TSC: 1,000 ticks pass in every entry.
     tsc: u64,
+    /// The full state (the emulated exits read and write it).
+    st: VcpuState,
+    /// Guest RAM.
+    ram: Vec<u8>,
 }
 
 impl Mock {
@@ -41,6 +46,8 @@ impl Mock {
             calls: Vec::new(),
             injected_in: Vec::new(),
             tsc: 0,
+            st: VcpuState::default(),
+            ram: Vec::new(),
         }
     }
 }
@@ -81,6 +88,21 @@ impl VcpuBackend for Mock {
 
     fn set_interrupt_window(&mut self, open: bool) {
         self.calls.push(Call::Window(open));
+    }
+
+    type Memory = [u8];
+
+    fn state(&self) -> VcpuState {
+        self.st
+    }
+
+    fn set_state(&mut self, state: &VcpuState) {
+        self.calls.push(Call::SetState);
+        self.st = *state;
+    }
+
+    fn memory(&mut self) -> &mut [u8] {
+        &mut self.ram
     }
 }
 
@@ -287,7 +309,8 @@ fn exits_to_calls_and_burst_ends() {
             BurstEnd::Reset(ResetTrigger::TripleFault),
             &[Enter],
         ),
-        // An MMIO access outside RAM stops the VM with the address.
+        // An MMIO access outside RAM whose instruction is not in RAM either (the mock has
+        // none): the VM stops with the address of the fetch.
         (
             &[(
                 Exited::plain(Exit::NestedPageFault {
@@ -298,9 +321,7 @@ fn exits_to_calls_and_burst_ends() {
                 OPEN,
             )],
             9,
-            BurstEnd::Stop(StopReason::NptViolation {
-                gpa: GuestPhys(0x4000_0000),
-            }),
+            BurstEnd::Stop(StopReason::NotRam { gpa: GuestPhys(0) }),
             &[Enter],
         ),
         // A virtualization instruction: #UD at the next entry.
@@ -681,4 +702,151 @@ proptest! {
             }
         }
     }
+}
+
+/// Protected mode, paging off, flat 32-bit code at 0x1000 holding `code`, in 1 MiB of RAM.
+fn flat_mock(code: &[u8], script: &[(Exited, Interruptibility)]) -> Mock {
+    let mut m = Mock::new(OPEN, script);
+    m.ram = vec![0; 1 << 20];
+    m.ram[0x1000..0x1000 + code.len()].copy_from_slice(code);
+    m.st.sys.cr0 = crate::vcpu::CR0_PE;
+    m.st.sys.cs.attrs = 0xC9B;
+    m.st.regs.rip = 0x1000;
+    m.st.regs.rflags = 2;
+    m
+}
+
+fn npf(gpa: u64) -> Exited {
+    Exited::plain(Exit::NestedPageFault {
+        gpa: GuestPhys(gpa),
+        write: false,
+        exec: false,
+    })
+}
+
+#[test]
+fn an_mmio_read_of_an_unclaimed_page_is_emulated_and_the_guest_goes_on() {
+    // mov eax, [ebx] with EBX = 0xE0000000, then a CPUID.
+    let mut vcpu = flat_mock(&[0x8B, 0x03], &[(npf(0xE000_0000), OPEN), (cpuid(0), OPEN)]);
+    vcpu.st.regs.set(crate::vcpu::Gpr::Rbx, 0xE000_0000);
+    let mut rt = runtime();
+    let end = VcpuRun::new().burst(
+        &mut vcpu,
+        &mut rt,
+        &mut Pic::default(),
+        &mut Host::yield_after(2),
+    );
+    assert_eq!(end, BurstEnd::Yield);
+    assert_eq!(vcpu.calls[..3], [Call::Enter, Call::SetState, Call::Enter]);
+    assert_eq!(vcpu.st.regs.get(crate::vcpu::Gpr::Rax), 0xFFFF_FFFF);
+    assert_eq!(vcpu.st.regs.rip, 0x1002);
+    assert_eq!(rt.stats.unhandled_mmio_reads, 1);
+    assert_eq!(rt.stats.exits.get(crate::exit::ExitKind::Npf), 1);
+
+    // Strict MMIO: the same access stops the VM, nothing written.
+    let mut vcpu = flat_mock(&[0x8B, 0x03], &[(npf(0xE000_0000), OPEN)]);
+    let mut rt = runtime();
+    rt.strict_mmio = true;
+    let end = VcpuRun::new().burst(
+        &mut vcpu,
+        &mut rt,
+        &mut Pic::default(),
+        &mut Host::yield_after(9),
+    );
+    assert_eq!(
+        end,
+        BurstEnd::Stop(StopReason::NptViolation {
+            gpa: GuestPhys(0xE000_0000)
+        })
+    );
+    assert_eq!(vcpu.calls, [Call::Enter]);
+    assert_eq!(rt.stats.unhandled_mmio_reads, 0);
+
+    // A fault that interrupted an event's delivery is not the instruction's: stop.
+    let cut = Exited {
+        interrupted: Some(PF),
+        ..npf(0xE000_0000)
+    };
+    let mut vcpu = flat_mock(&[0x8B, 0x03], &[(cut, OPEN)]);
+    let end = VcpuRun::new().burst(
+        &mut vcpu,
+        &mut runtime(),
+        &mut Pic::default(),
+        &mut Host::yield_after(9),
+    );
+    assert!(matches!(
+        end,
+        BurstEnd::Stop(StopReason::NptViolation { .. })
+    ));
+    assert_eq!(vcpu.calls, [Call::Enter]);
+}
+
+#[test]
+fn an_emulated_page_fault_is_injected_with_cr2() {
+    // 32-bit paging: PDE 0 a 4 MiB identity page, PDE 0x380 the device page at 0xE0000000;
+    // movsd from it to 0x400000, which nothing maps.
+    let mut vcpu = flat_mock(&[0xA5], &[(npf(0xE000_0000), OPEN)]);
+    let pde = |pa: u32| (pa | 0x83).to_le_bytes();
+    vcpu.ram[0x8000..0x8004].copy_from_slice(&pde(0));
+    vcpu.ram[0x8000 + 0x380 * 4..0x8000 + 0x381 * 4].copy_from_slice(&pde(0xE000_0000));
+    vcpu.st.sys.cr0 |= crate::vcpu::CR0_PG;
+    vcpu.st.sys.cr3 = 0x8000;
+    vcpu.st.sys.cr4 = crate::vcpu::CR4_PSE;
+    vcpu.st.regs.set(crate::vcpu::Gpr::Rsi, 0xE000_0000);
+    vcpu.st.regs.set(crate::vcpu::Gpr::Rdi, 0x40_0000);
+    let mut rt = runtime();
+    let end = VcpuRun::new().burst(
+        &mut vcpu,
+        &mut rt,
+        &mut Pic::default(),
+        &mut Host::yield_after(9),
+    );
+    assert_eq!(end, BurstEnd::EntryFailed { code: 0xDEAD });
+    let pf = Event::exception(14, Some(crate::mem::walk::PF_WRITE));
+    assert_eq!(
+        vcpu.calls,
+        [Call::Enter, Call::SetState, Call::Inject(pf), Call::Enter]
+    );
+    assert_eq!(vcpu.st.sys.cr2, 0x40_0000);
+    assert_eq!(
+        vcpu.st.regs.rip, 0x1000,
+        "the fault points at the instruction"
+    );
+}
+
+#[test]
+fn string_io_runs_in_batches_and_then_goes_past_the_instruction() {
+    // rep outsb to an unclaimed port, more elements than one batch.
+    let n = crate::devices::string_io::MAX_ITERATIONS + 3;
+    let outs = Exited::plain(Exit::Io {
+        port: 0x2E8,
+        size: 1,
+        write: None,
+        string: true,
+        rep: true,
+        next_rip: 0x1002,
+    });
+    let mut vcpu = flat_mock(&[0xF3, 0x6E], &[(outs, OPEN), (outs, OPEN)]);
+    vcpu.st.regs.set(crate::vcpu::Gpr::Rsi, 0x2_0000);
+    vcpu.st.regs.set(crate::vcpu::Gpr::Rcx, n);
+    let mut rt = runtime();
+    let end = VcpuRun::new().burst(
+        &mut vcpu,
+        &mut rt,
+        &mut Pic::default(),
+        &mut Host::yield_after(1),
+    );
+    assert_eq!(end, BurstEnd::Yield);
+    assert_eq!(vcpu.st.regs.rip, 0x1000, "re-executed for the rest");
+    assert_eq!(vcpu.st.regs.get(crate::vcpu::Gpr::Rcx), 3);
+    let end = VcpuRun::new().burst(
+        &mut vcpu,
+        &mut rt,
+        &mut Pic::default(),
+        &mut Host::yield_after(1),
+    );
+    assert_eq!(end, BurstEnd::Yield);
+    assert_eq!(vcpu.st.regs.rip, 0x1002);
+    assert_eq!(vcpu.st.regs.get(crate::vcpu::Gpr::Rcx), 0);
+    assert_eq!(rt.stats.unhandled_port_writes, n);
 }
