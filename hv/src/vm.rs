@@ -630,6 +630,8 @@ pub struct VmSummary {
     pub on_crash: OnCrash,
     /// Whether the vCPU has a local APIC.
     pub local_apic: bool,
+    /// Whether an access outside RAM stops the VM.
+    pub strict_mmio: bool,
     /// Command line passed to the guest.
     pub cmdline: Cmdline,
     /// Console bytes written since creation (the offset a reader is at when caught up).
@@ -649,6 +651,7 @@ impl VmSummary {
             cpu: config.cpu,
             on_crash: config.on_crash,
             local_apic: config.local_apic,
+            strict_mmio: config.strict_mmio,
             cmdline: config.cmdline.clone(),
             console_bytes: runtime.devices.console.total_written(),
             stats: runtime.stats,

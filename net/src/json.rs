@@ -35,6 +35,7 @@ impl Serialize for VmJson<'_> {
         o.serialize_field("running_on", &vm.running_on)?;
         o.serialize_field("on_crash", sum.on_crash.as_str())?;
         o.serialize_field("local_apic", &sum.local_apic)?;
+        o.serialize_field("strict_mmio", &sum.strict_mmio)?;
         o.serialize_field("cmdline", sum.cmdline.as_str())?;
         o.serialize_field("pmu", &PmuJson(vm.pmu))?;
         o.serialize_field("console_bytes", &sum.console_bytes)?;

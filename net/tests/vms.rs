@@ -76,7 +76,7 @@ fn create_and_get() {
     let exits = json!({"total":0,"cpuid":0,"io":0,"msr":0,"hlt":0,"npf":0,"triple_fault":0,
         "virt_insn":0,"intr":0,"exception":0,"other":0});
     let vm = json!({"id":1,"name":"a","image":"hello","state":"created","reason":null,
-        "memory_mib":16,"cpu":null,"running_on":null,"on_crash":"stop","local_apic":false,"cmdline":"",
+        "memory_mib":16,"cpu":null,"running_on":null,"on_crash":"stop","local_apic":false,"strict_mmio":false,"cmdline":"",
         "pmu":{"vendor":"none"},"console_bytes":0,"resets":0,
         "stats":{"exits":exits,"resets":{"api":0,"triple_fault":0,"port_cf9":0,"keyboard_controller":0},
                  "halts":0,"run_time_us":0,"unhandled_port_reads":0,"unhandled_port_writes":0,

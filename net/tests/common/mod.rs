@@ -41,6 +41,7 @@ impl FakeVm {
             cpu: self.config.cpu,
             on_crash: self.config.on_crash,
             local_apic: self.config.local_apic,
+            strict_mmio: self.config.strict_mmio,
             cmdline: self.config.cmdline.clone(),
             console_bytes: self.console.total_written(),
             stats: self.stats,
