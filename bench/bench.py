@@ -6,7 +6,7 @@ and bench/results.md (the table). Standard library only. Figures are wall clock 
 this host, so only ratios measured within one run mean anything; nothing here asserts a time.
 
 Usage: bench/bench.py [--reps N] [--quick] [--only PHASE,...]
-Phases: boot, exits, trace, icount, endpoint, api, scaling.
+Phases: boot, exits, trace, icount, endpoint, api, scaling, linux.
 """
 import argparse
 import http.client
@@ -276,6 +276,30 @@ def phase_icount(res, reps):
         log(f"icount{tag}: {lines}")
 
 
+def phase_linux(res, reps):
+    """Linux boot time: Debian's kernel and the busybox initramfs of scripts/linux-guest booted
+    directly by QEMU TCG with the same device set (PIT, 8259 pair, 16550; no APIC), and as a
+    Hermitage VM (create through the API, uploads, start) to the shell prompt. The ratio is the
+    figure: host time is noisy, both run back to back in each repetition."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "system"))
+    import linux as lx  # noqa: E402  (the Linux suite's drivers)
+    from harness import Hermitage  # noqa: E402
+
+    direct, hermitage = [], []
+    for _ in range(max(1, min(reps, 3))):
+        with lx.DirectQemu() as vm:
+            vm.wait_for(re.escape(lx.PROMPT), lx.BOOT_TIMEOUT)
+            direct.append(time.monotonic() - vm.start)
+        with Hermitage(smp=2, memory=1024, timeout=120) as hv:
+            t0 = time.monotonic()
+            vm = lx.LinuxVm(hv)
+            vm.wait_for(re.escape(lx.PROMPT), lx.BOOT_TIMEOUT)
+            hermitage.append(time.monotonic() - t0)
+        log(f"linux: direct {direct[-1]:.1f} s, hermitage {hermitage[-1]:.1f} s")
+    res["linux_direct_qemu_s"] = summary(direct, "s to the shell prompt (direct QEMU TCG)")
+    res["linux_hermitage_s"] = summary(hermitage, "s create to the shell prompt (Hermitage VM, TCG)")
+
+
 def latency(m, path, clients, per_client):
     """`clients` threads, each with one keep-alive connection, `per_client` GETs each."""
     lat = []
@@ -484,6 +508,9 @@ def targets(res):
         "<= 64 KiB", lambda v: None, "KiB")
     add("exits/s 4 CPUs / 1 CPU", ratio(res, "exits_per_s_4cpu", "exits_per_s_1cpu"),
         ">= 3.5x", lambda v: v >= 3.5, "x")
+    add("Linux create to shell prompt: Hermitage VM / direct QEMU TCG",
+        ratio(res, "linux_hermitage_s", "linux_direct_qemu_s"), "(shown; approach 1 + exits)",
+        lambda v: None, "x")
     add("CPUID exit / floor, instructions (icount)",
         ratio(res, "exit_icount_cpuid", "exit_icount_floor"), "(shown, no target)",
         lambda v: None, "x")
@@ -558,6 +585,7 @@ def main():
         "endpoint": lambda r: phase_endpoint(r, args.reps, args.requests),
         "api": lambda r: phase_api(r, args.reps, args.requests),
         "scaling": lambda r: phase_scaling(r, args.reps),
+        "linux": lambda r: phase_linux(r, args.reps),
     }
     only = [p for p in args.only.split(",") if p] or list(phases)
     res = {}
