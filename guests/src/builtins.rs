@@ -275,11 +275,13 @@
 //!    channel 0 mode 2 with count 2 (count 1 yields no edges), RTC periodic at 8192 Hz, APIC
 //!    timer periodic with initial count 1 (divide 1), until 5,000 PIT, 300 RTC and 5,000 APIC
 //!    interrupts came (the handler stops each source at its quota);
-//! 3. bogus vectors: the 8259As on vector bases 0x00 and 0x08 (IRQ 0 arrives on vector 0,
-//!    the RTC's IRQ 8 on vector 8) through an IDT at 0x200000 with interrupt stubs on
-//!    vectors 0-15; an x2APIC SELF IPI with vector 3, an ICR self IPI with vector 2 and the
-//!    APIC timer periodic on vector 6 (all refused by the APIC: ESR, and its error LVT on
-//!    vector 0x31), until 200 vector-0, 50 vector-8 and 200 error interrupts came;
+//! 3. bogus vectors: first the 8259As on vector bases 0x00 and 0x08 (IRQ 0 arrives on
+//!    vector 0, the RTC's IRQ 8 on vector 8) through an IDT at 0x200000 with interrupt stubs
+//!    on vectors 0-15, until 200 vector-0 and 50 vector-8 interrupts came; then (the 8259As
+//!    masked: a stream of APIC interrupts keeps ExtINT from being taken) an x2APIC SELF IPI
+//!    with vector 3, an ICR self IPI with vector 2 and the APIC timer periodic on vector 6
+//!    every 20 us, all refused by the APIC (ESR, and its error LVT on vector 0x31), for 2^20
+//!    loop iterations with interrupts on;
 //! 4. 8-, 16- and 32-bit IN from every port below 0x1000, 16- and 32-bit OUT of junk to each
 //!    but the debug-exit port and COM1, interrupts off.
 //!
@@ -299,10 +301,10 @@
 //! RDTSC; a sample is handler TSC minus the deadline's TSC (negative ones count as `early`
 //! and are recorded as 0). PIT: channel 0 mode 0 with count 1193 (about 1 ms), the deadline
 //! count + 1 PIT clocks after a TSC read just before the write of the count's MSB (so the
-//! exit of that write is in the sample). RTC: periodic at 1024 Hz; the phase of its edges is
+//! exit of that write is in the sample). RTC: periodic at 64 Hz; the phase of its edges is
 //! found first by polling register C with PIE off (the midpoint of the two polls around an
-//! edge), then each sample sets PIE at an arbitrary moment and the deadline is the latest
-//! edge before the handler (samples are below one period, 976 us, by construction). APIC
+//! edge, taken only when they are at most 1/16 ms apart), then each sample sets PIE at an arbitrary moment and the deadline is the latest
+//! edge before the handler (so samples are below one period, 15.6 ms, by construction). APIC
 //! (x2APIC, when CPUID offers it): TSC-deadline mode 1 ms ahead (when offered), then one-shot
 //! with an initial count of 1,000,000 (1 ms of the 1 GHz APIC clock) written right after a
 //! TSC read. Needs `tsc_khz=T`:
