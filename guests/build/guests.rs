@@ -3519,16 +3519,16 @@ fn storm(asm: &mut Asm) -> Result {
     })?;
     pic_mask_all(asm)?;
     // Then the local APIC: illegal vectors from a SELF IPI (3), an ICR self IPI (2) and the
-    // timer (6, periodic, 20 us), each refused with ESR set and the error LVT raised.
+    // timer (6, one-shot, 20 us), each refused with ESR set and the error LVT raised.
     asm.a.cmp(dword_ptr(APIC), 0)?;
     asm.je("storm_bogus_done")?;
     wrmsr32(asm, 0x83F, 3)?;
     wrmsr32(asm, 0x830, 0x4_0002)?;
-    wrmsr32(asm, 0x832, 0x2_0006)?;
+    wrmsr32(asm, 0x832, 0x0_0006)?;
     wrmsr32(asm, 0x838, 20_000)?;
-    // For 2^20 loop iterations with interrupts on (the error interrupts EOI'd by the hook).
+    // For 2^16 loop iterations with interrupts on (the error interrupts EOI'd by the hook).
     asm.a.sti()?;
-    asm.a.mov(ecx, 1u32 << 20)?;
+    asm.a.mov(ecx, 1u32 << 16)?;
     asm.here("storm_apic_spin")?;
     asm.a.dec(ecx)?;
     asm.jnz("storm_apic_spin")?;

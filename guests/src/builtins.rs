@@ -279,8 +279,8 @@
 //!    vector 0, the RTC's IRQ 8 on vector 8) through an IDT at 0x200000 with interrupt stubs
 //!    on vectors 0-15, until 200 vector-0 and 50 vector-8 interrupts came; then (the 8259As
 //!    masked: a stream of APIC interrupts keeps ExtINT from being taken) an x2APIC SELF IPI
-//!    with vector 3, an ICR self IPI with vector 2 and the APIC timer periodic on vector 6
-//!    every 20 us, all refused by the APIC (ESR, and its error LVT on vector 0x31), for 2^20
+//!    with vector 3, an ICR self IPI with vector 2 and the APIC timer one-shot on vector 6
+//!    (20 us), all refused by the APIC (ESR, and its error LVT on vector 0x31), then 2^16
 //!    loop iterations with interrupts on;
 //! 4. 8-, 16- and 32-bit IN from every port below 0x1000, 16- and 32-bit OUT of junk to each
 //!    but the debug-exit port and COM1, interrupts off.
