@@ -133,7 +133,10 @@ fn the_builtins() {
             "rtc",
             "ioapic",
             "smp",
-            "bench"
+            "bench",
+            "devreset",
+            "storm",
+            "wake"
         ]
     );
     assert!(
