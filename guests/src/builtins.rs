@@ -260,6 +260,7 @@
 //! modem outputs, scratch 0xA5 and a byte received. Output:
 //! ```text
 //! devreset: boot <N> clean                      (every 100th boot)
+//! devreset: boot <N> waits for PIC_RTC|PIC_PIT|APIC_TIMER   (with trace=1, before each wait)
 //! devreset: PASS resets=<K> apic=<0|1>
 //! ```
 //! and exit 0 at boot K (after clearing SET and restoring RTC register A to 0x26); or, at the
