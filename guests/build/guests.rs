@@ -86,6 +86,21 @@ pub const GUESTS: &[Guest] = &[
         description: "measures VM exit round trips (CPUID, CPUID of the floor leaf, port read, RDMSR) with RDTSC and prints median/min/max per operation; idle=1 halts at once, forever=1 runs CPUID exits forever",
         program: bench,
     },
+    Guest {
+        name: "devreset",
+        description: "checks on every boot that the PIC, PIT, RTC, UART and (x2APIC) local APIC read as after reset, dirties them all and resets through 0xCF9; exit 0 after cycles=K resets (default 10), 1 at the first device not in its reset state",
+        program: devreset,
+    },
+    Guest {
+        name: "storm",
+        description: "misbehaves round after round: EOI storms, every timer at its shortest period, vectors 0-15 from the 8259As and the local APIC, odd-width port accesses; forever, or exit 0 after rounds=K",
+        program: storm,
+    },
+    Guest {
+        name: "wake",
+        description: "HLT wake latency: arms the PIT (mode 0), the RTC periodic interrupt and the x2APIC timer (TSC-deadline, one-shot), halts, and reports deadline-to-handler TSC ticks (median/min/max over iters=N, default 15) per source",
+        program: wake,
+    },
 ];
 
 fn hello(asm: &mut Asm) -> Result {
@@ -3225,4 +3240,956 @@ fn mmio(asm: &mut Asm) -> Result {
     asm.here("mmio_fail")?;
     asm.print("mmio: FAIL\n")?;
     asm.exit(1)
+}
+
+// ---- devreset: device reset state checked from inside the guest, across resets. ----
+
+/// `in al, port` zero-extended into eax.
+fn inb(asm: &mut Asm, port: u32) -> Result {
+    asm.a.xor(eax, eax)?;
+    asm.a.mov(dx, port)?;
+    Ok(asm.a.in_(al, dx)?)
+}
+
+/// `out port, value` (a byte).
+fn outb(asm: &mut Asm, port: u32, value: u32) -> Result {
+    asm.a.mov(al, value)?;
+    asm.a.mov(dx, port)?;
+    Ok(asm.a.out(dx, al)?)
+}
+
+/// eax (as read) must be `expected`, else `dr_expect` names `what` and exits with 1.
+fn dr_expect(asm: &mut Asm, what: &str, expected: u32) -> Result {
+    let name = asm.str(what);
+    asm.a.mov(ebx, expected)?;
+    asm.a.mov(esi, name)?;
+    asm.call("dr_expect")
+}
+
+/// RDMSR `msr` -> eax must be `expected`.
+fn dr_expect_msr(asm: &mut Asm, msr: u32, what: &str, expected: u32) -> Result {
+    asm.a.mov(ecx, msr)?;
+    asm.a.rdmsr()?;
+    dr_expect(asm, what, expected)
+}
+
+/// `devreset`: on every boot, reads what an OS can observe of the PIC, PIT, RTC, UART and (with
+/// a local APIC offering x2APIC) the local APIC and checks it is the reset state of our models;
+/// then dirties all of them and resets through port 0xCF9, until `cycles=K` resets are done.
+fn devreset(asm: &mut Asm) -> Result {
+    const BOOT: u32 = layout::VAR_SCRATCH;
+    const CYCLES: u32 = layout::VAR_SCRATCH + 4;
+    const APIC: u32 = layout::VAR_SCRATCH + 8;
+    const RTC_MASK: u32 = layout::VAR_SCRATCH + 12;
+    const TRACE: u32 = layout::BSS + 0x40;
+    const PIC_RTC: u32 = layout::VAR_IRQ_COUNTS + 4 * 8;
+    const PIC_PIT: u32 = layout::VAR_IRQ_COUNTS;
+    const APIC_TIMER: u32 = layout::VAR_IRQ_COUNTS + 4 * (0x30 - 32);
+
+    asm.interrupts();
+    arg_or(asm, "boot=", 0, BOOT)?;
+    arg_or(asm, "cycles=", 10, CYCLES)?;
+    arg_or(asm, "trace=", 0, TRACE)?;
+
+    // The UART first (nothing printed yet): PC16550D Table III, divisor 12 (ours).
+    for (port, what, expected) in [
+        (0x3FB, "uart lcr", 0u32),
+        (0x3F9, "uart ier", 0),
+        (0x3FA, "uart iir", 0x01),
+        (0x3FC, "uart mcr", 0),
+        (0x3FD, "uart lsr", 0x60),
+        (0x3FE, "uart msr", 0xB0),
+        (0x3FF, "uart scr", 0),
+    ] {
+        inb(asm, port)?;
+        dr_expect(asm, what, expected)?;
+    }
+    outb(asm, 0x3FB, 0x80)?;
+    inb(asm, 0x3F8)?;
+    dr_expect(asm, "uart dll", 12)?;
+    inb(asm, 0x3F9)?;
+    dr_expect(asm, "uart dlm", 0)?;
+    outb(asm, 0x3FB, 0)?;
+
+    // 8259A pair: all masked, nothing requested or in service, IRR selected for reads, ELCR 0.
+    for (port, what, expected) in [
+        (0x21, "pic master imr", 0xFFu32),
+        (0xA1, "pic slave imr", 0xFF),
+        (0x20, "pic master irr", 0),
+        (0xA0, "pic slave irr", 0),
+        (0x4D0, "pic elcr1", 0),
+        (0x4D1, "pic elcr2", 0),
+    ] {
+        inb(asm, port)?;
+        dr_expect(asm, what, expected)?;
+    }
+    for (port, what) in [(0x20, "pic master isr"), (0xA0, "pic slave isr")] {
+        outb(asm, port, 0x0B)?;
+        inb(asm, port)?;
+        dr_expect(asm, what, 0)?;
+    }
+
+    // 8254: each channel's read-back status (OUT high, lobyte/hibyte mode 3 binary, no null
+    // count) and count 0; port 0x61 gate 2 and speaker off, OUT2 high.
+    for chan in 0..3u32 {
+        outb(asm, 0x43, 0xC0 | (2 << chan))?;
+        inb(asm, 0x40 + chan)?;
+        dr_expect(asm, &format!("pit channel {chan} status"), 0xB6)?;
+        inb(asm, 0x40 + chan)?;
+        asm.a.mov(ecx, eax)?;
+        inb(asm, 0x40 + chan)?;
+        asm.a.shl(eax, 8)?;
+        asm.a.or(eax, ecx)?;
+        dr_expect(asm, &format!("pit channel {chan} count"), 0)?;
+    }
+    inb(asm, 0x61)?;
+    asm.a.and(eax, 0x2F)?;
+    dr_expect(asm, "pit port 0x61", 0x20)?;
+
+    // RTC: register B's PIE, AIE, UIE and SQWE clear (the RESET pin), register C clear. IRQF
+    // is always checked; PF only when register A selects no periodic rate (PF latches at the
+    // rate whatever PIE says), UF and AF only with SET (no updates happen then). From the
+    // second boot on the previous boot left rate 0 and SET, with PF latched, before the reset.
+    asm.a.mov(dword_ptr(RTC_MASK), 0x80u32)?;
+    outb(asm, 0x70, 0x0A)?;
+    inb(asm, 0x71)?;
+    asm.a.test(al, 0x0F)?;
+    asm.jnz("dr_rtc_rate")?;
+    asm.a.or(dword_ptr(RTC_MASK), 0x40)?;
+    asm.here("dr_rtc_rate")?;
+    outb(asm, 0x70, 0x0B)?;
+    inb(asm, 0x71)?;
+    asm.a.test(al, 0x80)?;
+    asm.jz("dr_rtc_set")?;
+    asm.a.or(dword_ptr(RTC_MASK), 0x30)?;
+    asm.here("dr_rtc_set")?;
+    asm.a.and(eax, 0x78)?;
+    dr_expect(asm, "rtc register b enables", 0)?;
+    outb(asm, 0x70, 0x0C)?;
+    inb(asm, 0x71)?;
+    asm.a.and(eax, dword_ptr(RTC_MASK))?;
+    dr_expect(asm, "rtc register c", 0)?;
+
+    // Local APIC (when CPUID offers one): IA32_APIC_BASE = 0xFEE00000 | EN | BSP; with x2APIC,
+    // the registers as our model resets them, the BIOS virtual-wire state: SVR 0x1FF, LINT0
+    // ExtINT and LINT1 NMI unmasked, every other LVT masked, TPR/PPR 0, timer stopped, nothing
+    // in ISR/TMR/IRR, no error, TSC deadline 0.
+    cpuid(asm, 1)?;
+    asm.a.mov(edi, ecx)?;
+    asm.a.test(edx, 1u32 << 9)?;
+    asm.jz("dr_apic_done")?;
+    asm.a.mov(ecx, IA32_APIC_BASE)?;
+    asm.a.rdmsr()?;
+    asm.a.push(edx)?;
+    dr_expect(asm, "apic base", 0xFEE0_0900)?;
+    asm.a.pop(eax)?;
+    dr_expect(asm, "apic base high", 0)?;
+    asm.a.test(edi, 1u32 << 21)?;
+    asm.jz("dr_apic_done")?;
+    asm.a.mov(dword_ptr(APIC), 1u32)?;
+    asm.a.mov(ecx, IA32_APIC_BASE)?;
+    asm.a.mov(eax, 0xFEE0_0D00u32)?;
+    asm.a.xor(edx, edx)?;
+    asm.a.wrmsr()?;
+    for (msr, what, expected) in [
+        (0x80F, "apic svr", 0x1FFu32),
+        (0x808, "apic tpr", 0),
+        (0x80A, "apic ppr", 0),
+        (0x82F, "apic lvt cmci", 0x1_0000),
+        (0x832, "apic lvt timer", 0x1_0000),
+        (0x833, "apic lvt thermal", 0x1_0000),
+        (0x834, "apic lvt perf", 0x1_0000),
+        (0x835, "apic lvt lint0", 0x700),
+        (0x836, "apic lvt lint1", 0x400),
+        (0x837, "apic lvt error", 0x1_0000),
+        (0x838, "apic timer initial count", 0),
+        (0x839, "apic timer current count", 0),
+        (0x83E, "apic timer divide", 0),
+        (0x830, "apic icr", 0),
+    ] {
+        dr_expect_msr(asm, msr, what, expected)?;
+    }
+    asm.a.mov(ecx, 0x828u32)?;
+    asm.a.xor(eax, eax)?;
+    asm.a.xor(edx, edx)?;
+    asm.a.wrmsr()?;
+    dr_expect_msr(asm, 0x828, "apic esr", 0)?;
+    // ISR, TMR, IRR: eight words each, OR-ed.
+    for (first, what) in [
+        (0x810u32, "apic isr"),
+        (0x818, "apic tmr"),
+        (0x820, "apic irr"),
+    ] {
+        let next = asm.fresh("words");
+        asm.a.xor(ebx, ebx)?;
+        asm.a.mov(ecx, first)?;
+        asm.here(&next)?;
+        asm.a.rdmsr()?;
+        asm.a.or(ebx, eax)?;
+        asm.a.inc(ecx)?;
+        asm.a.cmp(ecx, first + 8)?;
+        asm.jb(&next)?;
+        asm.a.mov(eax, ebx)?;
+        dr_expect(asm, what, 0)?;
+    }
+    asm.a.test(edi, 1u32 << 24)?;
+    asm.jz("dr_apic_done")?;
+    asm.a.mov(ecx, 0x6E0u32)?;
+    asm.a.rdmsr()?;
+    asm.a.or(eax, edx)?;
+    dr_expect(asm, "apic tsc deadline", 0)?;
+    asm.here("dr_apic_done")?;
+
+    // Checked. The last boot reports and undoes what would outlive the VM (RTC SET and rate).
+    asm.a.mov(eax, dword_ptr(BOOT))?;
+    asm.a.cmp(eax, dword_ptr(CYCLES))?;
+    asm.jb("dr_dirty")?;
+    outb(asm, 0x70, 0x0B)?;
+    inb(asm, 0x71)?;
+    asm.a.and(al, 0x7F)?;
+    asm.a.out(0x71u32, al)?;
+    outb(asm, 0x70, 0x0A)?;
+    outb(asm, 0x71, 0x26)?;
+    print_var(asm, "devreset: PASS resets=", BOOT)?;
+    print_var(asm, " apic=", APIC)?;
+    asm.newline()?;
+    asm.exit(gabi::EXIT_OK)?;
+
+    asm.here("dr_dirty")?;
+    // Progress every 100 boots.
+    asm.a.xor(edx, edx)?;
+    asm.a.mov(ecx, 100u32)?;
+    asm.a.div(ecx)?;
+    asm.a.test(edx, edx)?;
+    asm.jnz("dr_quiet")?;
+    print_var(asm, "devreset: boot ", BOOT)?;
+    asm.print(" clean\n")?;
+    asm.here("dr_quiet")?;
+
+    // PIC as Linux sets it up, only the cascade and IRQ 8 open; level mode on every line that
+    // can have it; then an RTC periodic interrupt (8192 Hz) left in service (no EOI).
+    pic_init(asm, "devreset", 0xFB, 0xFE)?;
+    outb(asm, 0x4D0, 0xF8)?;
+    outb(asm, 0x4D1, 0xDE)?;
+    outb(asm, 0x70, 0x0A)?;
+    outb(asm, 0x71, 0x23)?;
+    outb(asm, 0x70, 0x0B)?;
+    inb(asm, 0x71)?;
+    asm.a.or(al, 0x78)?;
+    asm.a.out(0x71u32, al)?;
+    outb(asm, 0x70, 0x0C)?;
+    inb(asm, 0x71)?;
+    asm.a.cmp(dword_ptr(TRACE), 0)?;
+    asm.je("dr_trace_pic_rtc")?;
+    print_var(asm, "devreset: boot ", BOOT)?;
+    asm.print(" waits for PIC_RTC\n")?;
+    asm.here("dr_trace_pic_rtc")?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(PIC_RTC), 1)?))?;
+    // PF stays latched (register C is not read); rate 0 and SET, so nothing new latches
+    // after the reset.
+    outb(asm, 0x70, 0x0A)?;
+    outb(asm, 0x71, 0x20)?;
+    outb(asm, 0x70, 0x0B)?;
+    inb(asm, 0x71)?;
+    asm.a.or(al, 0x80)?;
+    asm.a.out(0x71u32, al)?;
+    // Every line open; PIT channel 0 periodic (mode 2, 84 us), 1 in mode 3, 2 in mode 0 with
+    // its gate open; an IRQ 0 left in service too; ISR selected for command-port reads.
+    outb(asm, 0x21, 0)?;
+    outb(asm, 0xA1, 0)?;
+    for (port, value) in [
+        (0x43u32, 0x34u32),
+        (0x40, 100),
+        (0x40, 0),
+        (0x43, 0x76),
+        (0x41, 0x12),
+        (0x41, 0),
+        (0x43, 0xB0),
+        (0x42, 0x34),
+        (0x42, 0x12),
+        (0x61, 0x03),
+    ] {
+        outb(asm, port, value)?;
+    }
+    asm.a.cmp(dword_ptr(TRACE), 0)?;
+    asm.je("dr_trace_pic_pit")?;
+    print_var(asm, "devreset: boot ", BOOT)?;
+    asm.print(" waits for PIC_PIT\n")?;
+    asm.here("dr_trace_pic_pit")?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(PIC_PIT), 1)?))?;
+    outb(asm, 0x20, 0x0B)?;
+    outb(asm, 0xA0, 0x0B)?;
+
+    // x2APIC: software enabled, LINT0 masked, the timer periodic (20 us) with one interrupt
+    // left in service, TPR raised, an illegal self IPI (vector 5: ESR and the error LVT) and
+    // a self IPI left requested.
+    asm.a.cmp(dword_ptr(APIC), 0)?;
+    asm.je("dr_dirty_uart")?;
+    for (msr, value) in [
+        (0x80Fu32, 0x13Fu32),
+        (0x83E, 0x0B),
+        (0x837, 0x31),
+        (0x835, 0x1_0700),
+        (0x832, 0x2_0030),
+        (0x838, 20_000),
+    ] {
+        asm.a.mov(ecx, msr)?;
+        asm.a.mov(eax, value)?;
+        asm.a.xor(edx, edx)?;
+        asm.a.wrmsr()?;
+    }
+    asm.a.cmp(dword_ptr(TRACE), 0)?;
+    asm.je("dr_trace_apic_timer")?;
+    print_var(asm, "devreset: boot ", BOOT)?;
+    asm.print(" waits for APIC_TIMER\n")?;
+    asm.here("dr_trace_apic_timer")?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(APIC_TIMER), 1)?))?;
+    for (msr, value) in [(0x808u32, 0x20u32), (0x83F, 0x05), (0x83F, 0x3E)] {
+        asm.a.mov(ecx, msr)?;
+        asm.a.mov(eax, value)?;
+        asm.a.xor(edx, edx)?;
+        asm.a.wrmsr()?;
+    }
+
+    // UART last (loopback swallows output): divisor 1, 8E1, FIFOs on, every interrupt
+    // enabled, loopback with all modem outputs, scratch written, a byte in the RX FIFO.
+    asm.here("dr_dirty_uart")?;
+    for (port, value) in [
+        (0x3FBu32, 0x80u32),
+        (0x3F8, 0x01),
+        (0x3F9, 0x00),
+        (0x3FB, 0x1B),
+        (0x3FA, 0xC7),
+        (0x3FF, 0xA5),
+        (0x3FC, 0x1F),
+        (0x3F9, 0x0F),
+        (0x3F8, u32::from(b'x')),
+    ] {
+        outb(asm, port, value)?;
+    }
+    outb(asm, 0xCF9, 0x06)?;
+    asm.exit(gabi::EXIT_STILL_ALIVE)?;
+
+    // dr_expect: eax = read, ebx = expected, esi = what.
+    asm.here("dr_expect")?;
+    asm.a.cmp(eax, ebx)?;
+    asm.jne("dr_fail")?;
+    asm.a.ret()?;
+    asm.here("dr_fail")?;
+    asm.a.push(eax)?;
+    print_var(asm, "devreset: FAIL boot ", BOOT)?;
+    asm.print(" ")?;
+    asm.call("puts")?;
+    asm.print(" read=")?;
+    asm.a.pop(eax)?;
+    asm.print_hex_eax()?;
+    asm.print(" expected=")?;
+    asm.a.mov(eax, ebx)?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)
+}
+
+// ---- storm: a misbehaving guest (EOI storms, shortest timer periods, bogus vectors, odd
+// widths), round after round. ----
+
+/// Where `storm` builds the IDT it uses while vectors 0-15 arrive as interrupts.
+const STORM_IDT: u32 = 0x20_0000;
+/// Per vector 0-15, the arrivals as interrupts (in the BSS).
+const STORM_BOGUS_COUNTS: u32 = layout::BSS + 0x200;
+
+/// `wrmsr ecx=msr, edx:eax = 0:value`.
+fn wrmsr32(asm: &mut Asm, msr: u32, value: u32) -> Result {
+    asm.a.mov(ecx, msr)?;
+    asm.a.mov(eax, value)?;
+    asm.a.xor(edx, edx)?;
+    Ok(asm.a.wrmsr()?)
+}
+
+fn storm(asm: &mut Asm) -> Result {
+    const APIC: u32 = layout::VAR_SCRATCH;
+    const ROUND: u32 = layout::VAR_SCRATCH + 4;
+    const ROUNDS: u32 = layout::VAR_SCRATCH + 8;
+    const MODE: u32 = layout::VAR_SCRATCH + 12;
+    const IDTR: u32 = layout::BSS + 0x40;
+    const ESR_SEEN: u32 = layout::BSS + 0x48;
+    const N_FAST: u32 = 5000;
+    const N_RTC: u32 = 300;
+    const COUNT_PIT: u32 = layout::VAR_IRQ_COUNTS;
+    const COUNT_RTC: u32 = layout::VAR_IRQ_COUNTS + 4 * 8;
+    const COUNT_TIMER: u32 = layout::VAR_IRQ_COUNTS + 4 * (0x30 - 32);
+    const COUNT_ERROR: u32 = layout::VAR_IRQ_COUNTS + 4 * (0x31 - 32);
+
+    asm.interrupts();
+    let hook = asm.addr("storm_hook");
+    asm.a.mov(dword_ptr(layout::VAR_IRQ_HOOK), hook)?;
+    arg_or(asm, "rounds=", 0, ROUNDS)?;
+    arg_or(asm, "mode=", 0, MODE)?;
+    // x2APIC if CPUID offers it (then its EOIs, timer and IPIs join the storm).
+    cpuid(asm, 1)?;
+    asm.a.test(ecx, 1u32 << 21)?;
+    asm.jz("storm_no_apic")?;
+    asm.a.mov(dword_ptr(APIC), 1u32)?;
+    asm.a.mov(ecx, IA32_APIC_BASE)?;
+    asm.a.rdmsr()?;
+    asm.a.or(eax, 0xC00)?;
+    asm.a.wrmsr()?;
+    wrmsr32(asm, 0x80F, 0x13F)?;
+    wrmsr32(asm, 0x837, 0x31)?; // error LVT: vector 0x31
+    wrmsr32(asm, 0x83E, 0x0B)?; // divide by 1
+    asm.here("storm_no_apic")?;
+    // The IDT for bogus vectors: a copy of ours with vectors 0-15 as interrupt stubs.
+    let idt = asm.addr("idt");
+    asm.a.mov(esi, idt)?;
+    asm.a.mov(edi, STORM_IDT)?;
+    asm.a.mov(ecx, 2 * 64u32)?;
+    asm.a.rep().movsd()?;
+    for v in 0..16u32 {
+        let handler = asm.addr(&format!("storm_bogus_{v}"));
+        asm.a.mov(
+            dword_ptr(STORM_IDT + 8 * v),
+            (handler & 0xFFFF) | u32::from(layout::CODE_SELECTOR) << 16,
+        )?;
+        asm.a.mov(
+            dword_ptr(STORM_IDT + 8 * v + 4),
+            (handler & 0xFFFF_0000) | 0x8E00,
+        )?;
+    }
+    asm.a.mov(word_ptr(IDTR), 64 * 8 - 1)?;
+    asm.a.mov(dword_ptr(IDTR + 2), STORM_IDT)?;
+    asm.print("storm: start\n")?;
+
+    asm.here("storm_round")?;
+    asm.a.mov(eax, dword_ptr(MODE))?;
+    asm.a.test(eax, eax)?;
+    asm.jz("storm_phase_1")?;
+    asm.a.cmp(eax, 1)?;
+    asm.jne("storm_skip_1")?;
+    asm.here("storm_phase_1")?;
+    // 1. EOI storm: non-specific, rotating and specific EOIs to both 8259As and x2APIC EOIs,
+    // with nothing in service.
+    asm.a.mov(ebp, 20_000u32)?;
+    asm.here("storm_eoi")?;
+    for (port, value) in [
+        (0x20u32, 0x20u32),
+        (0xA0, 0x20),
+        (0x20, 0xA0),
+        (0x20, 0x67),
+        (0xA0, 0x61),
+    ] {
+        outb(asm, port, value)?;
+    }
+    asm.a.cmp(dword_ptr(APIC), 0)?;
+    asm.je("storm_eoi_next")?;
+    wrmsr32(asm, 0x80B, 0)?;
+    asm.here("storm_eoi_next")?;
+    asm.a.dec(ebp)?;
+    asm.jnz("storm_eoi")?;
+    asm.print("storm: eoi done\n")?;
+    asm.here("storm_skip_1")?;
+
+    asm.a.mov(eax, dword_ptr(MODE))?;
+    asm.a.test(eax, eax)?;
+    asm.jz("storm_phase_2")?;
+    asm.a.cmp(eax, 2)?;
+    asm.jne("storm_skip_2")?;
+    asm.here("storm_phase_2")?;
+    // 2. Every timer at its shortest period with interrupts on, handlers that only EOI (the
+    // hook stops each source after its quota): PIT mode 2 with count 2 (1 gives no edges),
+    // RTC at 8192 Hz, APIC timer periodic with initial count 1.
+    for v in [COUNT_PIT, COUNT_RTC, COUNT_TIMER, COUNT_ERROR] {
+        asm.a.mov(dword_ptr(v), 0u32)?;
+    }
+    pic_init(asm, "storm", 0xFA, 0xFE)?;
+    for (port, value) in [
+        (0x70u32, 0x0Au32),
+        (0x71, 0x23),
+        (0x70, 0x0B),
+        (0x71, 0x42),
+        (0x70, 0x0C),
+        (0x43, 0x34),
+        (0x40, 2),
+        (0x40, 0),
+    ] {
+        outb(asm, port, value)?;
+    }
+    inb(asm, 0x71)?;
+    asm.a.cmp(dword_ptr(APIC), 0)?;
+    asm.je("storm_timers_wait")?;
+    wrmsr32(asm, 0x832, 0x2_0030)?;
+    wrmsr32(asm, 0x838, 1)?;
+    asm.here("storm_timers_wait")?;
+    halt_until(asm, |asm| {
+        // Done when the PIT and RTC quotas are met and the APIC timer is stopped.
+        let not_yet = asm.fresh("not_yet");
+        let out = asm.fresh("out");
+        asm.a.cmp(dword_ptr(COUNT_PIT), N_FAST)?;
+        asm.jb(&not_yet)?;
+        asm.a.cmp(dword_ptr(COUNT_RTC), N_RTC)?;
+        asm.jb(&not_yet)?;
+        asm.a.cmp(dword_ptr(APIC), 0)?;
+        asm.je(&out)?;
+        asm.a.cmp(dword_ptr(COUNT_TIMER), N_FAST)?;
+        asm.jmp(&out)?;
+        asm.here(&not_yet)?;
+        asm.a.stc()?; // jae not taken
+        asm.here(&out)
+    })?;
+    print_var(asm, "storm: timers pit=", COUNT_PIT)?;
+    print_var(asm, " rtc=", COUNT_RTC)?;
+    print_var(asm, " apic=", COUNT_TIMER)?;
+    asm.newline()?;
+    asm.here("storm_skip_2")?;
+
+    asm.a.mov(eax, dword_ptr(MODE))?;
+    asm.a.test(eax, eax)?;
+    asm.jz("storm_phase_3")?;
+    asm.a.cmp(eax, 3)?;
+    asm.jne("storm_skip_3")?;
+    asm.here("storm_phase_3")?;
+    // 3. Bogus vectors: the 8259As on vector bases 0x00 and 0x08 (IRQ 0 arrives on vector 0,
+    // the RTC's IRQ 8 on vector 8), the APIC timer and self IPIs with vectors below 16 (the
+    // APIC must refuse them, ESR "illegal vector", and raise its error LVT), through our IDT
+    // with interrupt stubs on 0-15.
+    for v in 0..16u32 {
+        asm.a.mov(dword_ptr(STORM_BOGUS_COUNTS + 4 * v), 0u32)?;
+    }
+    asm.a.mov(dword_ptr(COUNT_ERROR), 0u32)?;
+    asm.a.mov(dword_ptr(ESR_SEEN), 0u32)?;
+    asm.a.lidt(ptr(IDTR))?;
+    for (port, value) in [
+        (0x20u32, 0x11u32),
+        (0x21, 0x00),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0xA0, 0x11),
+        (0xA1, 0x08),
+        (0xA1, 0x02),
+        (0xA1, 0x01),
+        (0x21, 0xFA),
+        (0xA1, 0xFE),
+        (0x70, 0x0B),
+        (0x71, 0x42),
+        (0x70, 0x0C),
+        (0x43, 0x34),
+        (0x40, 0),
+        (0x40, 0x01),
+    ] {
+        outb(asm, port, value)?;
+    }
+    inb(asm, 0x71)?;
+    // First the 8259As alone (a stream of APIC interrupts would keep their ExtINT from ever
+    // being taken: the local APIC's own vectors go first).
+    halt_until(asm, |asm| {
+        let out = asm.fresh("out");
+        asm.a.cmp(dword_ptr(STORM_BOGUS_COUNTS), 200)?;
+        asm.jb(&out)?;
+        asm.a.cmp(dword_ptr(STORM_BOGUS_COUNTS + 4 * 8), 50)?;
+        asm.here(&out)
+    })?;
+    pic_mask_all(asm)?;
+    // Then the local APIC: illegal vectors from a SELF IPI (3), an ICR self IPI (2) and the
+    // timer (6, one-shot, 20 us), each refused with ESR set and the error LVT raised.
+    asm.a.cmp(dword_ptr(APIC), 0)?;
+    asm.je("storm_bogus_done")?;
+    wrmsr32(asm, 0x83F, 3)?;
+    wrmsr32(asm, 0x830, 0x4_0002)?;
+    wrmsr32(asm, 0x832, 0x0_0006)?;
+    wrmsr32(asm, 0x838, 20_000)?;
+    // For 2^16 loop iterations with interrupts on (the error interrupts EOI'd by the hook).
+    asm.a.sti()?;
+    asm.a.mov(ecx, 1u32 << 16)?;
+    asm.here("storm_apic_spin")?;
+    asm.a.dec(ecx)?;
+    asm.jnz("storm_apic_spin")?;
+    asm.a.cli()?;
+    wrmsr32(asm, 0x838, 0)?;
+    wrmsr32(asm, 0x828, 0)?;
+    asm.a.mov(ecx, 0x828u32)?;
+    asm.a.rdmsr()?;
+    asm.a.mov(dword_ptr(ESR_SEEN), eax)?;
+    asm.here("storm_bogus_done")?;
+    let idtr = asm.addr("idtr");
+    asm.a.lidt(ptr(idtr))?;
+    print_var(asm, "storm: bogus vector0=", STORM_BOGUS_COUNTS)?;
+    print_var(asm, " vector8=", STORM_BOGUS_COUNTS + 4 * 8)?;
+    print_var(asm, " apic-errors=", COUNT_ERROR)?;
+    asm.print(" esr=")?;
+    asm.a.mov(eax, dword_ptr(ESR_SEEN))?;
+    asm.print_hex_eax()?;
+    asm.newline()?;
+    asm.here("storm_skip_3")?;
+
+    asm.a.mov(eax, dword_ptr(MODE))?;
+    asm.a.test(eax, eax)?;
+    asm.jz("storm_phase_4")?;
+    asm.a.cmp(eax, 4)?;
+    asm.jne("storm_skip_4")?;
+    asm.here("storm_phase_4")?;
+    // 4. Odd widths: 8-, 16- and 32-bit IN from every port below 0x1000, 16- and 32-bit OUT
+    // of junk to each but the debug-exit port and COM1 (so that the console survives), with
+    // interrupts off. A 16-bit write at 0xCF9 or 0x64 is not a reset.
+    asm.a.xor(ebx, ebx)?;
+    asm.here("storm_port")?;
+    asm.a.mov(edx, ebx)?;
+    asm.a.in_(al, dx)?;
+    asm.a.in_(ax, dx)?;
+    asm.a.in_(eax, dx)?;
+    asm.a.cmp(ebx, u32::from(gabi::DEBUG_EXIT_PORT))?;
+    asm.je("storm_port_next")?;
+    asm.a.mov(eax, ebx)?;
+    asm.a.and(eax, !7u32)?;
+    asm.a.cmp(eax, 0x3F8)?;
+    asm.je("storm_port_next")?;
+    asm.a.imul_3(eax, ebx, 0x9E37_79B9u32 as i32)?;
+    asm.a.out(dx, ax)?;
+    asm.a.out(dx, eax)?;
+    asm.here("storm_port_next")?;
+    asm.a.inc(ebx)?;
+    asm.a.cmp(ebx, 0x1000)?;
+    asm.jb("storm_port")?;
+    pic_mask_all(asm)?;
+    asm.here("storm_skip_4")?;
+
+    asm.a.inc(dword_ptr(ROUND))?;
+    print_var(asm, "storm: round ", ROUND)?;
+    asm.newline()?;
+    asm.a.mov(eax, dword_ptr(ROUND))?;
+    asm.a.cmp(dword_ptr(ROUNDS), 0)?;
+    asm.je("storm_round")?;
+    asm.a.cmp(eax, dword_ptr(ROUNDS))?;
+    asm.jb("storm_round")?;
+    asm.print("storm: PASS\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+
+    // The hook (vectors 32-63): EOI and nothing else, each source stopped at its quota.
+    asm.here("storm_hook")?;
+    asm.a.cmp(eax, 0x28)?;
+    asm.jne("storm_hook_not_rtc")?;
+    inb(asm, 0x71)?; // register C (still selected): lowers IRQ 8
+    asm.a.cmp(dword_ptr(COUNT_RTC), N_RTC)?;
+    asm.jb("storm_hook_slave")?;
+    outb(asm, 0x70, 0x0B)?;
+    outb(asm, 0x71, 0x02)?;
+    outb(asm, 0x70, 0x0C)?;
+    asm.here("storm_hook_slave")?;
+    outb(asm, 0xA0, 0x20)?;
+    outb(asm, 0x20, 0x20)?;
+    asm.a.ret()?;
+    asm.here("storm_hook_not_rtc")?;
+    asm.a.cmp(eax, 0x30)?;
+    asm.jae("storm_hook_apic")?;
+    asm.a.cmp(eax, 0x20)?;
+    asm.jne("storm_hook_master")?;
+    asm.a.cmp(dword_ptr(COUNT_PIT), N_FAST)?;
+    asm.jb("storm_hook_master")?;
+    // Quota met: mask IRQ 0 only (the cascade carries the RTC).
+    outb(asm, 0x21, 0xFB)?;
+    asm.here("storm_hook_master")?;
+    outb(asm, 0x20, 0x20)?;
+    asm.a.ret()?;
+    asm.here("storm_hook_apic")?;
+    asm.a.cmp(eax, 0x3F)?;
+    asm.je("storm_hook_done")?;
+    asm.a.cmp(eax, 0x30)?;
+    asm.jne("storm_hook_eoi")?;
+    asm.a.cmp(dword_ptr(COUNT_TIMER), N_FAST)?;
+    asm.jb("storm_hook_eoi")?;
+    wrmsr32(asm, 0x838, 0)?;
+    asm.here("storm_hook_eoi")?;
+    wrmsr32(asm, 0x80B, 0)?;
+    asm.here("storm_hook_done")?;
+    asm.a.ret()?;
+
+    // Vectors 0-15 as interrupts: count, EOI the 8259As (vector 8 is the RTC on the slave:
+    // register C first), return.
+    for v in 0..16u32 {
+        asm.here(&format!("storm_bogus_{v}"))?;
+        asm.a.push(v)?;
+        asm.jmp("storm_bogus")?;
+    }
+    asm.here("storm_bogus")?;
+    asm.a.pushad()?;
+    asm.a.mov(ebx, dword_ptr(esp + 32))?;
+    asm.a.inc(dword_ptr(ebx * 4 + STORM_BOGUS_COUNTS as i32))?;
+    asm.a.cmp(ebx, 8)?;
+    asm.jb("storm_bogus_master")?;
+    asm.jne("storm_bogus_slave")?;
+    inb(asm, 0x71)?;
+    asm.here("storm_bogus_slave")?;
+    outb(asm, 0xA0, 0x20)?;
+    asm.here("storm_bogus_master")?;
+    outb(asm, 0x20, 0x20)?;
+    asm.a.popad()?;
+    asm.a.add(esp, 4)?;
+    Ok(asm.a.iretd()?)
+}
+
+// ---- wake: HLT wake latency from a timer deadline to the guest's handler. ----
+
+fn wake(asm: &mut Asm) -> Result {
+    const ITERS: u32 = layout::VAR_SCRATCH;
+    const TSC_KHZ: u32 = layout::VAR_SCRATCH + 4;
+    const DEADLINE: u32 = layout::VAR_SCRATCH + 8;
+    const HANDLER: u32 = layout::VAR_SCRATCH + 12;
+    const EARLY: u32 = layout::BSS + 0x40;
+    const E0: u32 = layout::BSS + 0x44;
+    const PERIOD: u32 = layout::BSS + 0x48;
+    const PREV: u32 = layout::BSS + 0x4C;
+    const SOURCE: u32 = layout::BSS + 0x50;
+    const DELAY: u32 = layout::BSS + 0x54;
+    /// Latencies of the current source (up to 63), sorted by `wake_report`.
+    const SAMPLES: u32 = layout::BSS + 0x100;
+    const MAX_ITERS: u32 = 63;
+    const PIT_COUNT: u32 = 1193; // ~1 ms
+    const COUNT_PIT: u32 = layout::VAR_IRQ_COUNTS;
+    const COUNT_RTC: u32 = layout::VAR_IRQ_COUNTS + 4 * 8;
+    const COUNT_TIMER: u32 = layout::VAR_IRQ_COUNTS + 4 * (0x30 - 32);
+
+    asm.interrupts();
+    let hook = asm.addr("wake_hook");
+    asm.a.mov(dword_ptr(layout::VAR_IRQ_HOOK), hook)?;
+    arg_or(asm, "iters=", 15, ITERS)?;
+    asm.a.mov(eax, dword_ptr(ITERS))?;
+    asm.a.cmp(eax, MAX_ITERS)?;
+    asm.jbe("wake_iters_max")?;
+    asm.a.mov(dword_ptr(ITERS), MAX_ITERS)?;
+    asm.here("wake_iters_max")?;
+    asm.a.cmp(dword_ptr(ITERS), 0)?;
+    asm.jne("wake_iters_ok")?;
+    asm.a.mov(dword_ptr(ITERS), 1u32)?;
+    asm.here("wake_iters_ok")?;
+    asm.find_arg("tsc_khz=")?;
+    asm.a.mov(dword_ptr(TSC_KHZ), eax)?;
+    asm.a.test(eax, eax)?;
+    asm.jnz("wake_have_khz")?;
+    asm.print("wake: FAIL no tsc_khz\n")?;
+    asm.exit(gabi::EXIT_CHECKS_FAILED)?;
+    asm.here("wake_have_khz")?;
+    print_var(asm, "wake: start iters=", ITERS)?;
+    print_var(asm, " tsc_khz=", TSC_KHZ)?;
+    asm.newline()?;
+    // IRQ 0, the cascade and IRQ 8 open: the PIT on vector 0x20, the RTC on 0x28.
+    pic_init(asm, "wake", 0xFA, 0xFE)?;
+
+    // PIT: channel 0 in mode 0 (interrupt on terminal count); the deadline is (count + 1)
+    // PIT clocks after the write of the count's MSB (time-stamped just before it).
+    asm.a.mov(eax, (PIT_COUNT + 1) * 1000)?;
+    asm.a.mul(dword_ptr(TSC_KHZ))?;
+    asm.a.mov(ecx, PIT_HZ)?;
+    asm.a.div(ecx)?;
+    asm.a.mov(dword_ptr(DELAY), eax)?;
+    asm.a.mov(dword_ptr(SOURCE), 0u32)?;
+    asm.call("wake_start")?;
+    asm.here("wake_pit")?;
+    asm.a.mov(dword_ptr(COUNT_PIT), 0u32)?;
+    outb(asm, 0x43, 0x30)?;
+    outb(asm, 0x40, PIT_COUNT & 0xFF)?;
+    asm.a.rdtsc()?;
+    asm.a.add(eax, dword_ptr(DELAY))?;
+    asm.a.mov(dword_ptr(DEADLINE), eax)?;
+    outb(asm, 0x40, PIT_COUNT >> 8)?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(COUNT_PIT), 1)?))?;
+    asm.call("wake_sample")?;
+    asm.jb("wake_pit")?;
+    asm.print("wake: pit")?;
+    asm.call("wake_report")?;
+
+    // RTC periodic at 64 Hz (a period far above any wake latency): its edges have a fixed
+    // phase, found by polling register C's PF with PIE off (the edge lies between two polls: their midpoint, +-half a poll); then each
+    // sample enables PIE at an arbitrary moment and halts, and the latency is the time since
+    // the latest edge, (handler - edge0) mod period.
+    outb(asm, 0x70, 0x0A)?;
+    outb(asm, 0x71, 0x2A)?;
+    outb(asm, 0x70, 0x0B)?;
+    outb(asm, 0x71, 0x02)?;
+    outb(asm, 0x70, 0x0C)?;
+    inb(asm, 0x71)?;
+    asm.a.mov(eax, dword_ptr(TSC_KHZ))?;
+    asm.a.mov(ecx, 1000u32)?;
+    asm.a.mul(ecx)?;
+    asm.a.mov(ecx, 64u32)?;
+    asm.a.div(ecx)?;
+    asm.a.mov(dword_ptr(PERIOD), eax)?;
+    asm.a.mov(dword_ptr(PREV), 0u32)?;
+    asm.here("wake_rtc_poll")?;
+    asm.a.rdtsc()?;
+    asm.a.mov(ebx, eax)?;
+    asm.a.in_(al, 0x71u32)?;
+    asm.a.mov(cl, al)?;
+    asm.a.rdtsc()?;
+    asm.a.sub(eax, ebx)?;
+    asm.a.shr(eax, 1)?;
+    asm.a.add(eax, ebx)?; // this poll's midpoint
+    asm.a.mov(edx, dword_ptr(PREV))?;
+    asm.a.mov(dword_ptr(PREV), eax)?;
+    asm.a.test(cl, 0x40)?;
+    asm.jz("wake_rtc_poll")?;
+    asm.a.test(edx, edx)?;
+    asm.jz("wake_rtc_poll")?; // the first poll may see an old edge
+    asm.a.mov(ebx, eax)?;
+    asm.a.sub(eax, edx)?;
+    // Two polls more than 1/16 ms apart (the vCPU was preempted between them) would place
+    // the edge too loosely: wait for the next edge then.
+    asm.a.mov(ecx, dword_ptr(TSC_KHZ))?;
+    asm.a.shr(ecx, 4)?;
+    asm.a.cmp(eax, ecx)?;
+    asm.ja("wake_rtc_poll")?;
+    asm.a.shr(eax, 1)?;
+    asm.a.add(eax, edx)?;
+    asm.a.mov(dword_ptr(E0), eax)?;
+    asm.a.mov(dword_ptr(SOURCE), 1u32)?;
+    asm.call("wake_start")?;
+    asm.here("wake_rtc")?;
+    asm.a.mov(dword_ptr(COUNT_RTC), 0u32)?;
+    outb(asm, 0x70, 0x0C)?;
+    inb(asm, 0x71)?;
+    outb(asm, 0x70, 0x0B)?;
+    outb(asm, 0x71, 0x42)?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(COUNT_RTC), 1)?))?;
+    outb(asm, 0x70, 0x0B)?;
+    outb(asm, 0x71, 0x02)?;
+    asm.a.mov(eax, dword_ptr(HANDLER))?;
+    asm.a.sub(eax, dword_ptr(E0))?;
+    asm.a.xor(edx, edx)?;
+    asm.a.div(dword_ptr(PERIOD))?;
+    asm.a.mov(eax, dword_ptr(HANDLER))?;
+    asm.a.sub(eax, edx)?;
+    asm.a.mov(dword_ptr(DEADLINE), eax)?;
+    asm.call("wake_sample")?;
+    asm.jb("wake_rtc")?;
+    asm.print("wake: rtc")?;
+    asm.call("wake_report")?;
+    pic_mask_all(asm)?;
+
+    // Local APIC timer through x2APIC (when offered): TSC-deadline 1 ms ahead, then
+    // one-shot with an initial count of 1,000,000 (1 ms of the 1 GHz APIC clock, divide 1)
+    // written right after a TSC read.
+    cpuid(asm, 1)?;
+    asm.a.test(ecx, 1u32 << 21)?;
+    asm.jnz("wake_apic")?;
+    asm.print("wake: apic not offered\n")?;
+    asm.jmp("wake_done")?;
+    asm.here("wake_apic")?;
+    asm.a.push(ecx)?;
+    asm.a.mov(ecx, IA32_APIC_BASE)?;
+    asm.a.rdmsr()?;
+    asm.a.or(eax, 0xC00)?;
+    asm.a.wrmsr()?;
+    wrmsr32(asm, 0x80F, 0x13F)?;
+    wrmsr32(asm, 0x83E, 0x0B)?;
+    asm.a.pop(ecx)?;
+    asm.a.test(ecx, 1u32 << 24)?;
+    asm.jz("wake_oneshot")?;
+    wrmsr32(asm, 0x832, 0x4_0030)?;
+    asm.a.mov(dword_ptr(SOURCE), 2u32)?;
+    asm.call("wake_start")?;
+    asm.here("wake_deadline")?;
+    asm.a.mov(dword_ptr(COUNT_TIMER), 0u32)?;
+    asm.a.rdtsc()?;
+    asm.a.add(eax, dword_ptr(TSC_KHZ))?;
+    asm.a.adc(edx, 0)?;
+    asm.a.mov(dword_ptr(DEADLINE), eax)?;
+    asm.a.mov(ecx, 0x6E0u32)?;
+    asm.a.wrmsr()?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(COUNT_TIMER), 1)?))?;
+    asm.call("wake_sample")?;
+    asm.jb("wake_deadline")?;
+    asm.print("wake: apic-deadline")?;
+    asm.call("wake_report")?;
+    asm.here("wake_oneshot")?;
+    wrmsr32(asm, 0x832, 0x30)?;
+    asm.a.mov(dword_ptr(SOURCE), 3u32)?;
+    asm.call("wake_start")?;
+    asm.here("wake_oneshot_next")?;
+    asm.a.mov(dword_ptr(COUNT_TIMER), 0u32)?;
+    asm.a.rdtsc()?;
+    asm.a.add(eax, dword_ptr(TSC_KHZ))?;
+    asm.a.mov(dword_ptr(DEADLINE), eax)?;
+    wrmsr32(asm, 0x838, 1_000_000)?;
+    halt_until(asm, |asm| Ok(asm.a.cmp(dword_ptr(COUNT_TIMER), 1)?))?;
+    asm.call("wake_sample")?;
+    asm.jb("wake_oneshot_next")?;
+    asm.print("wake: apic-oneshot")?;
+    asm.call("wake_report")?;
+    asm.here("wake_done")?;
+    asm.print("wake: done\n")?;
+    asm.exit(gabi::EXIT_OK)?;
+
+    // wake_start: a source's samples begin (ebp = 0, no early arrivals).
+    asm.here("wake_start")?;
+    asm.a.xor(ebp, ebp)?;
+    asm.a.mov(dword_ptr(EARLY), 0u32)?;
+    asm.a.ret()?;
+    // wake_sample: sample ebp = [HANDLER] - [DEADLINE] (0 and counted when early); CF set
+    // (jb) while more samples are to come.
+    asm.here("wake_sample")?;
+    asm.a.mov(eax, dword_ptr(HANDLER))?;
+    asm.a.sub(eax, dword_ptr(DEADLINE))?;
+    asm.jns("wake_sample_late")?;
+    asm.a.inc(dword_ptr(EARLY))?;
+    asm.a.xor(eax, eax)?;
+    asm.here("wake_sample_late")?;
+    asm.a.mov(dword_ptr(ebp * 4 + SAMPLES as i32), eax)?;
+    asm.a.inc(ebp)?;
+    asm.a.cmp(ebp, dword_ptr(ITERS))?;
+    asm.a.ret()?;
+
+    // wake_report: sorts the samples, prints " median=M min=A max=Z early=E\n" (TSC ticks).
+    asm.here("wake_report")?;
+    asm.a.mov(ebx, SAMPLES)?;
+    asm.a.mov(esi, 1u32)?;
+    asm.here("wake_sort_outer")?;
+    asm.a.cmp(esi, dword_ptr(ITERS))?;
+    asm.jnc("wake_sort_done")?;
+    asm.a.mov(eax, dword_ptr(ebx + esi * 4))?;
+    asm.a.mov(edi, esi)?;
+    asm.here("wake_sort_inner")?;
+    asm.a.test(edi, edi)?;
+    asm.jz("wake_sort_place")?;
+    asm.a.mov(edx, dword_ptr(ebx + edi * 4 - 4))?;
+    asm.a.cmp(eax, edx)?;
+    asm.jnc("wake_sort_place")?;
+    asm.a.mov(dword_ptr(ebx + edi * 4), edx)?;
+    asm.a.dec(edi)?;
+    asm.jmp("wake_sort_inner")?;
+    asm.here("wake_sort_place")?;
+    asm.a.mov(dword_ptr(ebx + edi * 4), eax)?;
+    asm.a.inc(esi)?;
+    asm.jmp("wake_sort_outer")?;
+    asm.here("wake_sort_done")?;
+    asm.print(" median=")?;
+    asm.a.mov(esi, dword_ptr(ITERS))?;
+    asm.a.shr(esi, 1)?;
+    asm.a.mov(eax, dword_ptr(ebx + esi * 4))?;
+    asm.print_dec_eax()?;
+    asm.print(" min=")?;
+    asm.a.mov(eax, dword_ptr(ebx))?;
+    asm.print_dec_eax()?;
+    asm.print(" max=")?;
+    asm.a.mov(esi, dword_ptr(ITERS))?;
+    asm.a.mov(eax, dword_ptr(ebx + esi * 4 - 4))?;
+    asm.print_dec_eax()?;
+    print_var(asm, " early=", EARLY)?;
+    asm.newline()?;
+    asm.a.ret()?;
+
+    // The hook: time-stamp first, then acknowledge the source.
+    asm.here("wake_hook")?;
+    asm.a.mov(ebx, eax)?;
+    asm.a.rdtsc()?;
+    asm.a.mov(dword_ptr(HANDLER), eax)?;
+    asm.a.cmp(ebx, 0x30)?;
+    asm.jne("wake_hook_pic")?;
+    wrmsr32(asm, 0x80B, 0)?;
+    asm.a.ret()?;
+    asm.here("wake_hook_pic")?;
+    asm.a.cmp(ebx, 0x28)?;
+    asm.jne("wake_hook_master")?;
+    outb(asm, 0x70, 0x0C)?;
+    inb(asm, 0x71)?;
+    outb(asm, 0xA0, 0x20)?;
+    asm.here("wake_hook_master")?;
+    outb(asm, 0x20, 0x20)?;
+    Ok(asm.a.ret()?)
 }

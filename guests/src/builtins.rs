@@ -281,6 +281,86 @@
 //! off (for reset timing); with `forever=1` it prints `bench: forever` and executes CPUID
 //! forever (exit-heavy load for scaling).
 //!
+//! # `devreset`
+//! Device reset state, checked from inside the guest on every boot, then everything dirtied
+//! and the VM reset through port 0xCF9, `cycles=K` times (default 10; the boot count is
+//! `boot=N`). Each boot first reads, before printing anything: the 16550's LCR, IER, IIR,
+//! MCR, LSR, MSR, SCR and (DLAB) divisor (0, 0, 0x01, 0, 0x60, 0xB0, 0, 12); both 8259As' IMR
+//! (0xFF), IRR and ISR (0) and the ELCRs (0); each 8254 channel's read-back status and count
+//! (0xB6, 0) and port 0x61 (gate 2 and speaker off, OUT2 high); RTC register B's PIE, AIE, UIE
+//! and SQWE (clear) and register C (IRQF clear; PF too when register A selects no rate, UF and
+//! AF too while SET stops updates); with a local APIC, IA32_APIC_BASE (0xFEE00900) and, with
+//! x2APIC, in x2APIC mode: SVR 0x1FF, LINT0 0x700 (ExtINT) and LINT1 0x400 (NMI), the other
+//! LVTs masked, TPR, PPR, timer counts, divide, ICR, ESR (after a write), ISR, TMR and IRR 0,
+//! IA32_TSC_DEADLINE 0 — the virtual-wire state our platform resets to. Then, unless N = K,
+//! it dirties: the 8259As initialised (bases 0x20/0x28), ELCR level bits set, an RTC periodic
+//! interrupt (8192 Hz, PIE AIE UIE SQWE) and a PIT IRQ 0 (channel 0 mode 2, channels 1 and 2
+//! programmed, gate 2 open) taken and left in service without EOI, ISR selected for reads,
+//! RTC rate 0 and SET with PF latched; the x2APIC software enabled, LINT0 masked, its timer
+//! periodic with one interrupt in service, TPR 0x20, an illegal self IPI (ESR, error LVT) and a
+//! self IPI left in IRR; the UART at divisor 1, 8E1, FIFOs on, IER 0x0F, loopback with all
+//! modem outputs, scratch 0xA5 and a byte received. Output:
+//! ```text
+//! devreset: boot <N> clean                      (every 100th boot)
+//! devreset: boot <N> waits for PIC_RTC|PIC_PIT|APIC_TIMER   (with trace=1, before each wait)
+//! devreset: PASS resets=<K> apic=<0|1>
+//! ```
+//! and exit 0 at boot K (after clearing SET and restoring RTC register A to 0x26); or, at the
+//! first register that is not in its reset state,
+//! `devreset: FAIL boot <N> <register> read=0x<value> expected=0x<value>` and exit 1.
+//!
+//! # `storm`
+//! A misbehaving guest for robustness tests, in rounds (`rounds=K`: exit 0 after K rounds
+//! with `storm: PASS`; else forever; `mode=M` runs only part M, 1-4, of each round):
+//! 1. 20,000 times: non-specific, rotating and specific EOIs to both 8259As and an x2APIC
+//!    EOI, with nothing in service;
+//! 2. every timer at its shortest period with interrupts on and handlers that only EOI: PIT
+//!    channel 0 mode 2 with count 2 (count 1 yields no edges), RTC periodic at 8192 Hz, APIC
+//!    timer periodic with initial count 1 (divide 1), until 5,000 PIT, 300 RTC and 5,000 APIC
+//!    interrupts came (the handler stops each source at its quota);
+//! 3. bogus vectors: first the 8259As on vector bases 0x00 and 0x08 (IRQ 0 arrives on
+//!    vector 0, the RTC's IRQ 8 on vector 8) through an IDT at 0x200000 with interrupt stubs
+//!    on vectors 0-15, until 200 vector-0 and 50 vector-8 interrupts came; then (the 8259As
+//!    masked: a stream of APIC interrupts keeps ExtINT from being taken) an x2APIC SELF IPI
+//!    with vector 3, an ICR self IPI with vector 2 and the APIC timer one-shot on vector 6
+//!    (20 us), all refused by the APIC (ESR, and its error LVT on vector 0x31), then 2^16
+//!    loop iterations with interrupts on;
+//! 4. 8-, 16- and 32-bit IN from every port below 0x1000, 16- and 32-bit OUT of junk to each
+//!    but the debug-exit port and COM1, interrupts off.
+//!
+//! The x2APIC parts run when CPUID offers x2APIC. Output:
+//! ```text
+//! storm: start
+//! storm: eoi done
+//! storm: timers pit=<n> rtc=<n> apic=<n>
+//! storm: bogus vector0=<n> vector8=<n> apic-errors=<n> esr=0x<ESR after the storm>
+//! storm: round <R>
+//! ```
+//! Needs RAM up to 0x201000.
+//!
+//! # `wake`
+//! HLT wake latency, for `scripts/bench`: for each timer, `iters=N` times (default 15, at
+//! most 63) it arms the timer, halts with interrupts on, and its handler's first act is
+//! RDTSC; a sample is handler TSC minus the deadline's TSC (negative ones count as `early`
+//! and are recorded as 0). PIT: channel 0 mode 0 with count 1193 (about 1 ms), the deadline
+//! count + 1 PIT clocks after a TSC read just before the write of the count's MSB (so the
+//! exit of that write is in the sample). RTC: periodic at 64 Hz; the phase of its edges is
+//! found first by polling register C with PIE off (the midpoint of the two polls around an
+//! edge, taken only when they are at most 1/16 ms apart), then each sample sets PIE at an arbitrary moment and the deadline is the latest
+//! edge before the handler (so samples are below one period, 15.6 ms, by construction). APIC
+//! (x2APIC, when CPUID offers it): TSC-deadline mode 1 ms ahead (when offered), then one-shot
+//! with an initial count of 1,000,000 (1 ms of the 1 GHz APIC clock) written right after a
+//! TSC read. Needs `tsc_khz=T`:
+//! ```text
+//! wake: start iters=<N> tsc_khz=<T>
+//! wake: pit median=<M> min=<A> max=<Z> early=<E>          (TSC ticks)
+//! wake: rtc median=... min=... max=... early=...
+//! wake: apic-deadline median=... min=... max=... early=... (or: wake: apic not offered)
+//! wake: apic-oneshot median=... min=... max=... early=...
+//! wake: done
+//! ```
+//! then exits with 0.
+//!
 //! # Adding a guest
 //! Write its program as a `fn(&mut Asm) -> Result` in `build/guests.rs` (the runtime gives
 //! `print`, `print_dec_eax`, `print_hex_eax`, `find_arg`, `guarded`, `exit`, named labels),

@@ -135,7 +135,10 @@ fn the_builtins() {
             "smp",
             "paging",
             "mmio",
-            "bench"
+            "bench",
+            "devreset",
+            "storm",
+            "wake"
         ]
     );
     assert!(

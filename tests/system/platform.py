@@ -7,6 +7,7 @@ The timer guests measure their interrupts against the guest TSC whose rate the h
 on their command line (`tsc_khz=`): the PIT, the RTC and the APIC timer all derive from that TSC,
 so each span must match within the guest's tolerance."""
 import json
+import os
 import re
 import sys
 import time
@@ -86,10 +87,99 @@ def test_local_apic_timer_modes_and_self_ipi_x2apic():
         assert "apic: self ipi count=1" in text and "tsc-deadline not offered" not in text, text
 
 
+
+def test_devices_back_in_reset_state_after_every_reset():
+    """devreset: resets through 0xCF9, each boot checking from inside the guest that the PIC,
+    PIT, RTC, UART and x2APIC read as after reset after the previous boot dirtied them all; then
+    a short run without a local APIC (PIC-only platform). Issue 14 asks for 1,000 resets; a
+    reset cycle takes about 0.3 s of wall clock under QEMU TCG (three HLT waits for a timer
+    interrupt per boot, each woken late: see scripts/bench --only wake), so 250 here keep the
+    test near 90 s (HERMITAGE_DEVRESET_CYCLES=1000 runs the full count); 20 under Bochs."""
+    cycles = 20 if BOCHS else int(os.environ.get("HERMITAGE_DEVRESET_CYCLES", 250))
+    with Hermitage(smp=2) as hv:
+        start = time.time()
+        try:
+            doc, text = run_guest(hv, "devreset", f"cycles={cycles}", timeout=60 + cycles,
+                                  local_apic=True, memory_mib=4)
+        except AssertionError as e:
+            # A stall: say how far it got (the VM halted for good with an interrupt acknowledged
+            # by the model but never delivered to the guest; see the issue 14 report).
+            vms = call(hv, "GET", "/v1/vms", 200)
+            raise AssertionError(f"{e}\nVMs: {json.dumps(vms)[:2000]}") from None
+        took = time.time() - start
+        assert doc["reason"] == "debug exit code 0" and f"devreset: PASS resets={cycles} apic=1" in text, \
+            (doc["reason"], text[-3000:])
+        assert doc["stats"]["resets"]["port_cf9"] == cycles, doc["stats"]["resets"]
+        print(f"  devreset: {cycles} resets with the x2APIC in {took:.1f} s ({1000 * took / cycles:.0f} ms each)")
+        doc, text = run_guest(hv, "devreset", "cycles=10", timeout=120, local_apic=False, memory_mib=4)
+        assert doc["reason"] == "debug exit code 0" and "devreset: PASS resets=10 apic=0" in text, \
+            (doc["reason"], text[-3000:])
+        assert "panicked" not in hv.console(), hv.console()[-3000:]
+
+
+def test_misbehaving_guest_hurts_neither_the_hypervisor_nor_other_vms():
+    """storm (EOI storms, shortest timer periods, vectors 0-15, odd-width ports, round after
+    round) on CPU 0 with the endpoint and a spinner, ticker on CPU 1: the endpoint answers
+    every GET /v1/host quickly, both other guests end with their normal result, the storm VM
+    stops promptly through the API, and the hypervisor's console shows no panic."""
+    with Hermitage(smp=2) as hv:
+        storm = call(hv, "POST", "/v1/vms", 201,
+                     body=dict(name="storm", image="storm", cpu=0, local_apic=True, start=True))
+        # Wait until the storm has done one whole round of everything.
+        deadline = time.time() + slow(120)
+        while "storm: round 1" not in console(hv, storm["id"]):
+            assert time.time() < deadline, console(hv, storm["id"])[-3000:]
+            time.sleep(0.5)
+        spinner = call(hv, "POST", "/v1/vms", 201,
+                       body=dict(name="spinner", image="spinner", cmdline="ticks=3", cpu=0, start=True))
+        ticker = call(hv, "POST", "/v1/vms", 201,
+                      body=dict(name="ticker", image="ticker", cmdline="hz=100 ticks=20", cpu=1,
+                                start=True))
+        worst, n, done = 0.0, 0, {}
+        deadline = time.time() + slow(180)
+        # Until both have ended, and for at least 40 requests (about 10 s of storm).
+        while len(done) < 2 or n < 40:
+            assert time.time() < deadline, (done, console(hv, storm["id"])[-2000:])
+            t0 = time.time()
+            host = call(hv, "GET", "/v1/host", 200)
+            worst, n = max(worst, time.time() - t0), n + 1
+            assert host, host
+            for vm in (spinner, ticker):
+                if vm["id"] not in done:
+                    doc = call(hv, "GET", f"/v1/vms/{vm['id']}", 200)
+                    if doc["state"] in ("stopped", "crashed"):
+                        done[vm["id"]] = (doc, console(hv, vm["id"]))
+            time.sleep(0.2)
+        assert worst < slow(3), f"slowest GET /v1/host took {worst:.2f} s"
+        doc, text = done[spinner["id"]]
+        assert doc["reason"] == "debug exit code 0" and "spinner: tick 3" in text, (doc, text[-2000:])
+        doc, text = done[ticker["id"]]
+        passed(doc, text, "ticker")
+        # The storm is still going, several rounds in; it stops at once when asked.
+        doc = call(hv, "GET", f"/v1/vms/{storm['id']}", 200)
+        assert doc["state"] == "running", doc
+        text = console(hv, storm["id"])
+        m = re.findall(r"storm: bogus vector0=(\d+) vector8=(\d+) apic-errors=(\d+) esr=(0x[0-9a-f]+)", text)
+        assert m and int(m[-1][0]) >= 200 and int(m[-1][1]) >= 50 and int(m[-1][2]) > 0, text[-2000:]
+        # Vectors below 16 are illegal to the APIC: received (bit 6) and sent (bit 5).
+        assert int(m[-1][3], 16) & 0x60 == 0x60, m[-1]
+        t0 = time.time()
+        call(hv, "POST", f"/v1/vms/{storm['id']}/stop", 200)
+        while call(hv, "GET", f"/v1/vms/{storm['id']}", 200)["state"] != "stopped":
+            assert time.time() - t0 < slow(5), "storm VM did not stop"
+            time.sleep(0.1)
+        stop_s = time.time() - t0
+        log = hv.console()
+        assert "panicked" not in log, log[-3000:]
+        rounds = re.findall(r"storm: round (\d+)", text)
+        print(f"  storm: {rounds[-1]} rounds; {n} GET /v1/host, slowest {worst:.2f} s; stopped in {stop_s:.2f} s")
+
 TESTS = [
     test_pit_and_pic_tick_at_the_programmed_rate,
     test_rtc_date_cmos_and_periodic_interrupt,
     test_local_apic_timer_modes_and_self_ipi_x2apic,
+    test_devices_back_in_reset_state_after_every_reset,
+    test_misbehaving_guest_hurts_neither_the_hypervisor_nor_other_vms,
 ]
 
 if BOCHS:

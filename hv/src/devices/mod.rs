@@ -56,6 +56,8 @@ pub mod ioapic;
 pub mod lapic;
 pub mod pic;
 pub mod pit;
+#[cfg(test)]
+mod reset_state_tests;
 pub mod rtc;
 pub mod string_io;
 pub mod uart;
