@@ -291,7 +291,7 @@ fn load(
         };
         let e = guests::linux::load(img, ram, &linux_boot(&cmdline, initrd, rsdp))
             .map_err(|e| VmError::BadImage(e.as_str()))?;
-        return Ok(GuestMode::Linux64 {
+        return Ok(GuestMode::Linux64(hv::vcpu::LinuxEntry {
             cr3: e.cr3,
             rip: e.rip,
             rsp: e.rsp,
@@ -300,7 +300,7 @@ fn load(
             gdt_limit: e.gdt_limit,
             cs: e.cs,
             ds: e.ds,
-        });
+        }));
     }
     if !matches!(config.image.as_str(), "smoke" | "spin" | "wild") {
         // Multiboot 1 (ELF32 or a.out kludge): entered as the specification says (EAX magic,

@@ -213,5 +213,29 @@ pub struct VcpuState {
 }
 
 pub mod emulation;
+/// The Linux x86-64 boot protocol's entry state (`Documentation/arch/x86/boot.rst`, "64-bit
+/// boot protocol"): long mode with the loader's identity map and GDT loaded, CS and the data
+/// segments at the selectors it defines (`__BOOT_CS`, `__BOOT_DS`), RSI at the zero page. Both
+/// backends' guest builders take it (`GuestMode::Linux64`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LinuxEntry {
+    /// Guest CR3 (the loader's identity map).
+    pub cr3: u64,
+    /// Entry point (`startup_64`).
+    pub rip: u64,
+    /// Initial stack pointer.
+    pub rsp: u64,
+    /// The zero page (`struct boot_params`).
+    pub rsi: u64,
+    /// GDTR base.
+    pub gdt_base: u64,
+    /// GDTR limit.
+    pub gdt_limit: u16,
+    /// CS selector.
+    pub cs: u16,
+    /// DS, ES, SS, FS and GS selector.
+    pub ds: u16,
+}
+
 pub mod run;
 pub mod timers;

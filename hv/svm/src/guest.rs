@@ -157,28 +157,9 @@ pub enum GuestMode {
         /// Initial stack pointer.
         rsp: u64,
     },
-    /// The Linux x86-64 boot protocol's entry (`Documentation/arch/x86/boot.rst`, "64-bit boot
-    /// protocol"): long mode as [`GuestMode::Long64`], but with the loader's GDT loaded, CS and
-    /// the data segments at the selectors it defines (`__BOOT_CS`, `__BOOT_DS`) and RSI
-    /// pointing at the zero page.
-    Linux64 {
-        /// Guest CR3 (the loader's identity map).
-        cr3: u64,
-        /// Entry point (`startup_64`).
-        rip: u64,
-        /// Initial stack pointer.
-        rsp: u64,
-        /// The zero page (`struct boot_params`).
-        rsi: u64,
-        /// GDTR base.
-        gdt_base: u64,
-        /// GDTR limit.
-        gdt_limit: u16,
-        /// CS selector.
-        cs: u16,
-        /// DS, ES, SS, FS and GS selector.
-        ds: u16,
-    },
+    /// The Linux x86-64 boot protocol's entry ([`hv::vcpu::LinuxEntry`]): long mode as
+    /// [`GuestMode::Long64`], with the loader's GDT, boot selectors and RSI at the zero page.
+    Linux64(hv::vcpu::LinuxEntry),
     /// 32-bit protected mode, flat segments, paging off: the Multiboot 1 handoff.
     Protected32 {
         /// Entry point.
@@ -261,7 +242,7 @@ pub fn build_vmcb(cfg: &GuestConfig, vmcb: &mut Vmcb, regs: &mut GuestRegs) {
     };
 
     match cfg.mode {
-        GuestMode::Linux64 {
+        GuestMode::Linux64(hv::vcpu::LinuxEntry {
             cr3,
             rip,
             rsp,
@@ -270,7 +251,7 @@ pub fn build_vmcb(cfg: &GuestConfig, vmcb: &mut Vmcb, regs: &mut GuestRegs) {
             gdt_limit,
             cs,
             ds,
-        } => {
+        }) => {
             let code = Segment {
                 selector: cs,
                 attrib: ATTR_CODE64,
@@ -571,7 +552,7 @@ mod tests {
 
     #[test]
     fn linux_entry_is_the_boot_protocol_state_and_passes_vmrun_checks() {
-        let (v, r) = build(GuestMode::Linux64 {
+        let (v, r) = build(GuestMode::Linux64(hv::vcpu::LinuxEntry {
             cr3: 0x4000,
             rip: 0x100_0200,
             rsp: 0xB000,
@@ -580,7 +561,7 @@ mod tests {
             gdt_limit: 0x1F,
             cs: 0x10,
             ds: 0x18,
-        });
+        }));
         assert_eq!(check_vmrun_consistency(&v), Ok(()));
         let s = &v.save;
         assert_eq!(

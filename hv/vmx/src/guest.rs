@@ -516,28 +516,9 @@ impl CrShadows {
 pub enum GuestMode {
     /// 64-bit long mode, paging on with the guest's own 4-level tables at `cr3`
     /// (a guest-physical address, translated by EPT).
-    /// The Linux x86-64 boot protocol's entry (`Documentation/arch/x86/boot.rst`, "64-bit boot
-    /// protocol"): long mode as [`GuestMode::Long64`], but with the loader's GDT loaded, CS and
-    /// the data segments at the selectors it defines (`__BOOT_CS`, `__BOOT_DS`) and RSI
-    /// pointing at the zero page.
-    Linux64 {
-        /// Guest CR3 (the loader's identity map).
-        cr3: u64,
-        /// Entry point (`startup_64`).
-        rip: u64,
-        /// Initial stack pointer.
-        rsp: u64,
-        /// The zero page (`struct boot_params`).
-        rsi: u64,
-        /// GDTR base.
-        gdt_base: u64,
-        /// GDTR limit.
-        gdt_limit: u16,
-        /// CS selector.
-        cs: u16,
-        /// DS, ES, SS, FS and GS selector.
-        ds: u16,
-    },
+    /// The Linux x86-64 boot protocol's entry ([`hv::vcpu::LinuxEntry`]): long mode as
+    /// [`GuestMode::Long64`], with the loader's GDT, boot selectors and RSI at the zero page.
+    Linux64(hv::vcpu::LinuxEntry),
     Long64 {
         /// Guest CR3.
         cr3: u64,
@@ -639,7 +620,7 @@ pub fn build(mode: GuestMode, cfg: &VmxConfig) -> GuestSetup {
     };
     let mut regs = GuestRegs::default();
     let (mut s, cr0, cr4) = match mode {
-        GuestMode::Linux64 {
+        GuestMode::Linux64(hv::vcpu::LinuxEntry {
             cr3,
             rip,
             rsp,
@@ -648,7 +629,7 @@ pub fn build(mode: GuestMode, cfg: &VmxConfig) -> GuestSetup {
             gdt_limit,
             cs,
             ds,
-        } => {
+        }) => {
             regs.rsi = rsi;
             let data = Segment::flat(ds, AR_DATA32);
             let s = GuestState {
@@ -1279,7 +1260,7 @@ mod tests {
                     rsp: 0,
                 },
                 // The Linux loader's entry (guests::linux: GDT 0x1000, zero page 0x2000).
-                GuestMode::Linux64 {
+                GuestMode::Linux64(hv::vcpu::LinuxEntry {
                     cr3: 0x4000,
                     rip: 0x100_0200,
                     rsp: 0xB000,
@@ -1288,7 +1269,7 @@ mod tests {
                     gdt_limit: 0x1F,
                     cs: 0x10,
                     ds: 0x18,
-                },
+                }),
                 GuestMode::Protected32 {
                     eip: 0x10_0000,
                     esp: 0,

@@ -55,16 +55,7 @@ pub enum GuestMode {
     /// 64-bit long mode with the guest's own page tables at `cr3`.
     Long64 { cr3: u64, rip: u64, rsp: u64 },
     /// The Linux x86-64 boot protocol's entry (`guests::linux::Entry`).
-    Linux64 {
-        cr3: u64,
-        rip: u64,
-        rsp: u64,
-        rsi: u64,
-        gdt_base: u64,
-        gdt_limit: u16,
-        cs: u16,
-        ds: u16,
-    },
+    Linux64(hv::vcpu::LinuxEntry),
     /// 16-bit real mode at CS:IP.
     Real16 { cs: u16, ip: u16, sp: u16 },
 }
@@ -83,25 +74,7 @@ impl From<GuestMode> for svm::guest::GuestMode {
                 multiboot_info,
             },
             GuestMode::Long64 { cr3, rip, rsp } => S::Long64 { cr3, rip, rsp },
-            GuestMode::Linux64 {
-                cr3,
-                rip,
-                rsp,
-                rsi,
-                gdt_base,
-                gdt_limit,
-                cs,
-                ds,
-            } => S::Linux64 {
-                cr3,
-                rip,
-                rsp,
-                rsi,
-                gdt_base,
-                gdt_limit,
-                cs,
-                ds,
-            },
+            GuestMode::Linux64(e) => S::Linux64(e),
             GuestMode::Real16 { cs, ip, sp } => S::Real16 { cs, ip, sp },
         }
     }
@@ -121,25 +94,7 @@ impl From<GuestMode> for vmx::guest::GuestMode {
                 multiboot_info,
             },
             GuestMode::Long64 { cr3, rip, rsp } => V::Long64 { cr3, rip, rsp },
-            GuestMode::Linux64 {
-                cr3,
-                rip,
-                rsp,
-                rsi,
-                gdt_base,
-                gdt_limit,
-                cs,
-                ds,
-            } => V::Linux64 {
-                cr3,
-                rip,
-                rsp,
-                rsi,
-                gdt_base,
-                gdt_limit,
-                cs,
-                ds,
-            },
+            GuestMode::Linux64(e) => V::Linux64(e),
             GuestMode::Real16 { cs, ip, sp } => V::Real16 { cs, ip, sp },
         }
     }
