@@ -121,8 +121,15 @@ impl SvmVcpu {
         Ok(())
     }
 
+    /// Continue at `rip`: the instruction at the exit completed, so an STI / MOV-SS shadow
+    /// ends with it (as KVM's skip of an emulated instruction; an `STI; HLT` would otherwise
+    /// keep the shadow past the HLT and hold off the very interrupt it waits for).
     pub fn set_rip(&mut self, rip: u64) {
         self.vmcb.save.rip = rip;
+        self.vmcb
+            .control
+            .interrupt_state
+            .remove(InterruptState::INTERRUPT_SHADOW);
     }
 
     /// Deliver `ev` at the next VMRUN (EVENTINJ, APM 15.20).
@@ -259,7 +266,7 @@ impl SvmVcpu {
 
     /// Apply a register update from the exit handler.
     pub fn apply(&mut self, rip: u64, u: &RegUpdate) {
-        self.vmcb.save.rip = rip;
+        self.set_rip(rip);
         if let Some(v) = u.rax {
             self.vmcb.save.rax = v;
         }
@@ -352,8 +359,12 @@ impl SvmVcpu {
         (r.rcx, r.rdx, r.rbx, r.rbp, r.rsi, r.rdi) = (g[1], g[2], g[3], g[5], g[6], g[7]);
         (r.r8, r.r9, r.r10, r.r11) = (g[8], g[9], g[10], g[11]);
         (r.r12, r.r13, r.r14, r.r15) = (g[12], g[13], g[14], g[15]);
+        if self.vmcb.save.rip != st.regs.rip {
+            // The emulated instruction completed: its shadow ends (see `set_rip`).
+            self.set_rip(st.regs.rip);
+        }
         let s = &mut self.vmcb.save;
-        (s.rax, s.rsp, s.rip, s.rflags) = (g[0], g[4], st.regs.rip, st.regs.rflags);
+        (s.rax, s.rsp, s.rflags) = (g[0], g[4], st.regs.rflags);
         let clean = &mut self.vmcb.control.clean_bits;
         if s.cr2 != st.sys.cr2 {
             s.cr2 = st.sys.cr2;

@@ -124,6 +124,8 @@ struct Pending {
     event: Option<(Event, u32)>,
     /// Interrupt-window exiting to turn on or off.
     window: Option<bool>,
+    /// The guest interruptibility state to write (the shadow ended with a skipped instruction).
+    interruptibility: Option<u32>,
 }
 
 /// Guest state read at the last exit (what `neutral` and `view` need besides the GPRs).
@@ -268,8 +270,21 @@ impl VmxVcpu {
         Ok(())
     }
 
+    /// Continue at `rip`: the instruction at the exit completed, so its STI / MOV-SS blocking
+    /// ends with it (as KVM's skip of an emulated instruction; an `STI; HLT` would otherwise
+    /// keep the shadow past the HLT and hold off the very interrupt it waits for).
     pub fn set_rip(&mut self, rip: u64) {
         self.pending.rip = Some(rip);
+        self.end_shadow();
+    }
+
+    fn end_shadow(&mut self) {
+        let shadow = guest::Interruptibility::STI | guest::Interruptibility::MOV_SS;
+        let now = guest::Interruptibility::from_bits_retain(self.last.interruptibility);
+        if now.intersects(shadow) {
+            self.last.interruptibility = (now - shadow).bits();
+            self.pending.interruptibility = Some(self.last.interruptibility);
+        }
     }
 
     /// Deliver `ev` at the next entry (VM-entry interruption information; the error code only
@@ -366,6 +381,9 @@ impl VmxVcpu {
         }
         if let Some(rip) = p.rip {
             write(F::GuestRip, rip)?;
+        }
+        if let Some(v) = p.interruptibility {
+            write(F::GuestInterruptibilityState, u64::from(v))?;
         }
         if let Some(efer) = p.efer {
             write(F::GuestIa32Efer, efer)?;
@@ -535,6 +553,7 @@ impl VmxVcpu {
     /// Apply a register update from the exit handler.
     pub fn apply(&mut self, rip: u64, u: &RegUpdate) {
         self.pending.rip = Some(rip);
+        self.end_shadow();
         if let Some(v) = u.rax {
             self.regs.rax = v;
         }
@@ -677,6 +696,10 @@ impl VmxVcpu {
         r.cr2 = st.sys.cr2;
         let _ = write(F::GuestRsp, g[4]);
         let _ = write(F::GuestRflags, st.regs.rflags);
+        if before.regs.rip != st.regs.rip {
+            // The emulated instruction completed: its shadow ends (see `set_rip`).
+            self.end_shadow();
+        }
         self.pending.rip = None;
         let _ = write(F::GuestRip, st.regs.rip);
         self.last.rflags = st.regs.rflags;
