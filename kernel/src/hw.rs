@@ -278,7 +278,8 @@ pub fn rdtsc() -> u64 {
     unsafe { x86::time::rdtsc() }
 }
 
-/// TSC ticks per microsecond, measured once against the monotonic clock (1 ms).
+/// TSC ticks per microsecond, measured once against the monotonic clock over 10 ms (1 ms let
+/// one host preemption under a software CPU skew the rate every guest clock derives from).
 pub fn tsc_per_us() -> u64 {
     static RATE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
     let known = RATE.load(core::sync::atomic::Ordering::Relaxed);
@@ -286,7 +287,7 @@ pub fn tsc_per_us() -> u64 {
         return known;
     }
     let (t0, c0) = (monotonic_micros(), rdtsc());
-    while monotonic_micros() < t0 + 1_000 {
+    while monotonic_micros() < t0 + 10_000 {
         core::hint::spin_loop();
     }
     let (t1, c1) = (monotonic_micros(), rdtsc());
