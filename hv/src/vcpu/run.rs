@@ -188,10 +188,11 @@ pub trait VcpuBackend {
     /// The guest registers the exit handler reads.
     fn view(&self) -> GuestView;
 
-    /// Continue at `rip`.
+    /// Continue at `rip`: the instruction at the exit completed, so an STI / MOV-SS shadow it
+    /// sat in ends (as KVM's skip of an emulated instruction).
     fn set_rip(&mut self, rip: u64);
 
-    /// Write `regs` and continue at `rip`.
+    /// Write `regs` and continue at `rip` (the shadow ends as with [`set_rip`](Self::set_rip)).
     fn apply(&mut self, rip: u64, regs: &RegUpdate);
 
     /// Deliver `event` at the next entry (at most one per entry).

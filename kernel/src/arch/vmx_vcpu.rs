@@ -552,8 +552,7 @@ impl VmxVcpu {
 
     /// Apply a register update from the exit handler.
     pub fn apply(&mut self, rip: u64, u: &RegUpdate) {
-        self.pending.rip = Some(rip);
-        self.end_shadow();
+        self.set_rip(rip);
         if let Some(v) = u.rax {
             self.regs.rax = v;
         }
