@@ -115,6 +115,13 @@ class Hermitage:
             r = conn.getresponse()
             data = r.read()
             return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+        except (ConnectionRefusedError, ConnectionResetError, BrokenPipeError) as e:
+            # The endpoint is gone: say whether the emulator is too, and what the console said
+            # last, so a CI log shows the hypervisor's panic or the emulator's crash.
+            state = (f"{self.emulator} exited ({self.proc.returncode})" if self.proc.poll() is not None
+                     else f"{self.emulator} still running")
+            raise AssertionError(f"{method} {path}: {e}; {state}; console tail:\n"
+                                 f"{self.console()[-3000:]}") from e
         finally:
             if own:
                 conn.close()
