@@ -494,6 +494,38 @@ impl VcpuRun {
         }
     }
 
+    /// Whether the guest sits in an STI / MOV-SS shadow right before a HLT while an event
+    /// waits for it; if so, the HLT is completed here (RIP past it, its shadow ended) and the
+    /// caller halts the vCPU, so the event arrives after the HLT as on hardware.
+    ///
+    /// On a CPU that keeps the shadow across an exit this changes nothing: the HLT would run
+    /// before any event and exit to us (HLT is always intercepted), which ends the same way.
+    /// It matters where the shadow is lost at the next entry: QEMU 7.2 TCG reports it at
+    /// #VMEXIT but does not load it at VMRUN, so an exit between `STI` and `HLT` (a host
+    /// interrupt) let the event in with RIP at the HLT; the handler returned to the HLT, and a
+    /// guest that had waited for exactly that interrupt halted for good (issue 14's stall).
+    fn hlt_in_shadow<B: VcpuBackend, M: Machine>(&self, vcpu: &mut B, m: &mut M) -> bool {
+        let i = vcpu.interruptibility();
+        if !i.shadow || self.pending.is_some() {
+            return false;
+        }
+        let waiting = self.nmi || m.interrupts().pending_vector().is_some();
+        if !waiting {
+            return false;
+        }
+        let state = vcpu.state();
+        let phys_bits = emulation::guest_phys_bits(m.runtime());
+        let is_hlt = emulation::fetch_insn(vcpu.memory(), &state, phys_bits)
+            .is_ok_and(|f| f.as_slice().first() == Some(&0xF4));
+        if !is_hlt {
+            return false;
+        }
+        vcpu.set_rip(state.regs.rip.wrapping_add(1));
+        let stats = &mut m.runtime().stats;
+        stats.halts = stats.halts.saturating_add(1);
+        true
+    }
+
     /// [`run`](Self::run) with `rt` and a separate interrupt controller `irq` (host tests'
     /// fakes; the kernel runs a [`VmRuntime`], whose chipset is its controller).
     pub fn burst<B, I, H>(
@@ -524,6 +556,9 @@ impl VcpuRun {
     {
         m.advance(vcpu.guest_tsc());
         loop {
+            if !self.halted && self.hlt_in_shadow(vcpu, m) {
+                self.halted = true;
+            }
             if self.halted {
                 self.nmi |= m.interrupts().take_nmi();
                 if !self.has_work(&m.interrupts()) {

@@ -71,6 +71,9 @@ impl VcpuBackend for Mock {
 
     fn set_rip(&mut self, rip: u64) {
         self.calls.push(Call::SetRip(rip));
+        // The contract: the instruction completed, so its shadow ends.
+        self.state.shadow = false;
+        self.st.regs.rip = rip;
     }
 
     fn apply(&mut self, rip: u64, regs: &RegUpdate) {
@@ -849,4 +852,49 @@ fn string_io_runs_in_batches_and_then_goes_past_the_instruction() {
     assert_eq!(vcpu.st.regs.rip, 0x1002);
     assert_eq!(vcpu.st.regs.get(crate::vcpu::Gpr::Rcx), 0);
     assert_eq!(rt.stats.unhandled_port_writes, n);
+}
+
+#[test]
+fn an_event_waiting_at_a_hlt_in_an_sti_shadow_arrives_after_the_hlt() {
+    // STI; HLT at 0x1000 (0xFB, 0xF4): the guest left at the HLT with the STI shadow still on
+    // (a host interrupt between the two) and an interrupt is pending. The HLT completes first
+    // (RIP past it, the vCPU halted and woken at once), then the interrupt goes in: it returns
+    // after the HLT, as on hardware, not to it.
+    let mut vcpu = flat_mock(&[0xF4, 0x90], &[(cpuid(0), OPEN)]);
+    vcpu.state = SHADOW;
+    let mut rt = runtime();
+    let mut run = VcpuRun::new();
+    let mut pic = Pic::with(&[0x20]);
+    run.burst(&mut vcpu, &mut rt, &mut pic, &mut Host::yield_after(1));
+    assert_eq!(
+        vcpu.calls[..3],
+        [
+            Call::SetRip(0x1001),
+            Call::Inject(Event::external(0x20)),
+            Call::Enter
+        ]
+    );
+    assert_eq!(vcpu.injected_in[0].1, OPEN);
+    assert_eq!(rt.stats.halts, 1);
+
+    // Not a HLT in the shadow (a NOP): the window opens and nothing is skipped.
+    let mut vcpu = flat_mock(&[0x90, 0xF4], &[(cpuid(0), OPEN)]);
+    vcpu.state = SHADOW;
+    let mut rt = runtime();
+    let mut pic = Pic::with(&[0x20]);
+    VcpuRun::new().burst(&mut vcpu, &mut rt, &mut pic, &mut Host::yield_after(1));
+    assert_eq!(vcpu.calls[..2], [Call::Window(true), Call::Enter]);
+    assert_eq!(rt.stats.halts, 0);
+
+    // A HLT in the shadow with nothing pending: left to the guest (it exits on the HLT).
+    let mut vcpu = flat_mock(&[0xF4], &[(cpuid(0), OPEN)]);
+    vcpu.state = SHADOW;
+    let mut rt = runtime();
+    VcpuRun::new().burst(
+        &mut vcpu,
+        &mut rt,
+        &mut Pic::default(),
+        &mut Host::yield_after(1),
+    );
+    assert_eq!(vcpu.calls[0], Call::Enter);
 }
