@@ -101,11 +101,7 @@ qemu_args() {
     # each on every boot; name them off so the console shows only what matters.
     local cpu=EPYC,-nrip-save,-topoext,-xsavec,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw
     [ "$accel" = kvm ] && cpu=host
-    # HERMITAGE_TCG_THREAD=single runs every vCPU on one host thread (QEMU's round-robin TCG)
-    # instead of one thread each (MTTCG, the default).
-    local accel_opt="$accel"
-    [ "$accel" = tcg ] && [ -n "${HERMITAGE_TCG_THREAD:-}" ] && accel_opt="tcg,thread=$HERMITAGE_TCG_THREAD"
-    printf '%s\n' -machine q35 -accel "$accel_opt" -cpu "$cpu" -smp "$smp" -m "${mem}M" \
+    printf '%s\n' -machine q35 -accel "$accel" -cpu "$cpu" -smp "$smp" -m "${mem}M" \
         -display none -vga none -serial stdio -monitor none \
         -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
         -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:8080" \

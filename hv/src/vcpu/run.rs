@@ -505,12 +505,12 @@ impl VcpuRun {
     /// interrupt) let the event in with RIP at the HLT; the handler returned to the HLT, and a
     /// guest that had waited for exactly that interrupt halted for good (issue 14's stall).
     fn hlt_in_shadow<B: VcpuBackend, M: Machine>(&self, vcpu: &mut B, m: &mut M) -> bool {
-        let i = vcpu.interruptibility();
-        if !i.shadow || self.pending.is_some() {
+        // Cheapest first: the interrupt state is a VMREAD under VMX, so it is read only when an
+        // event waits.
+        if self.pending.is_some() || !(self.nmi || m.interrupts().pending_vector().is_some()) {
             return false;
         }
-        let waiting = self.nmi || m.interrupts().pending_vector().is_some();
-        if !waiting {
+        if !vcpu.interruptibility().shadow {
             return false;
         }
         let state = vcpu.state();
